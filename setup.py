@@ -1,0 +1,49 @@
+"""shrinkteanet: ShrinkTeaNet, MarginDistillation and low-resolution teacher-student
+face recognition on MXNet/Gluon, InsightFace-compatible.
+
+The design card's top-level folders map into the one `shrinkteanet` namespace:
+src/ -> shrinkteanet, symbols/ -> shrinkteanet.symbols, eval/ -> shrinkteanet.eval.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    "shrinkteanet": "src",
+    "shrinkteanet.data": "src/data",
+    "shrinkteanet.cli": "src/cli",
+    "shrinkteanet.symbols": "symbols",
+    "shrinkteanet.eval": "eval",
+}
+
+setup(
+    name="shrinkteanet",
+    version="0.1.0",
+    description="ShrinkTeaNet teacher-student face recognition on MXNet/Gluon",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    include_package_data=False,
+    install_requires=[
+        "numpy",
+        "gluoncv",
+        "opencv-python",
+        "easydict",
+        "scikit-learn",
+        "scipy",
+        "matplotlib",
+        "tqdm",
+        "simplejpeg",
+        "tensorboardX",
+        "joblib",
+        "lz4",
+        "mtcnn==1.0.0",
+    ],
+    extras_require={
+        "cpu": ["mxnet==1.9.1"],
+        "cu112": ["mxnet-cu112==1.9.1"],
+        "onnx": ["onnx==1.15.0", "onnxruntime", "protobuf"],
+        "test": ["pytest", "wheel", "onnx==1.15.0", "onnxruntime", "protobuf", "psutil"],
+    },
+    entry_points={"console_scripts": ["shrinkteanet=shrinkteanet.cli:main"]},
+)

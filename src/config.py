@@ -1,0 +1,239 @@
+"""Training configuration: easydict presets merged by one function.
+
+Four tables, as InsightFace's ``config.py`` does for network x dataset x loss,
+plus a fourth for the distillation method of ShrinkTeaNet and its relatives:
+
+* ``NETWORKS``  - which symbol and its options (``symbols.get_symbol``)
+* ``DATASETS``  - where the RecordIO set and the ``.bin`` targets are
+* ``LOSSES``    - the margin head (softmax, ArcFace, CosFace, combined)
+* ``DISTILL``   - none / stn / l2 / kd / hint / margin / lowres_kt / lowres_kd / lowres_ktkd
+
+``generate_config(network, dataset, loss, distill, overrides)`` returns a fresh
+``EasyDict`` (no global mutable state); ``apply_overrides`` takes ``key=value``
+strings from the command line and type-checks each against the preset value.
+Named configs (``CONFIGS``) pick one row of each table, e.g. ``mfnr_stn``.
+"""
+import ast
+import copy
+import difflib
+
+from easydict import EasyDict as edict
+
+from shrinkteanet.errors import InputError
+
+#: Keys every config has, whatever the tables add.  Paper set-up (Sec. 4.1 of
+#: the ShrinkTeaNet paper): batch 512 over 4 GPUs, lr 0.1, momentum 0.9.
+DEFAULT = dict(
+    # network
+    network="r100",
+    emb_size=512,
+    image_size=112,
+    net_opts={},
+    # data
+    dataset="emore",
+    data_dir="",
+    num_classes=0,  # 0: read from the set's `property`
+    val_targets=["lfw", "cfp_fp", "agedb_30"],
+    val_dir="",
+    workers=2,
+    mirror=True,
+    color_jitter=0.0,
+    lowres_size=0,  # >0: down/up-sample inputs to this size (low-resolution student)
+    # margin head
+    loss="arcface",
+    margin_s=64.0,
+    margin_m1=1.0,
+    margin_m2=0.5,
+    margin_m3=0.0,
+    # distillation
+    distill="none",
+    teacher="",  # PREFIX,EPOCH of the teacher checkpoint
+    teacher_network="r90",
+    teacher_emb_size=512,
+    teacher_net_opts={},
+    teacher_cache="",
+    distill_stages=[1, 2, 3, 4],
+    distill_lambdas=[],  # empty: lambda_n = 1, lambda_i = lambda_{i+1} / 2
+    distill_weight=1.0,
+    l2_lambda=0.001,
+    kd_temperature=4.0,
+    kd_lambda=1.0,
+    hint_lambda=1.0,
+    softmax_weight=1.0,
+    # optimisation
+    batch_size=512,  # global, split over contexts and workers
+    lr=0.1,
+    momentum=0.9,
+    wd=5e-4,
+    fc7_wd_mult=10.0,
+    fc7_lr_mult=1.0,
+    lr_schedule="step",  # step | cosine
+    lr_steps=[100000, 160000, 220000],  # in batches
+    lr_factor=0.1,
+    warmup_batches=0,
+    num_epochs=0,
+    max_batches=0,
+    fp16=False,
+    kvstore="device",
+    seed=0,
+    # run control
+    out="",
+    ckpt_every=0,  # batches; 0: epoch end only
+    keep_last=3,
+    verbose=2000,  # verification every N batches
+    nan_guard=5,
+    frequent=20,
+)
+
+NETWORKS = edict(
+    r18=dict(network="r18"),
+    r34=dict(network="r34"),
+    r50=dict(network="r50"),
+    r90=dict(network="r90"),
+    r100=dict(network="r100"),
+    mfn=dict(network="mfn", emb_size=512, wd=4e-5, fc7_wd_mult=10.0),
+    mfnr=dict(network="mfnr", emb_size=512, wd=4e-5, fc7_wd_mult=10.0),
+    mv1=dict(network="mv1", emb_size=512, wd=4e-5),
+    mv2=dict(network="mv2", emb_size=512, wd=4e-5),
+)
+
+DATASETS = edict(
+    emore=dict(dataset="emore", data_dir="datasets/faces_emore", num_classes=85742),
+    ms1m=dict(dataset="ms1m", data_dir="datasets/faces_ms1m_112x112", num_classes=85164),
+    webface=dict(dataset="webface", data_dir="datasets/faces_webface_112x112", num_classes=10572),
+    synth=dict(dataset="synth", data_dir="work/synth", num_classes=0, val_targets=["lfw", "cfp_fp", "agedb_30"]),
+)
+
+LOSSES = edict(
+    softmax=dict(loss="softmax", margin_s=64.0, margin_m1=1.0, margin_m2=0.0, margin_m3=0.0),
+    arcface=dict(loss="arcface", margin_s=64.0, margin_m1=1.0, margin_m2=0.5, margin_m3=0.0),
+    cosface=dict(loss="cosface", margin_s=64.0, margin_m1=1.0, margin_m2=0.0, margin_m3=0.35),
+    combined=dict(loss="combined", margin_s=64.0, margin_m1=1.0, margin_m2=0.3, margin_m3=0.2),
+)
+
+DISTILL = edict(
+    none=dict(distill="none"),
+    stn=dict(distill="stn", distill_stages=[1, 2, 3, 4], distill_lambdas=[]),
+    l2=dict(distill="l2", l2_lambda=0.001),
+    kd=dict(distill="kd", kd_temperature=4.0, kd_lambda=1.0),
+    hint=dict(distill="hint", distill_stages=[1, 2, 3, 4], hint_lambda=1.0),
+    margin=dict(distill="margin"),
+    lowres_kt=dict(distill="lowres_kt", lowres_size=56),
+    lowres_kd=dict(distill="lowres_kd", lowres_size=56),
+    lowres_ktkd=dict(distill="lowres_ktkd", lowres_size=56),
+)
+
+#: Named configs for ``shrinkteanet train --config NAME``: one row of each table.
+CONFIGS = {"teacher_r90": ("r90", "emore", "arcface", "none"), "teacher_r100": ("r100", "emore", "arcface", "none")}
+for _student in ("mv1", "mv2", "mfn", "mfnr"):
+    CONFIGS[f"{_student}_self"] = (_student, "emore", "arcface", "none")
+    for _method in ("l2", "stn", "kd", "hint", "margin", "lowres_kt", "lowres_kd", "lowres_ktkd"):
+        CONFIGS[f"{_student}_{_method}"] = (_student, "emore", "arcface", _method)
+del _student, _method
+
+
+def _table_row(table, name, what):
+    if name not in table:
+        raise InputError(f"unknown {what} {name!r}; valid: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def generate_config(network="r100", dataset="emore", loss="arcface", distill="none", overrides=()):
+    """Merge DEFAULT <- NETWORKS[network] <- DATASETS[dataset] <- LOSSES[loss] <- DISTILL[distill],
+    then apply ``key=value`` overrides.  Returns a new EasyDict each call."""
+    cfg = copy.deepcopy(DEFAULT)
+    for table, name, what in ((NETWORKS, network, "network"), (DATASETS, dataset, "dataset"),
+                              (LOSSES, loss, "loss"), (DISTILL, distill, "distill method")):
+        cfg.update(copy.deepcopy(dict(_table_row(table, name, what))))
+    cfg = edict(cfg)
+    return apply_overrides(cfg, overrides)
+
+
+def config_by_name(name, overrides=()):
+    """A named config (``CONFIGS``) with overrides.  Overrides of ``network``,
+    ``dataset``, ``loss`` or ``distill`` re-select the table rows first, so that
+    e.g. ``distill=l2`` brings the L2 preset's own defaults."""
+    if name not in CONFIGS:
+        close = difflib.get_close_matches(name, CONFIGS, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else f"; valid: {', '.join(sorted(CONFIGS))}"
+        raise InputError(f"unknown config {name!r}{hint}")
+    rows = dict(zip(("network", "dataset", "loss", "distill"), CONFIGS[name]))
+    rest = []
+    for item in overrides:
+        key, _, value = _split(item)
+        if key in rows and key != "network":
+            rows[key] = value
+        else:
+            rest.append(item)
+    # `network=` keeps the network-table row of the named config unless it names a row itself
+    net_override = [i for i in rest if _split(i)[0] == "network"]
+    if net_override and _split(net_override[-1])[2] in NETWORKS:
+        rows["network"] = _split(net_override[-1])[2]
+    cfg = generate_config(rows["network"], rows["dataset"], rows["loss"], rows["distill"], rest)
+    cfg.config_name = name
+    return cfg
+
+
+def _split(item):
+    key, sep, value = str(item).partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise InputError(f"override {item!r} is not key=value")
+    return key, sep, value.strip()
+
+
+def _coerce(key, raw, current):
+    """Parse ``raw`` to the type of the preset value ``current``."""
+    kind = type(current)
+    try:
+        if isinstance(current, bool):
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, (list, tuple)):
+            if raw == "":
+                return []
+            val = ast.literal_eval(raw if raw.startswith("[") else f"[{raw}]")
+            if not isinstance(val, list):
+                raise ValueError
+            return val
+        if isinstance(current, dict):
+            val = ast.literal_eval(raw) if raw else {}
+            if not isinstance(val, dict):
+                raise ValueError
+            return edict(val)
+        return raw
+    except (ValueError, SyntaxError):
+        raise InputError(f"override {key}={raw!r}: expected {kind.__name__} like the preset value {current!r}") from None
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``key=value`` strings in order; unknown keys fail naming the nearest valid ones."""
+    for item in overrides or ():
+        key, _, raw = _split(item)
+        if key not in cfg:
+            close = difflib.get_close_matches(key, list(cfg), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise InputError(f"unknown config key {key!r}{hint}")
+        cfg[key] = _coerce(key, raw, cfg[key])
+    return cfg
+
+
+def distill_lambdas(cfg):
+    """Per-stage weights of Eq. 6 (ShrinkTeaNet): the last stage weighs 1 and each
+    earlier one half of the next, unless ``distill_lambdas`` lists them."""
+    stages = list(cfg.distill_stages)
+    if cfg.distill_lambdas:
+        if len(cfg.distill_lambdas) != len(stages):
+            raise InputError(
+                f"distill_lambdas has {len(cfg.distill_lambdas)} values for {len(stages)} distill_stages")
+        return [float(x) for x in cfg.distill_lambdas]
+    n = len(stages)
+    return [0.5 ** (n - 1 - k) for k in range(n)]

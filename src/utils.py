@@ -1,0 +1,75 @@
+"""Small shared helpers: atomic writes, JSON reports, model/context arguments."""
+import contextlib
+import json
+import os
+import tempfile
+
+from shrinkteanet.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Write to a temp file beside ``path`` and rename it into place on success,
+    so that a crash never leaves a half-written file under the final name."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path, obj):
+    """JSON report, atomically; figures are written unrounded."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def parse_model_arg(text):
+    """``PREFIX,EPOCH`` -> (prefix, epoch), as on every command line (CONTRACTS.md)."""
+    prefix, sep, epoch = str(text).rpartition(",")
+    if not sep or not prefix or not epoch.strip().isdigit():
+        raise InputError(f"--model must be PREFIX,EPOCH (e.g. models/r90/model,1), got {text!r}")
+    return prefix, int(epoch)
+
+
+def parse_gpus(text):
+    """``'0,1,2'`` -> [0, 1, 2]; empty/None -> [] (CPU)."""
+    if text is None or str(text).strip() in ("", "-1", "cpu"):
+        return []
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip() != ""]
+    except ValueError:
+        raise InputError(f"--gpus must be a comma-separated list of device ids, got {text!r}") from None
+
+
+def get_contexts(gpus=None):
+    """MXNet contexts for ``--gpus``; CPU when none given."""
+    import mxnet as mx
+
+    ids = parse_gpus(gpus) if not isinstance(gpus, (list, tuple)) else list(gpus)
+    return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
