@@ -14,7 +14,7 @@ GPUS ?=
 MODEL ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench clean info
+.PHONY: help install test test-assets demo bench clean info
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,8 +34,27 @@ install: $(STAMP)  ## make .venv (Python 3.11) and install .[cpu,test] with -c c
 info: install  ## print package, mxnet features, versions and visible devices
 	$(CLI) info
 
-test: install  ## run the whole pytest suite (creates .venv first if needed)
+test: install test-assets  ## run the whole pytest suite (creates .venv first if needed)
 	$(BIN)/pytest -q tests
+
+# Real photographs for the MTCNN tests: tests/test_images of the face_recognition 1.3.0
+# source archive on PyPI (checksum-pinned), unpacked into $(TEST_ASSETS)/face_recognition/.
+TEST_ASSETS ?= test-assets
+FR_SDIST := face_recognition-1.3.0.tar.gz
+FR_SHA256 := 5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec
+test-assets: $(TEST_ASSETS)/face_recognition/.complete  ## fetch the real test photos (pip download face_recognition==1.3.0 sdist) into ./test-assets
+
+$(TEST_ASSETS)/face_recognition/.complete:
+	@mkdir -p $(TEST_ASSETS)/download
+	@test -f $(TEST_ASSETS)/download/$(FR_SDIST) || $(if $(wildcard $(PIP)),$(PIP),$(PYTHON) -m pip) download \
+	  --no-binary :all: --no-deps --no-build-isolation -d $(TEST_ASSETS)/download face_recognition==1.3.0
+	@echo "$(FR_SHA256)  $(TEST_ASSETS)/download/$(FR_SDIST)" | sha256sum -c --quiet - \
+	  || { rm -f $(TEST_ASSETS)/download/$(FR_SDIST); echo "test-assets: checksum mismatch for $(FR_SDIST)" >&2; exit 1; }
+	@rm -rf $(TEST_ASSETS)/face_recognition.tmp && mkdir -p $(TEST_ASSETS)/face_recognition.tmp
+	tar --no-same-owner -xzf $(TEST_ASSETS)/download/$(FR_SDIST) -C $(TEST_ASSETS)/face_recognition.tmp \
+	  --strip-components=3 face_recognition-1.3.0/tests/test_images
+	@touch $(TEST_ASSETS)/face_recognition.tmp/.complete
+	@rm -rf $(TEST_ASSETS)/face_recognition && mv $(TEST_ASSETS)/face_recognition.tmp $(TEST_ASSETS)/face_recognition
 
 clean:  ## remove build outputs and the demo work folder (keeps .venv)
 	rm -rf build dist *.egg-info src/*.egg-info $(OUT)

@@ -59,6 +59,10 @@ DEFAULT = dict(
     kd_temperature=4.0,
     kd_lambda=1.0,
     hint_lambda=1.0,
+    kd_emb_loss="none",  # kd / lowres_kd / lowres_ktkd: extra embedding term none | angular | l2
+    kd_emb_lambda=1.0,
+    margin_m_min=0.2,  # MarginDistillation: per-sample ArcFace margin in [m_min, m_max]
+    margin_m_max=0.5,
     softmax_weight=1.0,
     # optimisation
     batch_size=512,  # global, split over contexts and workers
@@ -68,9 +72,11 @@ DEFAULT = dict(
     fc7_wd_mult=10.0,
     fc7_lr_mult=1.0,
     lr_schedule="step",  # step | cosine
-    lr_steps=[100000, 160000, 220000],  # in batches
+    lr_steps=[100000, 160000, 220000],  # in lr_step_unit
+    lr_step_unit="batch",  # batch | epoch
     lr_factor=0.1,
-    warmup_batches=0,
+    lr_min=0.0,  # cosine: final lr
+    warmup_batches=0,  # linear warm-up from 0 to lr
     num_epochs=0,
     max_batches=0,
     fp16=False,
@@ -82,7 +88,9 @@ DEFAULT = dict(
     keep_last=3,
     verbose=2000,  # verification every N batches
     nan_guard=5,
-    frequent=20,
+    frequent=20,  # log every N batches
+    tensorboard="",  # directory for tensorboardX scalars
+    hybridize=True,
 )
 
 NETWORKS = edict(
@@ -114,13 +122,13 @@ LOSSES = edict(
 DISTILL = edict(
     none=dict(distill="none"),
     stn=dict(distill="stn", distill_stages=[1, 2, 3, 4], distill_lambdas=[]),
-    l2=dict(distill="l2", l2_lambda=0.001),
+    l2=dict(distill="l2", distill_stages=[4], l2_lambda=0.001),
     kd=dict(distill="kd", kd_temperature=4.0, kd_lambda=1.0),
     hint=dict(distill="hint", distill_stages=[1, 2, 3, 4], hint_lambda=1.0),
-    margin=dict(distill="margin"),
+    margin=dict(distill="margin", margin_s=64.0, margin_m_min=0.2, margin_m_max=0.5),
     lowres_kt=dict(distill="lowres_kt", lowres_size=56),
-    lowres_kd=dict(distill="lowres_kd", lowres_size=56),
-    lowres_ktkd=dict(distill="lowres_ktkd", lowres_size=56),
+    lowres_kd=dict(distill="lowres_kd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
+    lowres_ktkd=dict(distill="lowres_ktkd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
 )
 
 #: Named configs for ``shrinkteanet train --config NAME``: one row of each table.

@@ -50,6 +50,8 @@ def main(argv=None):
     except InputError as e:
         print(f"shrinkteanet: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `shrinkteanet ... | head` closed our stdout: not an error
+        return 0
     except KeyboardInterrupt:
         print("shrinkteanet: interrupted", file=sys.stderr)
         return 130

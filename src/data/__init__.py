@@ -1,0 +1,35 @@
+"""Face data in InsightFace's formats: RecordIO training sets, ``.bin`` verification
+pairs, ``.lst`` lists, 5-point alignment and a multi-process training loader.
+
+Names are resolved lazily so that ``import shrinkteanet.data`` stays cheap (no
+mxnet, no OpenCV) until a submodule is used.
+"""
+import importlib
+
+_EXPORTS = {
+    "FaceRecordDataset": "recordio",
+    "write_rec_set": "recordio",
+    "RecordReader": "recordio",
+    "load_bin": "binfile",
+    "write_bin": "binfile",
+    "norm_crop": "align",
+    "estimate_similarity": "align",
+    "FaceLoader": "loader",
+    "Batch": "loader",
+    "read_lst": "lst",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,192 @@
+"""Batched embedding with flip fusion, for every evaluation protocol.
+
+InsightFace's evaluation scripts (verification ``test()``, ``gen_megaface.py``,
+IJB ``Embedding.get``) feed raw RGB 0-255 NCHW batches to the ``fc1`` output and add
+the embedding of the horizontally mirrored image; the network normalises inside.
+Here the ``fc1`` symbol runs as a hybridized Gluon ``SymbolBlock`` (static
+allocation, MKLDNN graph partitioning where the build has it) with one fixed batch
+shape (the last batch padded), which is several times faster on CPU than
+``mx.mod.Module`` and avoids MXNet 1.9.1's "We can't generate TBlob for MKLDNN data"
+failure that a second ``Module.forward`` on a BatchNorm(fix_gamma) ``fc1`` output can
+hit.  If a forward fails anyway, the block is rebuilt without MKLDNN partitioning and
+the batch retried once.
+"""
+import os
+
+import numpy as np
+
+from shrinkteanet.constants import IMAGE_SIZE
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+
+log = get_logger(__name__)
+
+
+def _cut_fc1(sym):
+    internals = sym.get_internals()
+    if "fc1_output" in internals.list_outputs():
+        return internals["fc1_output"]
+    return sym
+
+
+def load_model(model):
+    """``(prefix, epoch)`` or ``"P,E"`` or ``(sym, arg_params, aux_params)`` -> ``(fc1 sym, arg, aux)``."""
+    if isinstance(model, str):
+        from shrinkteanet.utils import parse_model_arg
+
+        model = parse_model_arg(model)
+    if len(model) == 3:
+        sym, arg, aux = model
+        return _cut_fc1(sym), dict(arg), dict(aux)
+    prefix, epoch = model
+    sym_file, par_file = f"{prefix}-symbol.json", "%s-%04d.params" % (prefix, int(epoch))
+    for f in (sym_file, par_file):
+        if not os.path.isfile(f):
+            raise InputError(f"{f}: checkpoint file not found (--model {prefix},{epoch})")
+    try:
+        from shrinkteanet.model import load_checkpoint
+    except ImportError:  # the networks module is optional for evaluation of foreign checkpoints
+        load_checkpoint = None
+    if load_checkpoint is not None:
+        sym, arg, aux = load_checkpoint(prefix, int(epoch))
+        return _cut_fc1(sym), dict(arg), dict(aux)
+    import mxnet as mx
+
+    sym, arg, aux = mx.model.load_checkpoint(prefix, int(epoch))
+    return _cut_fc1(sym), dict(arg), dict(aux)
+
+
+class Embedder:
+    """``Embedder(model, ctx=None, batch_size=64, image_size=112, mkldnn=True)``;
+    ``embed(images NHWC uint8 RGB, flip=True) -> float32 (N, D)`` = emb(img) + emb(mirror),
+    not normalised; ``embed_parts(images)`` -> (emb, emb_mirror) for XNorm."""
+
+    def __init__(self, model, ctx=None, batch_size=64, image_size=IMAGE_SIZE, mkldnn=True):
+        import mxnet as mx
+
+        self.sym, self.arg, self.aux = load_model(model)
+        self.ctx = ctx if ctx is not None else mx.cpu()
+        self.batch_size = int(batch_size)
+        self.image_size = int(image_size)
+        self.mkldnn = bool(mkldnn) and mx.runtime.Features().is_enabled("MKLDNN") and self.ctx.device_type == "cpu"
+        self._build(self.mkldnn)
+
+    def _build(self, mkldnn):
+        import mxnet as mx
+        from mxnet import gluon
+
+        inputs = [n for n in self.sym.list_arguments() if n not in self.arg]
+        if inputs != ["data"]:
+            raise InputError(f"model: expected one free input 'data', found {inputs} (parameters missing?)")
+        net = gluon.SymbolBlock(self.sym, [mx.sym.var("data", dtype="float32")])
+        missing = []
+        for name, p in net.collect_params().items():
+            value = self.arg.get(name, self.aux.get(name))
+            if value is None:
+                missing.append(name)
+                continue
+            p._load_init(value, self.ctx)
+        if missing:
+            raise InputError(f"model: parameters missing from the checkpoint: {', '.join(missing[:5])}")
+        kwargs = {"static_alloc": True, "static_shape": True}
+        if mkldnn:
+            kwargs["backend"] = "MKLDNN"
+        net.hybridize(**kwargs)
+        self.net = net
+        self.mkldnn_active = mkldnn
+
+    def _forward(self, batch):
+        import mxnet as mx
+
+        x = mx.nd.array(batch, ctx=self.ctx, dtype="float32")
+        try:
+            return self.net(x).asnumpy()
+        except mx.base.MXNetError as e:
+            if not self.mkldnn_active:
+                raise
+            log.warning("MKLDNN forward failed (%s); rebuilding without MKLDNN partitioning", str(e).splitlines()[0])
+            self._build(False)
+            return self.net(mx.nd.array(batch, ctx=self.ctx, dtype="float32")).asnumpy()
+
+    def _prepare(self, images):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise InputError(f"images must be NHWC RGB, got shape {images.shape}")
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            raise InputError(f"images must be {self.image_size}x{self.image_size}, got {images.shape[1]}x{images.shape[2]}")
+        return images
+
+    def _run(self, nchw):
+        n = nchw.shape[0]
+        bs = self.batch_size
+        out = None
+        for a in range(0, n, bs):
+            b = min(a + bs, n)
+            batch = nchw[a:b]
+            if b - a < bs:  # one static shape: pad the last batch
+                pad = np.zeros((bs - (b - a),) + batch.shape[1:], batch.dtype)
+                batch = np.concatenate([batch, pad])
+            y = self._forward(batch)[: b - a]
+            if out is None:
+                out = np.empty((n, y.shape[1]), np.float32)
+            out[a:b] = y
+        if out is None:
+            out = np.zeros((0, 0), np.float32)
+        return out
+
+    def embed_parts(self, images):
+        """Raw ``fc1`` outputs of the images and of their mirrors: ``(emb, emb_flip)``."""
+        images = self._prepare(images)
+        nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32)
+        emb = self._run(nchw)
+        emb_flip = self._run(np.ascontiguousarray(nchw[:, :, :, ::-1]))
+        return emb, emb_flip
+
+    def embed(self, images, flip=True):
+        """Flip-fused embeddings ``emb(img) + emb(mirror)`` (not normalised); ``flip=False``: ``emb(img)``."""
+        if flip:
+            emb, emb_flip = self.embed_parts(images)
+            return emb + emb_flip
+        images = self._prepare(images)
+        return self._run(np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32))
+
+
+def read_image(path):
+    """RGB uint8 HWC; JPEG through simplejpeg (pixel-identical to cv2), others through cv2.
+    Returns None when the file is missing or cannot be decoded."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\xff\xd8":
+        try:
+            import simplejpeg
+
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except Exception:  # fall through to OpenCV for JPEG flavours simplejpeg refuses
+            pass
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def load_images(paths, image_size=IMAGE_SIZE, what="image"):
+    """Decode aligned crops; resize to image_size when needed.  Returns (array NHWC, missing paths)."""
+    import cv2
+
+    out = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+    missing = []
+    for i, p in enumerate(paths):
+        img = read_image(p)
+        if img is None:
+            missing.append(p)
+            continue
+        if img.shape[:2] != (image_size, image_size):
+            img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+        out[i] = img
+    return out, missing

@@ -1,0 +1,71 @@
+"""One output folder per evaluation: ``<name>.json`` (CONTRACTS fields, unrounded),
+``<name>.md`` (a table a person reads) and PNG plots, all written atomically."""
+import io
+import os
+
+import numpy as np
+
+from shrinkteanet.utils import atomic_write_bytes, write_json
+
+
+def md_table(headers, rows):
+    """GitHub Markdown table; floats in 0..1 shown as percentages with 2 decimals."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{100 * v:.2f}" if 0.0 <= v <= 1.0 else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir, name, fields, title, sections, notes=()):
+    """``fields`` -> ``out_dir/name.json``; ``sections`` = [(heading, markdown)] -> ``name.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, f"{name}.json"), fields)
+    parts = [f"# {title}\n"]
+    for head, body in sections:
+        parts.append(f"## {head}\n\n{body}")
+    if notes:
+        parts.append("\n".join(f"- {n}" for n in notes) + "\n")
+    atomic_write_bytes(os.path.join(out_dir, f"{name}.md"), "\n".join(parts).encode())
+    return os.path.join(out_dir, f"{name}.md")
+
+
+def _save(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curves(path, curves, xlabel, ylabel, title, logx=False, xlim=None, ylim=None):
+    """``curves``: {label: (x, y)} -> one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, (x, y) in curves.items():
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if logx:
+            keep = x > 0
+            x, y = x[keep], y[keep]
+        ax.plot(x, y, lw=1.5, label=label, marker="o" if len(x) <= 20 else None, ms=3)
+    if logx:
+        ax.set_xscale("log")
+    if xlim:
+        ax.set_xlim(*xlim)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(linestyle="--", linewidth=0.5)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,76 @@
+# Sourced by every recipe: environment defaults, --dry-run, printing the exact command.
+#
+# Environment: DATA (RecordIO set dir), VAL (dir with lfw.bin etc., default DATA), OUT (work dir),
+# GPUS (e.g. 0,1,2,3; empty = CPU), TEACHER (PREFIX,EPOCH; default: the newest checkpoint of the
+# teacher recipe under OUT), SHRINKTEANET (the CLI, default `shrinkteanet` on PATH or .venv),
+# SKIP_EVAL=1 to train only, EXTRA (more key=value overrides).
+# Paper set-up (ShrinkTeaNet Sec. 4.2): batch 512 over the GPUs, lr 0.1, momentum 0.9.
+set -euo pipefail
+
+DRY_RUN=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit 0 ;;
+    *) echo "$(basename "$0"): unknown argument $arg (only --dry-run)" >&2; exit 2 ;;
+  esac
+done
+
+RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$RECIPES_DIR")"
+if [ -z "${SHRINKTEANET:-}" ]; then
+  if [ -x "$REPO_DIR/.venv/bin/shrinkteanet" ]; then SHRINKTEANET="$REPO_DIR/.venv/bin/shrinkteanet"
+  else SHRINKTEANET=shrinkteanet; fi
+fi
+DATA="${DATA:-datasets/faces_emore}"
+VAL="${VAL:-$DATA}"
+OUT="${OUT:-work/recipes}"
+GPUS="${GPUS:-}"
+EXTRA="${EXTRA:-}"
+
+# newest PREFIX,EPOCH under a prefix (InsightFace layout PREFIX-%04d.params)
+latest_ckpt() {
+  local prefix="$1" last
+  last=$(ls "$prefix"-[0-9][0-9][0-9][0-9].params 2>/dev/null | sort | tail -n 1 || true)
+  if [ -z "$last" ]; then echo "$prefix,0"; return; fi
+  last="${last%.params}"
+  echo "$prefix,$((10#${last##*-}))"
+}
+
+teacher_default() { latest_ckpt "$OUT/teacher_${TEACHER_NET:-r90}/model"; }
+
+show_and_run() {
+  printf '+'; printf ' %q' "$@"; printf '\n'
+  if [ "$DRY_RUN" = 0 ]; then "$@"; fi
+}
+
+# train_row CONFIG NAME [key=value ...]: one row of the paper's tables
+train_row() {
+  local config="$1" name="$2"; shift 2
+  local -a cmd=("$SHRINKTEANET" train --config "$config" --data "$DATA" --out "$OUT/$name")
+  [ -n "$GPUS" ] && cmd+=(--gpus "$GPUS")
+  [ -n "${TEACHER_ARG:-}" ] && cmd+=(--teacher "$TEACHER_ARG")
+  cmd+=("val_dir=$VAL" "$@")
+  # shellcheck disable=SC2206
+  [ -n "$EXTRA" ] && cmd+=($EXTRA)
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '+'; printf ' %q' "${cmd[@]}"; printf '\n'
+    # prove the resolved config is valid without training
+    local -a ov=("val_dir=$VAL" "$@")
+    # shellcheck disable=SC2206
+    [ -n "$EXTRA" ] && ov+=($EXTRA)
+    "$SHRINKTEANET" config "$config" "data_dir=$DATA" "${ov[@]}" --json "${TMPDIR:-/tmp}/recipe-$name.json" >/dev/null
+    echo "dry-run: config $config resolves (${TMPDIR:-/tmp}/recipe-$name.json)"
+    return 0
+  fi
+  "${cmd[@]}"
+  if [ "${SKIP_EVAL:-0}" != 1 ]; then
+    MODEL="$(latest_ckpt "$OUT/$name/model")" bash "$RECIPES_DIR/eval_all.sh"
+  fi
+}
+
+# student rows need the teacher checkpoint
+need_teacher() {
+  TEACHER_ARG="${TEACHER:-$(teacher_default)}"
+  echo "teacher: $TEACHER_ARG"
+}

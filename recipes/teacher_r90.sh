@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Paper row: teacher LResNet-E-IR R90 (ArcFace, MS1M), ShrinkTeaNet Table 2 "Teacher".
+source "$(dirname "$0")/_common.sh"
+train_row teacher_r90 teacher_r90

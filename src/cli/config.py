@@ -1,0 +1,36 @@
+"""`shrinkteanet config NAME [key=value ...]`: resolve and print a training config.
+
+The recipes' ``--dry-run`` calls this to prove that the config they would
+train with is valid (unknown keys and mistyped values fail with exit 2)."""
+from shrinkteanet.cli import add_json_arg
+
+ORDER = 20
+
+
+def register(sub):
+    p = sub.add_parser("config", help="resolve a named training config with key=value overrides and print it")
+    p.add_argument("name", nargs="?", help="named config (omit with --list)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--list", action="store_true", help="list the named configs")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import json
+
+    from shrinkteanet import config
+    from shrinkteanet.errors import InputError
+    from shrinkteanet.utils import write_json
+
+    if args.list or not args.name:
+        for name, rows in sorted(config.CONFIGS.items()):
+            print(f"{name:<20} network={rows[0]} dataset={rows[1]} loss={rows[2]} distill={rows[3]}")
+        if not args.list:
+            raise InputError("give a config NAME (or --list)")
+        return 0
+    cfg = config.config_by_name(args.name, args.overrides)
+    print(json.dumps(cfg, indent=2, sort_keys=True))
+    if args.json:
+        write_json(args.json, cfg)
+    return 0

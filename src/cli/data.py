@@ -1,0 +1,312 @@
+"""`shrinkteanet data ...`: build, inspect and align InsightFace-format face data.
+
+Subcommands register themselves through one ``_register_<name>(dsub)`` function
+each (returning its parser), so an option is added in one place.
+"""
+import os
+
+from shrinkteanet.cli import add_json_arg
+from shrinkteanet.errors import InputError
+
+ORDER = 10
+
+
+def register(sub):
+    p = sub.add_parser("data", help="pack, inspect and align face data (InsightFace RecordIO/.lst/.bin)")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    _register_pack(dsub)
+    _register_info(dsub)
+    _register_align(dsub)
+
+
+def _image_size(text):
+    parts = [int(v) for v in str(text).split(",")]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise InputError(f"--image-size must be N or H,W, got {text!r}")
+    return tuple(parts)
+
+
+def _workers(n):
+    return max(1, os.cpu_count() or 1) if n is None else max(1, int(n))
+
+
+# ----------------------------------------------------------------------------- pack
+
+
+def _register_pack(dsub):
+    p = dsub.add_parser("pack", help="build train.rec/.idx + property from a .lst or an image folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--lst", help="face2rec2 .lst (aligned, path, label[, bbox, 5 landmarks])")
+    src.add_argument("--image-folder", help="one sub-folder per identity; sorted names give class ids 0..K-1")
+    p.add_argument("--prefix", required=True, help="output prefix, e.g. OUT/train -> OUT/train.rec, OUT/property")
+    p.add_argument("--root", default=None, help="folder that .lst paths are relative to (default: the .lst's)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoded images (default 95)")
+    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+    p.add_argument("--image-size", default="112", help="N or H,W of the stored faces (default 112)")
+    add_json_arg(p)
+    p.set_defaults(func=run_pack)
+    return p
+
+
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def folder_items(root):
+    """``LstItem`` per image of ``root/<identity>/<file>``: identities in sorted name
+    order get labels 0..K-1, files sorted within each."""
+    from shrinkteanet.data.lst import LstItem
+
+    if not os.path.isdir(root):
+        raise InputError(f"{root}: no such folder")
+    items = []
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    for label, name in enumerate(names):
+        d = os.path.join(root, name)
+        for f in sorted(os.listdir(d)):
+            if f.lower().endswith(_IMAGE_EXT):
+                items.append(LstItem(True, os.path.join(d, f), label, None, None))
+    if not items:
+        raise InputError(f"{root}: no images in identity sub-folders")
+    return items, len(names)
+
+
+def _prepare(job):
+    """Worker: one list item -> (JPEG bytes of an aligned face, label, fallback?)."""
+    import simplejpeg
+
+    from shrinkteanet.data.align import align_face, imread_rgb
+    from shrinkteanet.data.recordio import encode_image
+
+    item, size, quality = job
+    fallback = False
+    if item.aligned:
+        try:
+            with open(item.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InputError(f"{item.path}: cannot read ({e.strerror})") from None
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            if (h, w) == tuple(size):
+                return data, item.label, fallback  # stored as is, like face2rec2
+        except ValueError:
+            pass
+        img = imread_rgb(item.path)
+        if img.shape[:2] != tuple(size):
+            raise InputError(f"{item.path}: aligned image is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}")
+    else:
+        img = imread_rgb(item.path)
+        fallback = item.landmarks is None
+        img = align_face(img, item.landmarks, item.bbox, size[0], name=item.path)
+        if size[0] != size[1]:
+            import cv2
+
+            img = cv2.resize(img, (size[1], size[0]))
+    return encode_image(img, quality), item.label, fallback
+
+
+def _prepared_stream(items, size, quality, workers):
+    jobs = ((it, size, quality) for it in items)
+    if workers <= 1:
+        yield from map(_prepare, jobs)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_prepare, jobs, chunksize=16)
+
+
+def run_pack(args):
+    from shrinkteanet.data.lst import read_lst
+    from shrinkteanet.data.recordio import write_rec_set
+    from shrinkteanet.utils import write_json
+
+    size = _image_size(args.image_size)
+    if args.lst:
+        items = read_lst(args.lst, args.root)
+        num_classes = None
+    else:
+        items, num_classes = folder_items(args.image_folder)
+    # write_rec_set needs identities contiguous; a stable sort keeps the list order within one.
+    items = sorted(items, key=lambda it: it.label)
+    out_dir = os.path.dirname(os.path.abspath(args.prefix))
+    name = os.path.basename(args.prefix)
+    fallbacks = [0]
+
+    def samples():
+        for jpg, label, fb in _prepared_stream(items, size, args.quality, _workers(args.workers)):
+            fallbacks[0] += fb
+            yield jpg, label
+
+    res = write_rec_set(
+        out_dir, samples(), num_classes=num_classes, quality=args.quality, workers=1, image_size=size,
+        name=name, total=len(items),
+    )
+    res.update(image_size=list(size), num_fallback=fallbacks[0], idx=os.path.splitext(res["rec"])[0] + ".idx")
+    print(
+        f"packed {res['num_images']} images of {res['num_ids']} identities ({res['num_classes']} classes) "
+        f"into {res['rec']}" + (f"; {fallbacks[0]} without landmarks used the crop fallback" if fallbacks[0] else "")
+    )
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _register_info(dsub):
+    p = dsub.add_parser("info", help="counts and label histogram of a RecordIO set")
+    p.add_argument("path", help="set folder, its .rec, or its prefix")
+    p.add_argument("--verify", action="store_true", help="also decode every image and count corrupt ones")
+    add_json_arg(p)
+    p.set_defaults(func=run_info)
+    return p
+
+
+_BUCKETS = ((1, 1), (2, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, None))
+
+
+def set_info(path, verify=False):
+    import numpy as np
+
+    from shrinkteanet.data.recordio import FaceRecordDataset
+
+    ds = FaceRecordDataset(path)
+    if ds.identity_ranges:
+        counts = np.array([b - a for a, b in ds.identity_ranges], dtype=np.int64)
+    else:
+        labels = np.array([ds.label_of(k) for k in ds.record_ids], dtype=np.int64)
+        counts = np.bincount(labels)
+        counts = counts[counts > 0]
+    hist = {}
+    for lo, hi in _BUCKETS:
+        sel = (counts >= lo) if hi is None else (counts >= lo) & (counts <= hi)
+        hist[f"{lo}+" if hi is None else (f"{lo}" if lo == hi else f"{lo}-{hi}")] = int(sel.sum())
+    info = {
+        "rec": ds.path_rec,
+        "num_images": int(len(ds)),
+        "num_ids": int(len(counts)),
+        "num_classes": int(ds.num_classes),
+        "image_size": list(ds.image_size) if ds.image_size else None,
+        "has_header": ds.header0 is not None,
+        "images_per_id": {
+            "min": int(counts.min()) if len(counts) else 0,
+            "median": float(np.median(counts)) if len(counts) else 0.0,
+            "mean": float(counts.mean()) if len(counts) else 0.0,
+            "max": int(counts.max()) if len(counts) else 0,
+        },
+        "images_per_id_histogram": hist,
+    }
+    if verify:
+        from tqdm import tqdm
+
+        for k in tqdm(ds.record_ids, unit="img", desc="verify", leave=False):
+            ds.read_key(int(k))
+        info["num_corrupt"] = ds.num_corrupt
+        info["corrupt_keys"] = sorted(int(k) for k in ds.corrupt_keys)
+    return info
+
+
+def run_info(args):
+    from shrinkteanet.utils import write_json
+
+    info = set_info(args.path, args.verify)
+    s = info["images_per_id"]
+    print(f"{info['rec']}")
+    size = "x".join(map(str, info["image_size"])) if info["image_size"] else "unknown (no property)"
+    print(f"  images {info['num_images']}  identities {info['num_ids']}  classes {info['num_classes']}  size {size}")
+    print(f"  images per identity: min {s['min']}  median {s['median']:g}  mean {s['mean']:.2f}  max {s['max']}")
+    print("  histogram: " + "  ".join(f"{k}: {v}" for k, v in info["images_per_id_histogram"].items()))
+    if "num_corrupt" in info:
+        print(f"  corrupt images: {info['num_corrupt']}")
+    if args.json:
+        write_json(args.json, info)
+    return 0
+
+
+# ----------------------------------------------------------------------------- align
+
+
+def _register_align(dsub):
+    p = dsub.add_parser("align", help="5-point similarity alignment of a .lst to 112x112 (InsightFace template)")
+    p.add_argument("--lst", default=None, help="face2rec2 .lst with bbox and 5 landmarks per line "
+                   "(with --detector mtcnn: the output list)")
+    p.add_argument("--out-dir", "--out", required=True, help="aligned images go here, mirroring the input paths")
+    p.add_argument("--out-lst", default=None, help="list of the aligned images (default OUT_DIR/aligned.lst)")
+    p.add_argument("--root", default=None, help="folder that .lst paths are relative to (default: the .lst's)")
+    p.add_argument("--image-size", type=int, default=112, help="side of the aligned crop (default 112)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    from shrinkteanet.cli import _mtcnn_align  # --detector mtcnn on raw photos (issue 11)
+
+    _mtcnn_align.add_arguments(p)
+    add_json_arg(p)
+    p.set_defaults(func=run_align)
+    return p
+
+
+def _align_one(job):
+    from shrinkteanet.data.align import align_face, imread_rgb
+    from shrinkteanet.data.recordio import encode_image
+    from shrinkteanet.utils import atomic_write_bytes
+
+    item, out_path, size, quality = job
+    img = imread_rgb(item.path)
+    if item.aligned and item.landmarks is None:
+        import cv2
+
+        out = img if img.shape[:2] == (size, size) else cv2.resize(img, (size, size))
+        fallback = False
+    else:
+        fallback = item.landmarks is None
+        out = align_face(img, item.landmarks, item.bbox, size, name=item.path)
+    atomic_write_bytes(out_path, encode_image(out, quality))
+    return fallback
+
+
+def run_align(args):
+    from shrinkteanet.data.lst import LstItem, read_lst, write_lst
+    from shrinkteanet.utils import write_json
+
+    if args.detector == "mtcnn":
+        from shrinkteanet.cli._mtcnn_align import run
+
+        return run(args)
+    if not args.lst or args.src:
+        raise InputError("data align: give --lst LIST with landmarks, or --detector mtcnn SRC_DIR_OR_LST")
+    items = read_lst(args.lst, args.root)
+    root = os.path.abspath(args.root) if args.root else os.path.dirname(os.path.abspath(args.lst))
+    out_dir = os.path.abspath(args.out_dir)
+    out_lst = args.out_lst or os.path.join(out_dir, "aligned.lst")
+    jobs, out_items = [], []
+    for it in items:
+        rel = os.path.relpath(os.path.abspath(it.path), root)
+        if rel.startswith(".."):
+            rel = os.path.basename(it.path)
+        out_path = os.path.join(out_dir, os.path.splitext(rel)[0] + ".jpg")
+        jobs.append((it, out_path, args.image_size, args.quality))
+        out_items.append(LstItem(True, out_path, it.label, None, None))
+    workers = _workers(args.workers)
+    from tqdm import tqdm
+
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            flags = list(tqdm(pool.imap(_align_one, jobs, chunksize=8), total=len(jobs), unit="img", leave=False))
+    else:
+        flags = [_align_one(j) for j in tqdm(jobs, unit="img", leave=False)]
+    write_lst(out_lst, out_items, root=os.path.dirname(os.path.abspath(out_lst)))
+    res = {"num_images": len(jobs), "num_fallback": int(sum(flags)), "out_dir": out_dir, "out_lst": out_lst}
+    print(
+        f"aligned {res['num_images']} faces to {args.image_size}x{args.image_size} in {out_dir}"
+        + (f" ({res['num_fallback']} without landmarks: crop fallback)" if res["num_fallback"] else "")
+        + f"; list {out_lst}"
+    )
+    if args.json:
+        write_json(args.json, res)
+    return 0

@@ -1,0 +1,107 @@
+"""`shrinkteanet embed` and `shrinkteanet compare`: embeddings and same/different
+answers for the user's own image files (the evaluation helper's ``Embedder``)."""
+from shrinkteanet.cli import add_json_arg
+
+ORDER = 61
+
+
+def _common(p):
+    p.add_argument("--model", required=True, metavar="PREFIX,EPOCH", help="checkpoint (fc1 embedding network)")
+    p.add_argument("--landmarks", metavar="FILE", default=None,
+                   help="5-point landmarks per image (PATH x1 y1 .. x5 y5, or a face2rec2 .lst): align onto the "
+                   "ArcFace template; images without landmarks are centre-cropped")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the one the weights fit)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
+
+
+def register(sub):
+    p = sub.add_parser("embed", help="embeddings of image files -> .npy (+ .txt list of the files embedded)",
+                       description="Embed image files (directories are searched for images). Rows of OUT are "
+                       "L2-normalised flip-fused embeddings, in the order of the files listed in OUT's .txt twin.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
+    p.add_argument("--out", required=True, metavar="EMB.npy", help="output .npy (N, D) float32")
+    p.add_argument("--strict", action="store_true", help="fail on the first unreadable file instead of skipping it")
+    p.add_argument("--raw", action="store_true", help="keep the embeddings unnormalised")
+    _common(p)
+    add_json_arg(p)
+    p.set_defaults(func=run_embed)
+
+    c = sub.add_parser("compare", help="cosine similarity of two face images and a same/different answer")
+    c.add_argument("a", metavar="A", help="first image")
+    c.add_argument("b", metavar="B", help="second image")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, default=None,
+                   help="cosine threshold: same when similarity >= T (default 0.3)")
+    g.add_argument("--calibrate", metavar="SET.bin", default=None,
+                   help="take the threshold from a verification set (InsightFace best-accuracy threshold)")
+    _common(c)
+    add_json_arg(c)
+    c.set_defaults(func=run_compare)
+
+
+def _names_path(out):
+    import os
+
+    root, ext = os.path.splitext(out)
+    return (root if ext.lower() == ".npy" else out) + ".txt"
+
+
+def run_embed(args):
+    import numpy as np
+
+    from shrinkteanet import export
+    from shrinkteanet.errors import InputError
+    from shrinkteanet.utils import atomic_open, parse_model_arg, write_json
+
+    model = parse_model_arg(args.model)
+    paths = export.expand_image_paths(args.images)
+    if not paths:
+        raise InputError("no image files found in the given paths")
+    landmarks = export.read_landmarks(args.landmarks) if args.landmarks else None
+    embedder, size = export.make_embedder(model, args.batch_size, args.image_size)
+    emb, kept, skipped = export.embed_files(embedder, size, paths, landmarks, args.strict, flip=not args.no_flip,
+                                            normalize=not args.raw)
+    if not kept:
+        raise InputError(f"none of the {len(paths)} files is a readable image")
+    names = _names_path(args.out)
+    with atomic_open(args.out, "wb") as f:
+        np.save(f, emb.astype(np.float32))
+    with atomic_open(names, "w") as f:
+        f.write("".join(p + "\n" for p in kept))
+    print(f"embedded {len(kept)} of {len(paths)} images ({size}x{size}, "
+          f"{'aligned by landmarks where given' if landmarks else 'centre crop'}) -> {args.out} "
+          f"{emb.shape[0]}x{emb.shape[1]}, file list {names}")
+    for p, why in skipped:
+        print(f"skipped {why}")
+    if args.json:
+        write_json(args.json, {"out": args.out, "names": names, "count": len(kept), "dim": int(emb.shape[1]),
+                               "image_size": size, "normalized": not args.raw,
+                               "skipped": [{"path": p, "reason": r} for p, r in skipped]})
+    return 0
+
+
+def run_compare(args):
+    from shrinkteanet import export
+    from shrinkteanet.utils import parse_model_arg, write_json
+
+    model = parse_model_arg(args.model)
+    landmarks = export.read_landmarks(args.landmarks) if args.landmarks else None
+    embedder, size = export.make_embedder(model, args.batch_size, args.image_size)
+    emb, kept, _ = export.embed_files(embedder, size, [args.a, args.b], landmarks, strict=True,
+                                      flip=not args.no_flip)
+    cos = float(export.cosine_rows(emb[:1], emb[1:])[0])
+    if args.calibrate:
+        threshold, fields = export.calibrate_threshold(embedder, args.calibrate, size)
+        source = f"calibrated on {args.calibrate} (accuracy {100 * fields['accuracy']:.2f}%)"
+    elif args.threshold is not None:
+        threshold, source = float(args.threshold), "given"
+    else:
+        threshold, source = export.DEFAULT_COSINE_THRESHOLD, "default; calibrate with --calibrate SET.bin"
+    same = cos >= threshold
+    print(f"{args.a}  vs  {args.b}")
+    print(f"cosine similarity {cos:.4f} -> {'SAME' if same else 'DIFFERENT'} (threshold {threshold:.4f}, {source})")
+    if args.json:
+        write_json(args.json, {"a": args.a, "b": args.b, "cosine": cos, "threshold": threshold, "same": bool(same),
+                               "threshold_source": source})
+    return 0

@@ -1,0 +1,82 @@
+"""`shrinkteanet models`: parameters, MFLOPs and stage shapes of every network."""
+from shrinkteanet.cli import add_json_arg
+from shrinkteanet.errors import InputError
+
+ORDER = 5
+#: MS1M-ArcFace (InsightFace ``emore``) identities: the classifier the paper's teachers train with
+DEFAULT_NUM_CLASSES = 85742
+#: 112 and the low resolutions of the low-resolution recipes (config ``lowres_size``)
+DEFAULT_SIZES = "112,56,28"
+
+
+def register(sub):
+    p = sub.add_parser("models", help="parameters, MFLOPs and stage output shapes of every network")
+    p.add_argument("--networks", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--emb-size", type=int, default=512, help="embedding size (default 512)")
+    p.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES,
+                   help=f"identities of the fc7 classifier (default {DEFAULT_NUM_CLASSES}, MS1M-ArcFace)")
+    p.add_argument("--sizes", default=DEFAULT_SIZES,
+                   help=f"input resolutions for MFLOPs and stage shapes (default {DEFAULT_SIZES})")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _parse_sizes(text):
+    try:
+        sizes = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or any(s < 16 for s in sizes):
+        raise InputError(f"--sizes needs resolutions >= 16 (four halvings), got {text!r}")
+    return sizes
+
+
+def describe(network, emb_size=512, num_classes=DEFAULT_NUM_CLASSES, sizes=(112,)):
+    """Report fields of one network: parameters (embedding part at 112x112 and the
+    ``num_classes`` x ``emb_size`` fc7 classifier, InsightFace's margin head without
+    bias), multiply-add MFLOPs and (C, H, W) stage outputs per input size."""
+    from shrinkteanet import symbols
+
+    row = {"emb_size": emb_size, "params_embedding": None, "params_classifier": num_classes * emb_size,
+           "params_embedding_by_size": {}, "mflops": {}, "stage_shapes": {}}
+    for size in sizes:
+        split = symbols.get_stages(network, emb_size, image_size=size)
+        emb, _ = symbols.count_params(split.full, size)
+        row["params_embedding_by_size"][str(size)] = emb
+        row["mflops"][str(size)] = symbols.count_flops(split.full, size) / 1e6
+        row["stage_shapes"][str(size)] = [list(s) for s in split.stage_shapes(size)]
+    if "112" in row["params_embedding_by_size"]:
+        row["params_embedding"] = row["params_embedding_by_size"]["112"]
+    else:
+        row["params_embedding"] = symbols.count_params(symbols.get_symbol(network, emb_size), 112)[0]
+    return row
+
+
+def run(args):
+    from shrinkteanet import symbols
+    from shrinkteanet.utils import write_json
+
+    sizes = _parse_sizes(args.sizes)
+    if args.emb_size < 1 or args.num_classes < 1:
+        raise InputError("--emb-size and --num-classes must be positive")
+    networks = list(symbols.NETWORKS)
+    if args.networks:
+        networks = [n.strip() for n in args.networks.split(",") if n.strip()]
+        unknown = [n for n in networks if n not in symbols.NETWORKS]
+        if unknown:
+            raise InputError(f"--networks: unknown {', '.join(unknown)} (choose from {', '.join(symbols.NETWORKS)})")
+    report = {n: describe(n, args.emb_size, args.num_classes, sizes) for n in networks}
+
+    print(f"embedding {args.emb_size}, classifier {args.num_classes} x {args.emb_size}; "
+          f"params in millions (embedding part at 112x112), MFLOPs = conv+FC multiply-adds")
+    head = f"{'network':<8}{'params':>9}{'fc7':>9}" + "".join(f"{'MFLOPs@' + str(s):>14}" for s in sizes)
+    head += "  stage outputs @" + str(sizes[0])
+    print(head)
+    for n, row in report.items():
+        line = f"{n:<8}{row['params_embedding'] / 1e6:>9.3f}{row['params_classifier'] / 1e6:>9.2f}"
+        line += "".join(f"{row['mflops'][str(s)]:>14.1f}" for s in sizes)
+        line += "  " + " ".join("x".join(str(v) for v in shp) for shp in row["stage_shapes"][str(sizes[0])])
+        print(line)
+    if args.json:
+        write_json(args.json, report)
+    return 0

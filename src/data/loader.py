@@ -1,0 +1,394 @@
+"""Multi-process training loader over an InsightFace RecordIO set.
+
+Follows InsightFace ``FaceImageIter`` semantics (per-epoch shuffle of the image
+keys, random mirror, ``ColorJitterAug(0.125, 0.125, 0.125)``-style brightness /
+contrast / saturation jitter in random order, raw RGB 0-255 float32 NCHW output)
+plus a low-resolution down/up-sampling augmentation for the low-resolution
+teacher-student recipes.
+
+Determinism: the epoch's order is ``default_rng((seed, epoch))``'s permutation of
+all image keys, shard ``part_index`` takes every ``num_parts``-th of it (all shards
+equally long), and each batch draws its augmentation from
+``default_rng((seed, epoch, part_index, batch))``.  So a batch depends only on
+``(seed, epoch, part_index, num_parts, batch)`` - not on the worker count, timing
+or ``start_batch`` - and resume at ``(epoch, batch)`` replays exactly.
+
+Workers are forked processes; each reads the ``.rec`` through its own descriptor
+(``RecordReader`` reopens after fork), decodes with simplejpeg and writes its
+batch straight into a shared-memory slot.  Batch ``b`` always goes to worker
+``b % workers``, and the main process collects in batch order.
+"""
+import collections
+import mmap
+import multiprocessing
+import os
+import weakref
+
+import numpy as np
+
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+
+log = get_logger(__name__)
+
+Batch = collections.namedtuple("Batch", ["data", "label", "index", "flipped"])
+Batch.__doc__ = """One training batch: ``data`` float32 (B, 3, H, W) raw RGB 0-255,
+``label`` int64 (B,), ``index`` int64 (B,) RecordIO keys, ``flipped`` bool (B,)."""
+
+# Luma weights of mx.image's contrast/saturation jitter (ITU-R 601).
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class _Plan:
+    """Everything random about one batch, drawn before any image is read so that
+    replacing a corrupt image never shifts the random stream."""
+
+    def __init__(self, rng, n, cfg):
+        self.flip = rng.random(n) < 0.5 if cfg["mirror"] else np.zeros(n, bool)
+        cj = cfg["color_jitter"]
+        if cj > 0:
+            self.alpha = 1.0 + rng.uniform(-cj, cj, size=(n, 3)).astype(np.float32)
+            self.order = np.argsort(rng.random((n, 3)), axis=1)
+        lo, hi = cfg["lowres"]
+        if lo > 0:
+            self.lowres = rng.random(n) < cfg["lowres_prob"]
+            self.lowres_size = rng.integers(lo, hi + 1, size=n)
+
+
+def _color_jitter(img, alpha, order):
+    """mx.image Brightness/Contrast/SaturationJitterAug in the drawn order, on float32 HWC."""
+    f = img.astype(np.float32)
+    for op in order:
+        a = alpha[op]
+        if op == 0:  # brightness
+            f *= a
+        elif op == 1:  # contrast: blend with the mean luma
+            mean = float((f @ _LUMA).mean())
+            f *= a
+            f += (1.0 - a) * mean
+        else:  # saturation: blend with the per-pixel luma
+            gray = f @ _LUMA
+            f *= a
+            f += ((1.0 - a) * gray)[:, :, None]
+    np.clip(f, 0.0, 255.0, out=f)
+    return f
+
+
+def _lowres(img, size):
+    """Down-sample to ``size`` (area) and back up (bilinear): same shape, less detail."""
+    import cv2
+
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (int(size), int(size)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def make_batch(dataset, keys, seed, cfg, out):
+    """Fill ``out[:len(keys)]`` (float32 NCHW) with the augmented images of ``keys``.
+
+    Returns ``(label, index, flipped, corrupt_keys)``.  A corrupt image is
+    replaced by the next readable image of the same batch (its key, label and
+    mirror flag travel with it), so the batch keeps its size.
+    """
+    import cv2
+
+    n = len(keys)
+    plan = _Plan(np.random.default_rng(seed), n, cfg)
+    label = np.empty(n, np.int64)
+    ok = np.zeros(n, bool)
+    size = cfg["image_size"]
+    for i, key in enumerate(keys):
+        img, lab = dataset.read_key(int(key))
+        label[i] = lab
+        if img is None:
+            continue
+        if size is not None and img.shape[:2] != size:
+            raise InputError(
+                f"{dataset.path_rec}: record {int(key)} is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}"
+            )
+        ok[i] = True
+        if cfg["lowres"][0] > 0 and plan.lowres[i]:
+            img = _lowres(img, plan.lowres_size[i])
+        if plan.flip[i]:
+            img = cv2.flip(img, 1)
+        if cfg["color_jitter"] > 0:
+            out[i] = _color_jitter(img, plan.alpha[i], plan.order[i]).transpose(2, 0, 1)
+        else:
+            # Planes first, then contiguous uint8 -> float32 casts: about twice as
+            # fast as one strided transposing cast (measured in bench_loader.py's setting).
+            for c, plane in enumerate(cv2.split(img)):
+                out[i, c] = plane
+    index = np.asarray(keys, dtype=np.int64).copy()
+    flipped = plan.flip.copy()
+    corrupt = [int(k) for k, good in zip(keys, ok) if not good]
+    if corrupt:
+        good = np.flatnonzero(ok)
+        if len(good) == 0:
+            raise InputError(f"{dataset.path_rec}: every image of a batch is corrupt (records {corrupt[:5]}...)")
+        for i in np.flatnonzero(~ok):
+            j = good[np.searchsorted(good, i) % len(good)]
+            out[i] = out[j]
+            label[i], index[i], flipped[i] = label[j], index[j], flipped[j]
+    return label, index, flipped, corrupt
+
+
+def _worker_main(dataset, cfg, shm, slot_shape, task_conn, result_conn):
+    import cv2
+
+    cv2.setNumThreads(1)
+    slot_items = int(np.prod(slot_shape))
+    while True:
+        try:
+            task = task_conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        b, slot, keys, seed = task
+        try:
+            out = np.frombuffer(shm, np.float32, slot_items, slot * slot_items * 4).reshape(slot_shape)
+            res = make_batch(dataset, keys, seed, cfg, out)
+            result_conn.send((b, slot, len(keys), res, None))
+        except InputError as e:
+            result_conn.send((b, slot, len(keys), None, ("input", str(e))))
+        except Exception as e:  # reported in the main process with its type
+            result_conn.send((b, slot, len(keys), None, ("other", f"{type(e).__name__}: {e}")))
+
+
+class _WorkerPool:
+    def __init__(self, dataset, cfg, workers, prefetch, slot_shape):
+        ctx = multiprocessing.get_context("fork")
+        self.workers, self.prefetch = workers, prefetch
+        self.slot_shape = slot_shape
+        self.slot_items = int(np.prod(slot_shape))
+        # Anonymous MAP_SHARED memory, created before fork, so workers write batches in place.
+        self.shm = mmap.mmap(-1, self.slot_items * 4 * workers * prefetch)
+        self.task_conns, self.result_conns, self.procs = [], [], []
+        for _ in range(workers):
+            t_recv, t_send = ctx.Pipe(duplex=False)
+            r_recv, r_send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker_main, args=(dataset, cfg, self.shm, slot_shape, t_recv, r_send), daemon=True)
+            p.start()
+            t_recv.close()
+            r_send.close()
+            self.task_conns.append(t_send)
+            self.result_conns.append(r_recv)
+            self.procs.append(p)
+
+    def slot_view(self, slot):
+        return np.frombuffer(self.shm, np.float32, self.slot_items, slot * self.slot_items * 4).reshape(self.slot_shape)
+
+    def submit(self, w, task):
+        self.task_conns[w].send(task)
+
+    def receive(self, w):
+        conn, proc = self.result_conns[w], self.procs[w]
+        while not conn.poll(1.0):
+            if not proc.is_alive():
+                raise RuntimeError(f"loader worker {w} died (exit code {proc.exitcode})")
+        return conn.recv()
+
+    def close(self):
+        for c in self.task_conns:
+            try:
+                c.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        for c in self.task_conns + self.result_conns:
+            c.close()
+        self.procs = []
+
+
+def _parse_lowres(lowres_size):
+    if lowres_size is None or lowres_size == 0:
+        return (0, 0)
+    if isinstance(lowres_size, (tuple, list)):
+        lo, hi = (int(lowres_size[0]), int(lowres_size[-1]))
+    else:
+        lo = hi = int(lowres_size)
+    if not 0 < lo <= hi:
+        raise InputError(f"lowres_size must be N or (min, max) with 0 < min <= max, got {lowres_size!r}")
+    return (lo, hi)
+
+
+class FaceLoader:
+    """Training batches over a RecordIO set (``docs/design.md``: Data).
+
+    ``data_dir_or_rec``: set folder, ``.rec``, prefix or a ``FaceRecordDataset``.
+    ``lowres_size``: 0 (off), N, or ``(min, max)``: with probability
+    ``lowres_prob`` an image is area-down-sampled to that side and bilinearly
+    up-sampled back.  ``color_jitter``: InsightFace's jitter strength (0.125 in its
+    ``data_color`` recipes; 0 = off).  ``workers=0`` works in-process.
+    ``copy=False`` yields views into shared memory, valid until the next batch
+    is requested.
+    """
+
+    def __init__(
+        self,
+        data_dir_or_rec,
+        batch_size,
+        seed=0,
+        workers=2,
+        mirror=True,
+        color_jitter=0.0,
+        lowres_size=0,
+        part_index=0,
+        num_parts=1,
+        drop_last=True,
+        lowres_prob=1.0,
+        prefetch=2,
+        copy=True,
+    ):
+        from shrinkteanet.data.recordio import FaceRecordDataset
+
+        ds = data_dir_or_rec
+        if not isinstance(ds, FaceRecordDataset):
+            ds = FaceRecordDataset(ds)
+        if not (0 <= int(part_index) < int(num_parts)):
+            raise InputError(f"part_index {part_index} is outside 0..num_parts-1 (num_parts={num_parts})")
+        if int(batch_size) <= 0:
+            raise InputError(f"batch_size must be positive, got {batch_size}")
+        self.dataset = ds
+        self.keys = np.asarray(ds.all_record_ids, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.workers = max(0, int(workers))
+        self.part_index, self.num_parts = int(part_index), int(num_parts)
+        self.drop_last = bool(drop_last)
+        self.prefetch = max(1, int(prefetch))
+        self.copy = bool(copy)
+        self.per_part = len(self.keys) // self.num_parts
+        if self.per_part == 0:
+            raise InputError(f"{ds.path_rec}: {len(self.keys)} images cannot fill {self.num_parts} parts")
+        if ds.image_size is not None:
+            h, w = ds.image_size
+        else:
+            img, _ = ds[0]
+            h, w = img.shape[:2]
+        self.image_size = (h, w)
+        self.cfg = {
+            "mirror": bool(mirror),
+            "color_jitter": float(color_jitter),
+            "lowres": _parse_lowres(lowres_size),
+            "lowres_prob": float(lowres_prob),
+            "image_size": (h, w),
+        }
+        self.num_corrupt = 0
+        self._pool = None
+        self._finalizer = None
+
+    @property
+    def num_classes(self):
+        return self.dataset.num_classes
+
+    def __len__(self):
+        n = self.per_part // self.batch_size
+        if not self.drop_last and self.per_part % self.batch_size:
+            n += 1
+        return n
+
+    def epoch_keys(self, epoch):
+        """This shard's record keys in the order of ``epoch`` (pure in seed, epoch)."""
+        perm = np.random.default_rng((self.seed, int(epoch))).permutation(len(self.keys))
+        return self.keys[perm[self.part_index :: self.num_parts][: self.per_part]]
+
+    def _batch_seed(self, epoch, b):
+        return (self.seed, int(epoch), self.part_index, int(b))
+
+    def _ensure_pool(self):
+        if self._pool is None:
+            shape = (self.batch_size, 3) + self.image_size
+            self._pool = _WorkerPool(self.dataset, self.cfg, self.workers, self.prefetch, shape)
+            self._finalizer = weakref.finalize(self, _WorkerPool.close, self._pool)
+        return self._pool
+
+    def _account(self, corrupt):
+        for k in corrupt:
+            if k not in self.dataset.corrupt_keys:
+                self.dataset.corrupt_keys.add(k)
+                log.warning("%s: record %d holds a corrupt image; skipped", self.dataset.path_rec, k)
+        self.num_corrupt += len(corrupt)
+
+    def epoch(self, epoch, start_batch=0):
+        """Yield the ``Batch``es of ``epoch`` from ``start_batch`` on."""
+        keys = self.epoch_keys(epoch)
+        nb = len(self)
+        bs = self.batch_size
+        start_batch = int(start_batch)
+        if not 0 <= start_batch <= nb:
+            raise InputError(f"start_batch {start_batch} is outside 0..{nb}")
+        if self.workers == 0:
+            out = np.empty((bs, 3) + self.image_size, np.float32)
+            for b in range(start_batch, nb):
+                kb = keys[b * bs : (b + 1) * bs]
+                label, index, flipped, corrupt = make_batch(self.dataset, kb, self._batch_seed(epoch, b), self.cfg, out)
+                self._account(corrupt)
+                yield Batch(out[: len(kb)].copy(), label, index, flipped)
+            return
+        yield from self._epoch_workers(epoch, keys, start_batch, nb)
+
+    def _epoch_workers(self, epoch, keys, start_batch, nb):
+        pool = self._ensure_pool()
+        W, P, bs = self.workers, self.prefetch, self.batch_size
+        outstanding = collections.deque()
+        nxt = start_batch
+
+        def submit():
+            nonlocal nxt
+            b = nxt
+            w = b % W
+            slot = w * P + (b // W) % P
+            pool.submit(w, (b, slot, keys[b * bs : (b + 1) * bs], self._batch_seed(epoch, b)))
+            outstanding.append(b)
+            nxt += 1
+
+        try:
+            while nxt < nb and len(outstanding) < W * P:
+                submit()
+            release = False
+            while outstanding:
+                if release and nxt < nb:
+                    submit()  # reuses the slot of the batch handed out last
+                b = outstanding.popleft()
+                got_b, slot, n, res, err = pool.receive(b % W)
+                if got_b != b:
+                    raise RuntimeError(f"loader worker returned batch {got_b}, expected {b}")
+                if err is not None:
+                    raise (InputError if err[0] == "input" else RuntimeError)(err[1])
+                label, index, flipped, corrupt = res
+                self._account(corrupt)
+                data = pool.slot_view(slot)[:n]
+                if self.copy:
+                    data = data.copy()
+                    if nxt < nb:
+                        submit()
+                    release = False
+                else:
+                    release = True
+                yield Batch(data, label, index, flipped)
+        finally:
+            # Leave no result in flight for the next epoch (generator closed early or failed).
+            while outstanding:
+                b = outstanding.popleft()
+                try:
+                    pool.receive(b % W)
+                except Exception:
+                    self.close()
+                    break
+
+    def close(self):
+        if self._finalizer is not None:
+            self._finalizer()
+        self._pool = None
+        self._finalizer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,608 @@
+"""InsightFace RecordIO training sets: read, write, index.
+
+Layout (InsightFace ``face2rec2.py`` / ``FaceImageIter``):
+
+* ``train.rec`` - dmlc RecordIO records; ``train.idx`` - ``key<TAB>byte offset``
+  lines, as ``mx.recordio.MXIndexedRecordIO`` writes them;
+  ``property`` - ``num_classes,112,112``.
+* record 0: meta header, ``IRHeader.label = [num_images+1, num_images+1+num_ids]``;
+* records ``1..N``: images, header label = class id (scalar, or a vector whose
+  first element is the class id, as face2rec2 writes ``[label, aligned]``);
+* records ``N+1..N+K``: one per identity, label ``[first, last+1)`` image keys.
+
+The byte format is written and parsed here in pure Python (dmlc-core
+``RecordIOWriter``/``RecordIOReader`` framing, mxnet ``IRHeader`` struct ``IfQQ``),
+so that loader worker processes never import mxnet and read with ``os.pread``
+(no shared file position, so a descriptor survives ``fork``).  The tests check
+every byte against ``mx.recordio``.
+"""
+import collections
+import multiprocessing
+import numbers
+import os
+import struct
+import threading
+
+import numpy as np
+
+from shrinkteanet.constants import IMAGE_SIZE
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+
+log = get_logger(__name__)
+
+#: dmlc RecordIO magic word, little endian on disk.
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_LREC_MASK = (1 << 29) - 1
+#: mxnet ``IRHeader``: flag (uint32), label (float32), id (uint64), id2 (uint64).
+_IR_FORMAT = "<IfQQ"
+_IR_SIZE = struct.calcsize(_IR_FORMAT)
+
+IRHeader = collections.namedtuple("IRHeader", ["flag", "label", "id", "id2"])
+
+
+# ----------------------------------------------------------------------------- header
+
+
+def pack(label, payload=b"", key=0, id2=0):
+    """Record body = IRHeader + payload, byte-identical to ``mx.recordio.pack``.
+
+    A scalar label goes into the header (flag 0); a vector label sets
+    ``flag = len(label)`` and follows the header as float32 values.
+    """
+    if isinstance(payload, str):
+        payload = payload.encode("latin1")
+    if isinstance(label, numbers.Number):
+        return struct.pack(_IR_FORMAT, 0, float(label), int(key), int(id2)) + bytes(payload)
+    vec = np.asarray(label, dtype="<f4").ravel()
+    return struct.pack(_IR_FORMAT, vec.size, 0.0, int(key), int(id2)) + vec.tobytes() + bytes(payload)
+
+
+def unpack(record):
+    """Inverse of :func:`pack`: ``(IRHeader, payload bytes)`` as ``mx.recordio.unpack``."""
+    if len(record) < _IR_SIZE:
+        raise ValueError(f"record of {len(record)} bytes is shorter than its {_IR_SIZE}-byte header")
+    flag, label, key, id2 = struct.unpack_from(_IR_FORMAT, record, 0)
+    off = _IR_SIZE
+    if flag > 0:
+        if len(record) < off + 4 * flag:
+            raise ValueError(f"record header announces {flag} label values past the end of the record")
+        label = np.frombuffer(record, dtype="<f4", count=flag, offset=off).astype(np.float32)
+        off += 4 * flag
+    return IRHeader(flag, label, key, id2), record[off:]
+
+
+def class_of(label):
+    """Class id of an image header label: the scalar, or the first value of a vector
+    (InsightFace ``FaceImageIter.next_sample``: ``label = label[0]``)."""
+    if isinstance(label, numbers.Number):
+        return int(label)
+    return int(label[0])
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def frame(body):
+    """dmlc ``RecordIOWriter::WriteRecord`` framing of one record.
+
+    The payload is cut at every 4-byte aligned occurrence of the magic word
+    (continuation flags 1 = first, 2 = middle, 3 = last part; the magic itself is
+    dropped and the reader re-inserts it); the whole is padded to 4 bytes.
+    """
+    n = len(body)
+    if n >= 1 << 29:
+        raise InputError(f"record of {n} bytes exceeds RecordIO's 512 MiB limit")
+    cuts = []
+    if _MAGIC_BYTES in body:
+        words = np.frombuffer(body, dtype="<u4", count=n // 4)
+        cuts = (np.flatnonzero(words == MAGIC) * 4).tolist()
+    out = []
+    start = 0
+    for c in cuts:
+        out.append(_MAGIC_BYTES + struct.pack("<I", ((1 if start == 0 else 2) << 29) | (c - start)))
+        out.append(body[start:c])
+        start = c + 4
+    out.append(_MAGIC_BYTES + struct.pack("<I", ((3 if start else 0) << 29) | (n - start)))
+    out.append(body[start:])
+    pad = (-n) % 4
+    if pad:
+        out.append(b"\0" * pad)
+    return b"".join(out)
+
+
+class RecordWriter:
+    """Indexed RecordIO writer (``MXIndexedRecordIO(idx, rec, 'w')`` equivalent)."""
+
+    def __init__(self, path_rec, path_idx):
+        self.path_rec, self.path_idx = path_rec, path_idx
+        self._f = open(path_rec, "wb")
+        self._idx = []
+        self.pos = 0
+
+    def write(self, key, body):
+        self._idx.append(f"{int(key)}\t{self.pos}\n")
+        data = frame(body)
+        self._f.write(data)
+        self.pos += len(data)
+
+    def close(self):
+        if self._f is None:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
+        with open(self.path_idx, "w") as f:
+            f.writelines(self._idx)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class RecordReader:
+    """Random access to an indexed ``.rec`` by key, with ``os.pread``.
+
+    The descriptor is reopened after a ``fork`` (checked by pid), so each loader
+    worker reads through its own file, as InsightFace does with one
+    ``MXIndexedRecordIO`` per process.
+    """
+
+    def __init__(self, path_rec, path_idx=None):
+        self.path_rec = os.fspath(path_rec)
+        self.path_idx = os.fspath(path_idx) if path_idx else os.path.splitext(self.path_rec)[0] + ".idx"
+        for p in (self.path_rec, self.path_idx):
+            if not os.path.isfile(p):
+                raise InputError(f"{p}: no such file")
+        self.size = os.path.getsize(self.path_rec)
+        self._keys, self._offs = self._read_idx()
+        # Dense key -> offset table when keys are compact (InsightFace sets: 0..N+K),
+        # else a sorted search; numpy either way, so MS1M's 5.8M entries take
+        # ~50 MB instead of a dict's ~600 MB in every worker.
+        order = np.argsort(self._keys, kind="stable")
+        self._keys, self._offs = self._keys[order], self._offs[order]
+        top = int(self._keys[-1])
+        if self._keys[0] >= 0 and top < 2 * len(self._keys) + 1024:
+            self._table = np.full(top + 1, -1, dtype=np.int64)
+            self._table[self._keys] = self._offs
+        else:
+            self._table = None
+        self._fd = None
+        self._pid = None
+        self._check_index()
+
+    def _read_idx(self):
+        with open(self.path_idx, "rb") as f:
+            data = f.read()
+        rows = data.split(b"\n", 1)[0].strip().split(b"\t") if data.strip() else []
+        if not data.strip():
+            raise InputError(f"{self.path_idx}: empty index")
+        try:
+            if len(rows) != 2:
+                raise ValueError
+            int(rows[0]), int(rows[1])
+            vals = np.array(data.split(), dtype=np.int64)
+            if vals.size % 2:
+                raise ValueError
+        except ValueError:
+            # find the offending line for a one-line message
+            for n, line in enumerate(data.decode("latin1").splitlines(), 1):
+                parts = line.strip().split("\t")
+                if line.strip() and (len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts)):
+                    raise InputError(f"{self.path_idx}: line {n} is not 'key<TAB>offset': {line[:60]!r}") from None
+            raise InputError(f"{self.path_idx}: not a 'key<TAB>offset' index") from None
+        vals = vals.reshape(-1, 2)
+        return vals[:, 0].copy(), vals[:, 1].copy()
+
+    def offset(self, key):
+        key = int(key)
+        if self._table is not None:
+            if 0 <= key < len(self._table) and self._table[key] >= 0:
+                return int(self._table[key])
+        else:
+            i = int(np.searchsorted(self._keys, key))
+            if i < len(self._keys) and self._keys[i] == key:
+                return int(self._offs[i])
+        raise InputError(f"{self.path_rec}: no record with key {key} in {self.path_idx}")
+
+    def _check_index(self):
+        """Every offset inside the file, and a spread of them (first, last and up to
+        254 between) pointing at a record start whose length fits the file."""
+        bad = np.flatnonzero((self._offs < 0) | (self._offs > self.size - 8))
+        if len(bad):
+            k, pos = int(self._keys[bad[0]]), int(self._offs[bad[0]])
+            raise InputError(
+                f"{self.path_idx} does not match {self.path_rec}: key {k} points at byte "
+                f"{pos}, past the end of the {self.size}-byte file (rebuild the .idx)"
+            )
+        n = len(self._keys)
+        for i in sorted(set(np.linspace(0, n - 1, min(n, 256)).astype(int).tolist())):
+            k, pos = int(self._keys[i]), int(self._offs[i])
+            magic, lrec = struct.unpack("<II", os.pread(self.fd, 8, pos))
+            if magic != MAGIC or pos + 8 + (lrec & _LREC_MASK) > self.size:
+                raise InputError(
+                    f"{self.path_idx} does not match {self.path_rec}: key {k} points at byte {pos}, "
+                    f"which is not a record start (rebuild the .idx)"
+                )
+
+    @property
+    def fd(self):
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path_rec, os.O_RDONLY)
+            self._pid = os.getpid()
+        return self._fd
+
+    @property
+    def keys(self):
+        """All keys of the index, ascending (int64 array)."""
+        return self._keys
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __contains__(self, key):
+        try:
+            self.offset(key)
+            return True
+        except InputError:
+            return False
+
+    def read(self, key):
+        """Raw record body of ``key`` (dmlc ``RecordIOReader::NextRecord``: parts
+        joined with the magic word re-inserted)."""
+        pos = self.offset(key)
+        fd = self.fd
+        parts = []
+        while True:
+            head = os.pread(fd, 8, pos)
+            if len(head) < 8:
+                raise InputError(f"{self.path_rec}: record {key} is truncated at byte {pos}")
+            magic, lrec = struct.unpack("<II", head)
+            if magic != MAGIC:
+                raise InputError(f"{self.path_rec}: record {key} has no RecordIO magic at byte {pos}")
+            cflag, length = lrec >> 29, lrec & _LREC_MASK
+            data = os.pread(fd, length, pos + 8)
+            if len(data) < length:
+                raise InputError(f"{self.path_rec}: record {key} is truncated at byte {pos}")
+            parts.append(data)
+            pos += 8 + ((length + 3) & ~3)
+            if cflag in (0, 3):
+                break
+        return parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)
+
+    def read_header(self, key):
+        return unpack(self.read(key))
+
+    def close(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fd"] = None
+        d["_pid"] = None
+        return d
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# ----------------------------------------------------------------------------- set paths
+
+
+def resolve_rec(path):
+    """``DIR`` (holding ``train.rec``), ``X.rec`` or the prefix ``X`` -> (rec, idx, property)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        rec = os.path.join(path, "train.rec")
+    elif path.endswith(".rec"):
+        rec = path
+    else:
+        rec = path + ".rec"
+    if not os.path.isfile(rec):
+        raise InputError(f"{rec}: no such RecordIO file")
+    base = os.path.splitext(rec)[0]
+    return rec, base + ".idx", os.path.join(os.path.dirname(os.path.abspath(rec)), "property")
+
+
+def read_property(path):
+    """``property`` file -> (num_classes, height, width), InsightFace layout."""
+    with open(path) as f:
+        text = f.read().strip()
+    try:
+        vals = [int(v) for v in text.split(",")]
+        if len(vals) != 3:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
+    return tuple(vals)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def encode_image(image, quality=95, image_size=None):
+    """JPEG bytes of an RGB uint8 HWC image (passed through when already bytes)."""
+    import simplejpeg
+
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    arr = np.ascontiguousarray(image, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(f"image must be HWC RGB uint8, got shape {arr.shape}")
+    if image_size is not None and arr.shape[:2] != tuple(image_size):
+        raise InputError(f"image is {arr.shape[0]}x{arr.shape[1]}, expected {image_size[0]}x{image_size[1]}")
+    # 4:2:0 as OpenCV's imencode (InsightFace's pack_img) writes by default.
+    return simplejpeg.encode_jpeg(arr, quality=int(quality), colorspace="RGB", colorsubsampling="420")
+
+
+def _encode_job(args):
+    image, quality = args
+    return encode_image(image, quality)
+
+
+def _label_vector(label, extra):
+    if extra is None:
+        return int(label)
+    ex = np.atleast_1d(np.asarray(extra, dtype=np.float32)).ravel()
+    return np.concatenate([[float(label)], ex]).astype(np.float32)
+
+
+def write_rec_set(
+    out_dir,
+    samples,
+    num_classes=None,
+    quality=95,
+    workers=None,
+    image_size=(IMAGE_SIZE, IMAGE_SIZE),
+    name="train",
+    progress=True,
+    total=None,
+    chunk=512,
+):
+    """Write an InsightFace training set ``out_dir/{name}.rec|.idx`` + ``property``.
+
+    ``samples``: iterable of ``(image, label)`` or ``(image, label, extra)``, sorted
+    by label; ``image`` is an RGB uint8 HWC array (JPEG-encoded here, in
+    ``workers`` processes) or JPEG bytes (stored as they are); ``extra`` (a number
+    or sequence) makes the header label the vector ``[label, *extra]``, as
+    face2rec2's ``[label, aligned]``.  Layout as in ``face2rec2.py``: record 0 =
+    ``[N+1, N+1+K]``, images ``1..N``, identity records ``[first, last+1)``.
+    Files appear under their final names only when complete (temp + rename;
+    ``property`` last).  Returns ``{"num_images", "num_ids", "num_classes", "rec"}``.
+    """
+    from tqdm import tqdm
+
+    from shrinkteanet.utils import atomic_write_bytes
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    rec = os.path.join(out_dir, name + ".rec")
+    idx = os.path.join(out_dir, name + ".idx")
+    tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
+    writer = RecordWriter(rec + tag, idx + tag)
+    workers = max(1, (os.cpu_count() or 1) if workers is None else int(workers))
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    ids = []  # (label, first key, last key + 1)
+    key = 1
+    last_label = None
+    bar = tqdm(total=total, unit="img", desc=f"pack {name}", disable=not progress, leave=False)
+    try:
+        # Record 0 is rewritten in place at the end; reserve its exact size now.
+        header_len = len(frame(pack([0.0, 0.0], b"", 0)))
+        writer._idx.append(f"0\t{writer.pos}\n")
+        writer._f.write(b"\0" * header_len)
+        writer.pos += header_len
+        it = iter(samples)
+        while True:
+            batch = []
+            for s in it:
+                batch.append(s)
+                if len(batch) >= chunk:
+                    break
+            if not batch:
+                break
+            labels, extras, jobs = [], [], []
+            for n, s in enumerate(batch):
+                if len(s) not in (2, 3):
+                    raise InputError(f"sample {key + n - 1}: expected (image, label[, extra]), got {len(s)} fields")
+                img, lab = s[0], s[1]
+                if not isinstance(img, (bytes, bytearray, memoryview)):
+                    img = np.asarray(img)
+                    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                        raise InputError(f"sample {key + n - 1}: image must be HWC RGB uint8, got {img.dtype} {img.shape}")
+                    if tuple(img.shape[:2]) != tuple(image_size):
+                        raise InputError(
+                            f"sample {key + n - 1}: image is {img.shape[0]}x{img.shape[1]}, "
+                            f"expected {image_size[0]}x{image_size[1]}"
+                        )
+                labels.append(int(lab))
+                extras.append(s[2] if len(s) == 3 else None)
+                jobs.append((img, quality))
+            if pool is not None and sum(not isinstance(j[0], (bytes, bytearray)) for j in jobs) > 1:
+                jpegs = pool.map(_encode_job, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+            else:
+                jpegs = [_encode_job(j) for j in jobs]
+            for lab, ex, jpg in zip(labels, extras, jpegs):
+                if lab < 0:
+                    raise InputError(f"sample {key - 1}: negative label {lab}")
+                if last_label is None or lab != last_label:
+                    if last_label is not None and lab < last_label:
+                        raise InputError(
+                            f"sample {key - 1}: labels must be sorted (label {lab} after {last_label})"
+                        )
+                    ids.append([lab, key, key])
+                    last_label = lab
+                writer.write(key, pack(_label_vector(lab, ex), jpg, key))
+                ids[-1][2] = key + 1
+                key += 1
+            bar.update(len(batch))
+        num_images = key - 1
+        if num_images == 0:
+            raise InputError(f"{out_dir}: no samples to write")
+        for lab, first, end in ids:
+            writer.write(key, pack([float(first), float(end)], b"", key))
+            key += 1
+        head = frame(pack([float(num_images + 1), float(num_images + 1 + len(ids))], b"", 0))
+        assert len(head) == header_len
+        writer._f.seek(0)
+        writer._f.write(head)
+        writer._f.seek(0, os.SEEK_END)
+        writer.close()
+        max_label = ids[-1][0]
+        if num_classes is None:
+            num_classes = max_label + 1
+        elif max_label >= num_classes:
+            raise InputError(f"label {max_label} does not fit num_classes={num_classes}")
+        os.replace(rec + tag, rec)
+        os.replace(idx + tag, idx)
+        atomic_write_bytes(
+            os.path.join(out_dir, "property"), f"{int(num_classes)},{image_size[0]},{image_size[1]}".encode()
+        )
+    except BaseException:
+        writer.close()
+        for p in (rec + tag, idx + tag):
+            if os.path.exists(p):
+                os.unlink(p)
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    log.info("wrote %s: %d images, %d identities, %d classes", rec, num_images, len(ids), num_classes)
+    return {"num_images": num_images, "num_ids": len(ids), "num_classes": int(num_classes), "rec": rec}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def decode_jpeg(data):
+    """RGB uint8 HWC from JPEG (simplejpeg) or any cv2-readable format."""
+    import simplejpeg
+
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except Exception:
+        import cv2
+
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if arr is None:
+            raise
+        return np.ascontiguousarray(arr[:, :, ::-1])
+
+
+class FaceRecordDataset:
+    """Gluon-style dataset of ``(HWC uint8 RGB image, int label)`` over an
+    InsightFace RecordIO set, following ``FaceImageIter``: header record 0 with
+    ``flag > 0`` gives the identity records ``label[0]..label[1]``, each with its
+    image range; without that header every key of the index is an image.
+
+    ``path_rec``: the set's directory, its ``.rec`` or its prefix.
+    ``part_index``/``num_parts`` keep every ``num_parts``-th image for one worker of
+    a distributed job.  A corrupt JPEG is logged (with the record key), counted in
+    ``.num_corrupt`` and replaced by the next readable image of the shard; an
+    image whose size differs from ``property`` raises ``InputError``.
+    """
+
+    def __init__(self, path_rec, part_index=0, num_parts=1, check_size=True):
+        self.path_rec, self.path_idx, self.path_property = resolve_rec(path_rec)
+        if not (0 <= int(part_index) < int(num_parts)):
+            raise InputError(f"part_index {part_index} is outside 0..num_parts-1 (num_parts={num_parts})")
+        self.reader = RecordReader(self.path_rec, self.path_idx)
+        self.check_size = check_size
+        self.num_corrupt = 0
+        self.corrupt_keys = set()
+        self.identity_ranges = []  # (first key, end key) per identity, header order
+        if 0 in self.reader:
+            header, _ = self.reader.read_header(0)
+        else:
+            header = None
+        if header is not None and header.flag > 0:
+            self.header0 = (int(header.label[0]), int(header.label[1]))
+            for ik in range(*self.header0):
+                h, _ = self.reader.read_header(ik)
+                if h.flag < 2:
+                    raise InputError(f"{self.path_rec}: identity record {ik} has no [first, end) label")
+                self.identity_ranges.append((int(h.label[0]), int(h.label[1])))
+            if self.identity_ranges:
+                keys = [k for a, b in self.identity_ranges for k in range(a, b)]
+            else:
+                keys = list(range(1, self.header0[0]))
+        else:
+            self.header0 = None
+            keys = self.reader.keys.tolist()
+        self.all_record_ids = np.asarray(keys, dtype=np.int64)
+        self.record_ids = self.all_record_ids[int(part_index) :: int(num_parts)]
+        self.part_index, self.num_parts = int(part_index), int(num_parts)
+        if os.path.isfile(self.path_property):
+            self.num_classes, h, w = read_property(self.path_property)
+            self.image_size = (h, w)
+        else:
+            self.num_classes = self._derive_num_classes()
+            self.image_size = None
+            log.warning(
+                "%s: no property file; derived num_classes=%d from the records", self.path_rec, self.num_classes
+            )
+
+    def _derive_num_classes(self):
+        if self.identity_ranges:
+            # Images of one identity share its class: one header read per identity.
+            top = max(class_of(self.reader.read_header(a)[0].label) for a, b in self.identity_ranges if b > a)
+            return max(top + 1, len(self.identity_ranges))
+        top = -1
+        for k in self.all_record_ids:
+            top = max(top, class_of(self.reader.read_header(int(k))[0].label))
+        return top + 1
+
+    def __len__(self):
+        return len(self.record_ids)
+
+    def read_key(self, key):
+        """``(image or None when the JPEG is corrupt, class id)`` for a record key."""
+        header, payload = self.reader.read_header(int(key))
+        label = class_of(header.label)
+        try:
+            img = decode_jpeg(payload)
+        except Exception:
+            if key not in self.corrupt_keys:
+                self.corrupt_keys.add(key)
+                self.num_corrupt += 1
+                log.warning("%s: record %d holds a corrupt image; skipped", self.path_rec, key)
+            return None, label
+        if self.check_size and self.image_size is not None and img.shape[:2] != tuple(self.image_size):
+            raise InputError(
+                f"{self.path_rec}: record {key} is {img.shape[0]}x{img.shape[1]}, "
+                f"property says {self.image_size[0]}x{self.image_size[1]}"
+            )
+        return img, label
+
+    def __getitem__(self, i):
+        n = len(self.record_ids)
+        for step in range(n):
+            img, label = self.read_key(self.record_ids[(i + step) % n])
+            if img is not None:
+                return img, label
+        raise InputError(f"{self.path_rec}: no readable image in this shard")
+
+    def label_of(self, key):
+        return class_of(self.reader.read_header(int(key))[0].label)
+
+    def transform(self, fn, lazy=True):
+        """Gluon ``Dataset.transform`` (through ``SimpleDataset``; mxnet imported here only)."""
+        from mxnet.gluon.data import SimpleDataset
+
+        return SimpleDataset(self).transform(fn, lazy)
+
+    def transform_first(self, fn, lazy=True):
+        """Gluon ``Dataset.transform_first`` equivalent."""
+        from mxnet.gluon.data import SimpleDataset
+
+        return SimpleDataset(self).transform_first(fn, lazy)
+
+    def __getstate__(self):
+        return dict(self.__dict__)

@@ -1,0 +1,1036 @@
+"""Synthetic face-like identities in every data format of the project.
+
+Real face sets (MS1M, LFW, CFP, AgeDB, IJB-C, MegaFace) cannot ship with the
+package, so the training set, the three verification ``.bin`` targets, the
+IJB-C tree and the MegaFace tree are rendered here from a parametric face
+model.  Every identity has a persistent appearance (head and jaw shape, skin
+tone, eye/brow/nose/mouth geometry and colours, hair style and colour, ears,
+facial hair, glasses, skin texture blobs and moles); every image draws its own
+nuisance (pose as a rotation of a head ellipsoid, alignment jitter,
+expression, illumination, colour cast, blur, low resolution, noise, JPEG,
+occlusion, background clutter).  ``difficulty`` scales the nuisance.
+
+The 5 landmarks (eye centres, nose tip, mouth corners, InsightFace order) of
+every image are the projections of model points, so they are exact:
+
+* aligned images (training set, ``.bin``, MegaFace) are drawn with the
+  similarity that maps those landmarks, disturbed by detector-like noise, onto
+  ``ARCFACE_TEMPLATE`` - the same least-squares similarity InsightFace's
+  ``norm_crop`` uses - so their landmarks lie near the template up to pose;
+* IJB loose crops are drawn on a larger canvas with random scale, rotation and
+  translation, and their landmarks are written to ``*_name_5pts_score.txt`` so
+  that ``norm_crop`` turns each of them into a proper 112x112 face.
+
+Determinism: identity ``i`` of namespace ``ns`` is a pure function of
+``(seed, ns, i)``; image ``j`` of a task of a pure function of its key, so the
+output does not depend on the number of worker processes.
+
+The rendering draws anti-aliased polygons with OpenCV at twice the output
+resolution and downsamples with area averaging.
+"""
+import math
+import os
+
+import cv2
+import numpy as np
+
+from shrinkteanet.constants import ARCFACE_TEMPLATE, IMAGE_SIZE, MEGAFACE_SIZES
+from shrinkteanet.data.align import estimate_similarity
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+
+log = get_logger(__name__)
+
+# Namespaces of identity draws: each benchmark gets its own individuals, so the
+# evaluation identities are disjoint from the training identities (open set).
+NS_TRAIN, NS_LFW, NS_CFP, NS_AGEDB, NS_IJB, NS_MF_PROBE, NS_MF_DISTRACTOR = 1, 2, 3, 4, 5, 6, 7
+_NS_NAMES = {NS_TRAIN: "train", NS_LFW: "lfw", NS_CFP: "cfp_fp", NS_AGEDB: "agedb_30", NS_IJB: "ijb",
+             NS_MF_PROBE: "megaface_probe", NS_MF_DISTRACTOR: "megaface_distractor"}
+
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+_ONE = float(1 << _SHIFT)
+_SUPERSAMPLE = 2
+
+_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 28, endpoint=False)),
+                    np.sin(np.linspace(0, 2 * np.pi, 28, endpoint=False))], 1)
+
+_HAIR_PALETTE = np.array([(22, 18, 16), (55, 38, 28), (100, 68, 42), (140, 100, 60), (205, 170, 110),
+                          (150, 70, 35), (135, 132, 128), (215, 210, 200)], np.float64)
+_HAIR_P = np.array([0.22, 0.22, 0.16, 0.1, 0.1, 0.07, 0.08, 0.05])
+_IRIS_PALETTE = np.array([(45, 28, 18), (95, 58, 30), (125, 100, 50), (75, 110, 65), (70, 115, 170),
+                          (115, 125, 135)], np.float64)
+_IRIS_P = np.array([0.35, 0.25, 0.12, 0.1, 0.12, 0.06])
+_SKIN_LIGHT = np.array([240, 205, 180], np.float64)
+_SKIN_DARK = np.array([88, 56, 40], np.float64)
+
+
+def _rng(*keys):
+    """A generator that is a pure function of integer keys (SeedSequence entropy)."""
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
+
+
+def _clip_rgb(c):
+    return np.clip(np.asarray(c, np.float64), 0, 255)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def sample_identity(rng):
+    """Persistent appearance of one individual (face units = pixels of the 112 template frame,
+    origin at the centre of the head ellipsoid, x right, y down)."""
+    g = {}
+    a = rng.uniform(33, 43)
+    g["a"] = a
+    g["b"] = a * rng.uniform(1.18, 1.45)
+    g["c"] = a * rng.uniform(0.8, 0.95)
+    g["jaw"] = rng.uniform(0.45, 0.9)  # width kept at the chin
+    g["chin"] = rng.uniform(0.3, 0.65)  # forward depth of the chin, fraction of c
+    g["eye_y"] = rng.normal(-12.0, 2.5)
+    g["eye_dx"] = rng.uniform(14.5, 19.5)
+    g["eye_w"] = rng.uniform(4.5, 7.2)
+    g["eye_h"] = rng.uniform(1.7, 3.3)
+    g["eye_tilt"] = rng.uniform(-0.18, 0.18)
+    g["iris_r"] = min(rng.uniform(2.0, 3.0), g["eye_w"] * 0.6)
+    g["iris_rgb"] = _clip_rgb(_IRIS_PALETTE[rng.choice(len(_IRIS_PALETTE), p=_IRIS_P)] + rng.normal(0, 12, 3))
+    g["brow_gap"] = rng.uniform(4.5, 9.5)
+    g["brow_th"] = rng.uniform(0.9, 3.2)
+    g["brow_len"] = rng.uniform(10, 16.5)
+    g["brow_arch"] = rng.uniform(-0.5, 3.2)
+    g["brow_tilt"] = rng.uniform(-0.22, 0.22)
+    g["brow_in"] = rng.uniform(-2.0, 3.0)
+    g["nose_y"] = g["eye_y"] + rng.uniform(15.5, 24.5)
+    g["nose_w"] = rng.uniform(3.6, 7.2)
+    g["nose_depth"] = rng.uniform(8, 16)
+    g["nostril"] = rng.uniform(0.9, 2.1)
+    g["nose_shade"] = rng.uniform(0.06, 0.2)
+    g["mouth_y"] = g["nose_y"] + rng.uniform(10.5, 18.5)
+    g["mouth_w"] = rng.uniform(10.5, 16.5)
+    g["lip_up"] = rng.uniform(1.1, 3.6)
+    g["lip_lo"] = rng.uniform(1.6, 4.6)
+    g["mouth_curve"] = rng.uniform(-1.2, 1.2)
+    t = rng.uniform(0, 1) ** 1.2
+    skin = _SKIN_LIGHT * (1 - t) + _SKIN_DARK * t + rng.normal(0, [9, 7, 7])
+    g["skin_rgb"] = _clip_rgb(skin)
+    g["lip_rgb"] = _clip_rgb(g["skin_rgb"] * 0.72 + np.array([175, 55, 70]) * 0.28 + rng.normal(0, 8, 3))
+    hair = _HAIR_PALETTE[rng.choice(len(_HAIR_PALETTE), p=_HAIR_P)] + rng.normal(0, 10, 3)
+    g["hair_rgb"] = _clip_rgb(hair)
+    g["brow_rgb"] = _clip_rgb(g["hair_rgb"] * rng.uniform(0.55, 0.95))
+    g["hairline"] = -g["b"] * rng.uniform(0.38, 0.72)
+    g["hair_part"] = rng.uniform(-0.35, 0.35)
+    g["hair_vol"] = rng.uniform(1.5, 11)
+    g["hair_len"] = int(rng.choice(3, p=[0.5, 0.3, 0.2]))
+    g["bangs"] = bool(rng.uniform() < 0.22)
+    g["bald"] = bool(rng.uniform() < 0.08)
+    g["ear_w"] = rng.uniform(3.5, 6.0)
+    g["ear_h"] = rng.uniform(8, 13)
+    g["ear_y"] = g["eye_y"] + rng.uniform(2, 8)
+    g["beard"] = rng.uniform(0.25, 0.9) if rng.uniform() < 0.18 else 0.0
+    g["moustache"] = rng.uniform(0.4, 1.0) if rng.uniform() < 0.18 else 0.0
+    g["glasses"] = bool(rng.uniform() < 0.14)
+    g["glasses_rgb"] = _clip_rgb(rng.choice([20, 60, 120, 180]) + rng.normal(0, 15, 3))
+    g["glasses_round"] = bool(rng.uniform() < 0.5)
+    n = int(rng.poisson(1.2))
+    g["moles"] = np.stack([rng.uniform(-0.6, 0.6, n) * a, rng.uniform(-0.3, 0.7, n) * g["b"],
+                           rng.uniform(0.5, 1.3, n)], 1) if n else np.zeros((0, 3))
+    n = int(rng.integers(5, 11))
+    g["blobs"] = np.stack([rng.uniform(-0.7, 0.7, n) * a, rng.uniform(-0.55, 0.75, n) * g["b"],
+                           rng.uniform(3, 9, n), rng.uniform(2, 7, n), rng.uniform(0, np.pi, n),
+                           rng.normal(0, 0.07, n)], 1)
+    g["blush"] = rng.uniform(0, 0.12)
+    g["age"] = rng.uniform(0, 0.5)
+    g["cloth_rgb"] = _clip_rgb(rng.uniform(20, 235, 3))
+    return g
+
+
+def age_identity(g, rng, amount=1.0):
+    """Appearance drift of the same individual years apart (AgeDB-like): greyer and receding
+    hair, wrinkles, a duller and darker skin texture, a heavier jaw, thinner brows,
+    sometimes facial hair or glasses changing."""
+    h = dict(g)
+    grey = np.array([175, 172, 168.0])
+    mix = min(1.0, amount * rng.uniform(0.3, 0.9))
+    h["hair_rgb"] = _clip_rgb(g["hair_rgb"] * (1 - mix) + grey * mix)
+    h["brow_rgb"] = _clip_rgb(g["brow_rgb"] * (1 - 0.6 * mix) + grey * 0.6 * mix)
+    h["hairline"] = g["hairline"] - amount * rng.uniform(0, 0.25) * g["b"]
+    h["bald"] = g["bald"] or rng.uniform() < 0.15 * amount
+    h["age"] = min(1.0, g["age"] + amount * rng.uniform(0.4, 0.8))
+    dull = amount * rng.uniform(0.05, 0.18)
+    h["skin_rgb"] = _clip_rgb(g["skin_rgb"] * (1 - dull) + np.array([120, 100, 90]) * dull * 0.5)
+    h["blobs"] = g["blobs"].copy()
+    h["blobs"][:, 5] = g["blobs"][:, 5] - amount * rng.uniform(0.02, 0.08, len(g["blobs"]))
+    h["a"] = g["a"] * (1 + amount * rng.uniform(0, 0.06))
+    h["jaw"] = min(0.95, g["jaw"] + amount * rng.uniform(0, 0.12))
+    h["brow_th"] = g["brow_th"] * (1 - amount * rng.uniform(0, 0.3))
+    h["hair_vol"] = g["hair_vol"] * (1 - amount * rng.uniform(0, 0.5))
+    h["lip_up"] = g["lip_up"] * (1 - amount * rng.uniform(0, 0.3))
+    if rng.uniform() < 0.3 * amount:
+        h["beard"] = 0.0 if g["beard"] else rng.uniform(0.3, 0.9)
+    if rng.uniform() < 0.25 * amount:
+        h["glasses"] = not g["glasses"]
+    if rng.uniform() < 0.25 * amount:
+        h["hair_len"] = int(rng.integers(0, 3))
+    return h
+
+
+def sample_nuisance(rng, difficulty=1.0, pose="normal"):
+    """Per-image nuisance; amplitudes and probabilities scale with ``difficulty``.
+
+    ``pose``: ``normal`` (LFW-like, mostly near frontal), ``frontal`` (CFP frontal member),
+    ``profile`` (CFP profile member: strong yaw)."""
+    d = float(difficulty)
+    n = {}
+    if pose == "frontal":
+        n["yaw"] = rng.normal(0, 4) * min(d, 1.0)
+        n["pitch"] = rng.normal(0, 3) * min(d, 1.0)
+    elif pose == "profile":
+        n["yaw"] = rng.choice([-1, 1]) * rng.uniform(42, 62)
+        n["pitch"] = rng.normal(0, 5) * min(d, 1.5)
+    else:
+        n["yaw"] = float(np.clip(rng.normal(0, 12 * d), -45, 45))
+        n["pitch"] = float(np.clip(rng.normal(0, 7 * d), -25, 25))
+    n["roll"] = rng.normal(0, 8 * d)
+    n["lm_noise"] = rng.normal(0, 1.2 * d, (5, 2))  # detector-like landmark error (template px)
+    n["smile"] = float(np.clip(rng.normal(0.25, 0.35 * d), 0, 1))
+    n["open"] = float(rng.uniform(0.2, 1.0)) if rng.uniform() < 0.18 * d else 0.0
+    n["squint"] = float(rng.uniform(0.3, 0.9)) if rng.uniform() < 0.15 * d else 0.0
+    n["brow_raise"] = rng.normal(0, 1.2 * d)
+    n["gaze"] = rng.normal(0, 0.5 * d, 2)
+    n["hair_jitter"] = rng.normal(0, 1.5 * d)
+    # illumination: directional light on the head ellipsoid plus ambient
+    az = rng.uniform(0, 2 * np.pi)
+    el = rng.uniform(0.15, 1.0)
+    n["light"] = np.array([math.cos(az) * (1 - el), math.sin(az) * (1 - el), el])
+    n["light_k"] = float(np.clip(rng.uniform(0.1, 0.55) * d, 0, 0.85))
+    n["gain"] = float(np.exp(rng.normal(0, 0.18 * d)))
+    n["cast"] = np.exp(rng.normal(0, 0.07 * d, 3))
+    n["gamma"] = float(np.exp(rng.normal(0, 0.15 * d)))
+    n["desat"] = float(np.clip(rng.normal(0, 0.25 * d), 0, 1)) if rng.uniform() < 0.3 else 0.0
+    n["blur"] = float(rng.uniform(0.3, 1.4 * d)) if rng.uniform() < min(0.9, 0.35 * d) else 0.0
+    n["lowres"] = float(rng.uniform(0.3, 0.7)) if rng.uniform() < min(0.9, 0.12 * d) else 0.0
+    n["noise"] = float(rng.uniform(0, 7 * d))
+    n["jpeg"] = int(rng.uniform(15, 60)) if rng.uniform() < min(0.9, 0.15 * d) else 0
+    occ = None
+    if rng.uniform() < min(0.9, 0.14 * d):
+        occ = str(rng.choice(["sunglasses", "mask", "hand", "bar", "hat"], p=[0.22, 0.2, 0.22, 0.2, 0.16]))
+    n["occlusion"] = occ
+    n["occ_rgb"] = _clip_rgb(rng.uniform(0, 255, 3))
+    n["occ_pos"] = rng.uniform(-1, 1, 4)
+    n["no_glasses"] = bool(rng.uniform() < 0.15)
+    n["bg_rgb"] = rng.uniform(0, 255, 3)
+    n["bg_items"] = int(rng.integers(0, 6))
+    n["bg_seed"] = int(rng.integers(0, 2**31))
+    n["noise_seed"] = int(rng.integers(0, 2**31))
+    n["cloth_jitter"] = rng.normal(0, 25, 3)
+    return n
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _Shape:
+    __slots__ = ("pts", "dz", "mode", "rgb", "thick", "closed")
+
+    def __init__(self, pts, rgb, mode="surf", dz=0.0, thick=0.0, closed=True):
+        self.pts = np.asarray(pts, np.float64)
+        self.dz = dz
+        self.mode = mode  # surf: on the head ellipsoid | sil: silhouette | fix: body, not rotated
+        self.rgb = rgb
+        self.thick = thick  # 0: filled polygon, else polyline width in face units
+        self.closed = closed
+
+
+def _ellipse(cx, cy, rx, ry, ang=0.0, t0=None, t1=None, n=None):
+    if t0 is None:
+        c = _CIRCLE
+    else:
+        t = np.linspace(t0, t1, n or 14)
+        c = np.stack([np.cos(t), np.sin(t)], 1)
+    x, y = c[:, 0] * rx, c[:, 1] * ry
+    ca, sa = math.cos(ang), math.sin(ang)
+    return np.stack([cx + x * ca - y * sa, cy + x * sa + y * ca], 1)
+
+
+def _shade(rgb, k):
+    return _clip_rgb(np.asarray(rgb) * k)
+
+
+def _mix(c1, c2, t):
+    return _clip_rgb(np.asarray(c1) * (1 - t) + np.asarray(c2) * t)
+
+
+def _face_shapes(g, n):
+    """Ordered drawing list of the face model (back to front) and the 5 landmark points."""
+    a, b = g["a"], g["b"]
+    skin = g["skin_rgb"]
+    hair = _clip_rgb(g["hair_rgb"])
+    S = []
+    hv = max(0.5, g["hair_vol"] + n["hair_jitter"])
+    # hair behind the head (medium/long)
+    if g["hair_len"] and not g["bald"]:
+        y_end = b * (0.45 if g["hair_len"] == 1 else 1.5)
+        w = a + hv * 0.8
+        top = _ellipse(0, 0, w, b + hv, 0, np.pi, 2 * np.pi, 16)
+        S.append(_Shape(np.concatenate([top, [[w, y_end], [-w, y_end]]]), _shade(hair, 0.85), "sil"))
+    # shoulders and neck: the body does not follow the head rotation
+    cloth = _clip_rgb(g["cloth_rgb"] + n["cloth_jitter"])
+    S.append(_Shape(_ellipse(0, b * 2.15, a * 2.6, b * 1.05), cloth, "fix"))
+    S.append(_Shape([[-a * 0.5, b * 0.3], [a * 0.5, b * 0.3], [a * 0.58, b * 1.35], [-a * 0.58, b * 1.35]],
+                    _shade(skin, 0.82), "fix"))
+    # ears
+    for s in (-1, 1):
+        S.append(_Shape(_ellipse(s * a * 0.97, g["ear_y"], g["ear_w"], g["ear_h"] / 2), _shade(skin, 0.93), "surf",
+                        dz=-1.0))
+    # head: cranium silhouette plus a jaw polygon on the surface (the chin moves with the face)
+    S.append(_Shape(_ellipse(0, 0, a, b, 0, np.pi * 0.97, np.pi * 2.03, 20), skin, "sil"))
+    ys = np.linspace(0, b, 12)
+    w = a * np.sqrt(np.clip(1 - (ys / b) ** 2, 0, 1)) * (1 - (1 - g["jaw"]) * (ys / b) ** 1.5)
+    w[-1] = 0.0
+    jaw = np.concatenate([np.stack([w, ys], 1), np.stack([-w[::-1], ys[::-1]], 1)])
+    dzj = g["c"] * g["chin"] * (jaw[:, 1] / b) ** 2
+    S.append(_Shape(jaw, skin, "surf", dz=dzj))
+    # persistent skin texture: blobs and moles, cheeks
+    for x, y, rx, ry, ang, k in g["blobs"]:
+        S.append(_Shape(_ellipse(x, y, rx, ry, ang), _shade(skin, 1 + k), "surf"))
+    if g["blush"] > 0.02:
+        for s in (-1, 1):
+            S.append(_Shape(_ellipse(s * g["eye_dx"] * 1.1, g["nose_y"] - 2, 6, 4),
+                            _mix(skin, (200, 70, 80), g["blush"]), "surf"))
+    # wrinkles grow with age: forehead lines and nasolabial folds
+    if g["age"] > 0.15:
+        dark = _shade(skin, 1 - 0.25 * g["age"])
+        for i in range(1 + int(g["age"] * 3)):
+            y = g["eye_y"] - g["brow_gap"] - 6 - 3.5 * i
+            S.append(_Shape(_ellipse(0, y + 8, 14, 8, 0, np.pi * 1.2, np.pi * 1.8, 8), dark, "surf", thick=0.5,
+                            closed=False))
+        for s in (-1, 1):
+            S.append(_Shape([[s * g["nose_w"] * 1.3, g["nose_y"] - 1], [s * (g["mouth_w"] + 2.5), g["mouth_y"] + 3]],
+                            dark, "surf", thick=0.6 * g["age"] + 0.3, closed=False))
+    # beard (below the mouth along the jaw) as a colour mix of skin and hair
+    if g["beard"] > 0:
+        inner = _ellipse(0, g["mouth_y"] + 1, g["mouth_w"] + 3, 6, 0, 0, np.pi, 10)
+        sel = jaw[:, 1] > g["nose_y"]
+        outer = jaw[sel] * np.array([0.99, 1.0])
+        pts = np.concatenate([outer[outer[:, 0] >= 0][::-1], outer[outer[:, 0] < 0][::-1][::-1]])
+        pts = np.concatenate([outer, inner])
+        S.append(_Shape(pts, _mix(skin, hair, g["beard"]), "surf", dz=0.5))
+    # nose: bridge shading, wedge, nostrils
+    ny, nw, nd = g["nose_y"], g["nose_w"], g["nose_depth"]
+    ns = _shade(skin, 1 - g["nose_shade"])
+    bridge = np.array([[-1.5, g["eye_y"] + 1], [1.5, g["eye_y"] + 1], [nw * 0.55, ny - 1], [-nw * 0.55, ny - 1]])
+    S.append(_Shape(bridge, _shade(skin, 1 - g["nose_shade"] * 0.5), "surf",
+                    dz=np.array([1.0, 1.0, nd * 0.8, nd * 0.8])))
+    wedge = np.array([[0, g["eye_y"] + 3], [nw, ny + 1], [0, ny + 2.5], [-nw, ny + 1]])
+    S.append(_Shape(wedge, ns, "surf", dz=np.array([1.5, 2.0, nd * 0.7, 2.0])))
+    S.append(_Shape(_ellipse(0, ny, nw * 0.55, 2.2), _shade(skin, 1.04), "surf", dz=nd))
+    for s in (-1, 1):
+        S.append(_Shape(_ellipse(s * nw * 0.5, ny + 1.8, g["nostril"], g["nostril"] * 0.6), _shade(skin, 0.45),
+                        "surf", dz=nd * 0.45))
+    # mouth: expression moves the corners (and the landmarks with them)
+    mw = g["mouth_w"] * (1 + 0.12 * n["smile"])
+    my = g["mouth_y"]
+    lift = 3.0 * n["smile"] - 0.5 * g["mouth_curve"]
+    op = 5.0 * n["open"]
+    corner_l, corner_r = np.array([-mw, my - lift]), np.array([mw, my - lift])
+    xs = np.linspace(-mw, mw, 9)
+    mid = my - lift + lift * (1 - (xs / mw) ** 2)  # the lip line sags to the centre when smiling
+    up_top = mid - g["lip_up"] * (1 - (xs / mw) ** 2) ** 0.7 - 0.6 * np.abs(np.sin(xs / mw * np.pi)) * 0.5
+    lo_bot = mid + op + g["lip_lo"] * (1 - (xs / mw) ** 2) ** 0.8
+    if op > 0:
+        inner = np.concatenate([np.stack([xs, mid - 0.3], 1), np.stack([xs[::-1], (mid + op)[::-1]], 1)])
+        S.append(_Shape(inner, (45, 20, 25), "surf", dz=1.0))
+        if n["smile"] > 0.4:
+            S.append(_Shape(np.concatenate([np.stack([xs * 0.7, mid], 1), np.stack([xs[::-1] * 0.7, mid[::-1] + op * 0.4], 1)]),
+                            (225, 220, 205), "surf", dz=1.0))
+    S.append(_Shape(np.concatenate([np.stack([xs, up_top], 1), np.stack([xs[::-1], mid[::-1]], 1)]),
+                    _shade(g["lip_rgb"], 0.92), "surf", dz=1.5))
+    S.append(_Shape(np.concatenate([np.stack([xs, mid + op], 1), np.stack([xs[::-1], lo_bot[::-1]], 1)]),
+                    g["lip_rgb"], "surf", dz=1.5))
+    S.append(_Shape(np.stack([xs, mid], 1), _shade(g["lip_rgb"], 0.55), "surf", dz=1.6, thick=0.6, closed=False))
+    if g["moustache"] > 0:
+        m = np.concatenate([np.stack([xs * 1.05, up_top - 0.6], 1), np.stack([xs[::-1] * 0.9, up_top[::-1] - 4.5], 1)])
+        S.append(_Shape(m, _mix(skin, hair, g["moustache"]), "surf", dz=2.0))
+    # eyes: sclera, iris, pupil, then the lids cut the iris; brows above
+    eh = g["eye_h"] * (1 - 0.55 * n["squint"])
+    landmarks = []
+    for s in (-1, 1):
+        cx, cy = s * g["eye_dx"], g["eye_y"]
+        tilt = -s * g["eye_tilt"]
+        S.append(_Shape(_ellipse(cx, cy, g["eye_w"] + 1.2, eh + 1.4, tilt), _shade(skin, 0.85), "surf", dz=-1.0))
+        upper = _ellipse(cx, cy, g["eye_w"], eh, tilt, np.pi, 2 * np.pi, 12)
+        lower = _ellipse(cx, cy, g["eye_w"], eh * 0.7, tilt, 0, np.pi, 12)
+        S.append(_Shape(np.concatenate([upper, lower]), (235, 232, 228), "surf", dz=-1.0))
+        ix, iy = cx + n["gaze"][0], cy + n["gaze"][1] * 0.5
+        S.append(_Shape(_ellipse(ix, iy, g["iris_r"], g["iris_r"]), g["iris_rgb"], "surf", dz=-0.8))
+        S.append(_Shape(_ellipse(ix, iy, g["iris_r"] * 0.42, g["iris_r"] * 0.42), (12, 10, 10), "surf", dz=-0.7))
+        lid = g["iris_r"] * 1.3 + 0.5
+        up_band = np.concatenate([upper, (upper + [0, -lid])[::-1]])
+        lo_band = np.concatenate([lower, (lower + [0, lid])[::-1]])
+        S.append(_Shape(up_band, _shade(skin, 0.88), "surf", dz=-0.6))
+        S.append(_Shape(lo_band, _shade(skin, 0.92), "surf", dz=-0.6))
+        S.append(_Shape(upper, (25, 20, 20), "surf", dz=-0.5, thick=0.7, closed=False))
+        # brow
+        bx = np.linspace(0, 1, 8)
+        by = cy - g["brow_gap"] - n["brow_raise"] - g["brow_arch"] * np.sin(bx * np.pi) - g["brow_tilt"] * (bx - 0.5) * 10
+        bxs = s * (g["eye_dx"] - g["brow_len"] / 2 + g["brow_in"] + bx * g["brow_len"])
+        th = g["brow_th"] * (1 - 0.5 * bx)
+        brow = np.concatenate([np.stack([bxs, by - th / 2], 1), np.stack([bxs[::-1], (by + th / 2)[::-1]], 1)])
+        S.append(_Shape(brow, g["brow_rgb"], "surf", dz=0.5))
+        landmarks.append((ix, iy, -0.8))
+    glasses = g["glasses"] and not n["no_glasses"]
+    if glasses:
+        for s in (-1, 1):
+            cx = s * g["eye_dx"]
+            if g["glasses_round"]:
+                ring = _ellipse(cx, g["eye_y"] + 1, g["eye_w"] + 3.5, g["eye_w"] + 2)
+            else:
+                w_, h_ = g["eye_w"] + 4, g["eye_w"] + 1.5
+                ring = np.array([[cx - w_, g["eye_y"] - h_ + 1], [cx + w_, g["eye_y"] - h_ + 1],
+                                 [cx + w_, g["eye_y"] + h_ + 1], [cx - w_, g["eye_y"] + h_ + 1]])
+            S.append(_Shape(ring, g["glasses_rgb"], "surf", dz=3.0, thick=1.0))
+            S.append(_Shape([[cx + s * (g["eye_w"] + 3.5), g["eye_y"]], [s * a * 0.97, g["eye_y"] - 1]],
+                            g["glasses_rgb"], "surf", dz=2.0, thick=1.0, closed=False))
+        S.append(_Shape([[-g["eye_dx"] + g["eye_w"] + 3, g["eye_y"]], [g["eye_dx"] - g["eye_w"] - 3, g["eye_y"]]],
+                        g["glasses_rgb"], "surf", dz=4.0, thick=1.0, closed=False))
+    # hair cap in front: silhouette arc outside, hairline on the surface
+    if not g["bald"]:
+        yt = g["eye_y"] - 3
+        t0 = np.pi + math.asin(min(1.0, max(-1.0, -yt / (b + hv)))) * 0  # arc from temple to temple
+        arc = _ellipse(0, 0, a + hv * 0.7, b + hv, 0, np.pi * 0.93, np.pi * 2.07, 20)
+        hl = g["hairline"] + n["hair_jitter"] * 0.3
+        xs = np.linspace(a * 0.98, -a * 0.98, 15)
+        u = xs / a
+        part = g["hair_part"]
+        line = hl + (yt - hl) * (np.abs(u) ** 2.5) + part * 6 * u * (1 - np.abs(u))
+        if g["bangs"]:
+            fringe = g["eye_y"] - g["brow_gap"] - 4
+            line = np.minimum(yt, np.maximum(line, fringe + 1.5 * np.sin(np.arange(15) * 2.1) - 2 * (u ** 2)))
+        S.append(_Shape(np.concatenate([arc, np.stack([xs, line], 1)]), hair, "hair"))
+    else:
+        for s in (-1, 1):
+            side = np.array([[s * a * 1.02, g["eye_y"] - 12], [s * a * 1.03, g["ear_y"] + 4],
+                             [s * a * 0.9, g["ear_y"] + 2], [s * a * 0.9, g["eye_y"] - 10]])
+            S.append(_Shape(side, hair, "surf"))
+    # face-attached occluders
+    occ = n["occlusion"]
+    if occ == "sunglasses":
+        for s in (-1, 1):
+            S.append(_Shape(_ellipse(s * g["eye_dx"], g["eye_y"] + 1, g["eye_w"] + 3.5, g["eye_w"] + 1.5),
+                            _shade(n["occ_rgb"], 0.25), "surf", dz=3.5))
+        S.append(_Shape([[-g["eye_dx"], g["eye_y"]], [g["eye_dx"], g["eye_y"]]], (30, 30, 30), "surf", dz=4.0,
+                        thick=1.2, closed=False))
+    elif occ == "mask":
+        top = ny - 3 + 3 * n["occ_pos"][0]
+        pts = np.array([[-a * 0.92, top + 2], [0, top - 2], [a * 0.92, top + 2], [a * 0.7, b * 0.8], [0, b * 1.0],
+                        [-a * 0.7, b * 0.8]])
+        S.append(_Shape(pts, _mix(n["occ_rgb"], (235, 235, 235), 0.5), "surf", dz=np.array([1, nd, 1, 3, 6, 3.0])))
+    elif occ == "hand":
+        cx, cy = n["occ_pos"][0] * a * 0.5, g["nose_y"] + n["occ_pos"][1] * 14
+        S.append(_Shape(_ellipse(cx, cy + 10, 14, 20, n["occ_pos"][2]), _shade(skin, 0.95 + 0.1 * n["occ_pos"][3]),
+                        "surf", dz=nd + 2))
+    elif occ == "hat":
+        brim = g["eye_y"] - g["brow_gap"] - 3 + 3 * n["occ_pos"][0]
+        crown = _ellipse(0, brim, a + 4, b * 0.75, 0, np.pi, 2 * np.pi, 14)
+        S.append(_Shape(crown, n["occ_rgb"], "hair"))
+        S.append(_Shape([[-a - 6, brim - 2], [a + 6, brim - 2], [a + 6, brim + 2], [-a - 6, brim + 2]],
+                        _shade(n["occ_rgb"], 0.8), "hair"))
+    nose_tip = (0.0, ny + 0.5, nd)
+    lm = [landmarks[0], landmarks[1], nose_tip, (corner_l[0], corner_l[1], 1.5), (corner_r[0], corner_r[1], 1.5)]
+    return S, np.array(lm, np.float64)
+
+
+def _surface_z(g, x, y):
+    a, b, c = g["a"], g["b"], g["c"]
+    return c * np.sqrt(np.clip(1 - (x / a) ** 2 - (y / b) ** 2, 0.0, 1.0))
+
+
+def _rotate(x, y, z, yaw, pitch):
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    x1 = x * cy + z * sy
+    z1 = -x * sy + z * cy
+    y2 = y * cp - z1 * sp
+    z2 = y * sp + z1 * cp
+    return x1, y2, z2
+
+
+_MODES = {"surf": 0, "sil": 1, "fix": 2, "hair": 3}
+
+
+def _project_all(g, shapes, yaw, pitch):
+    """Orthographic projection of every shape under the head rotation, in one vectorised pass.
+
+    ``surf`` points sit on the head ellipsoid (plus their ``dz``) and rotate with it; ``sil``
+    points scale like the ellipsoid's silhouette; ``fix`` points (the body) do not move;
+    ``hair`` points on the ellipse boundary behave as silhouette, the rest as surface.
+    Returns the stacked points, the per-shape slices and a per-shape visibility flag."""
+    sizes = [len(sh.pts) for sh in shapes]
+    pts = np.concatenate([sh.pts for sh in shapes])
+    dz = np.concatenate([np.broadcast_to(np.asarray(sh.dz, np.float64), (k,)) for sh, k in zip(shapes, sizes)])
+    mode = np.repeat(np.array([_MODES[sh.mode] for sh in shapes]), sizes)
+    a, b, c = g["a"], g["b"], g["c"]
+    x, y = pts[:, 0], pts[:, 1]
+    ax = math.sqrt((a * math.cos(yaw)) ** 2 + (c * math.sin(yaw)) ** 2) / a
+    by = math.sqrt((b * math.cos(pitch)) ** 2 + (c * math.sin(pitch)) ** 2) / b
+    x1, y1, z1 = _rotate(x, y, _surface_z(g, x, y) + dz, yaw, pitch)
+    sil = (mode == 1) | ((mode == 3) & ((x / a) ** 2 + (y / b) ** 2 >= 0.999))
+    out = np.stack([np.where(sil, x * ax, x1), np.where(sil, y * by, y1)], 1)
+    fix = mode == 2
+    out[fix] = pts[fix]
+    ends = np.cumsum(sizes)
+    starts = ends - np.array(sizes)
+    zsum = np.add.reduceat(np.where(mode == 0, z1, 1.0), starts)
+    visible = zsum / np.array(sizes) > -0.5
+    return out, list(zip(starts, ends)), visible
+
+
+def _apply(M, pts):
+    return pts @ M[:, :2].T + M[:, 2]
+
+
+def _draw(canvas, pts, rgb, thick, closed):
+    p = np.round(pts).astype(np.int32)
+    color = tuple(float(v) for v in rgb)
+    if thick <= 0:
+        cv2.fillPoly(canvas, [p], color, lineType=cv2.LINE_AA, shift=_SHIFT)
+    else:
+        t = max(1, int(round(thick)))
+        cv2.polylines(canvas, [p], closed, color, thickness=t, lineType=cv2.LINE_AA, shift=_SHIFT)
+
+
+def _background(rng, h, w, rgb, items):
+    img = np.empty((h, w, 3), np.uint8)
+    # a smooth two-colour gradient plus a few clutter shapes
+    rgb2 = np.clip(rgb + rng.normal(0, 40, 3), 0, 255)
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img[:] = (rgb * (1 - t) + rgb2 * t).astype(np.uint8)
+    for _ in range(items):
+        c = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        if rng.uniform() < 0.5:
+            cv2.rectangle(img, (int(x), int(y)), (int(x + rng.uniform(5, w / 2)), int(y + rng.uniform(5, h / 2))), c, -1)
+        else:
+            cv2.ellipse(img, (int(x), int(y)), (int(rng.uniform(3, w / 4)), int(rng.uniform(3, h / 4))),
+                        float(rng.uniform(0, 180)), 0, 360, c, -1, cv2.LINE_AA)
+    return img
+
+
+def render(g, n, M_out=None, out_size=(IMAGE_SIZE, IMAGE_SIZE), align=True, lm_noise=True):
+    """Render one face.
+
+    ``M_out``: 2x3 map from projected face coordinates to output pixels (or a function of the
+    projected landmarks returning it).  When None and
+    ``align`` is true, it is the similarity that takes the (noisy) projected landmarks onto
+    the ArcFace template scaled to ``out_size`` - an aligned face as InsightFace's
+    preprocessing would produce it.  Returns ``(RGB uint8 (H,W,3), landmarks (5,2) float32
+    in output pixels, matrix)``."""
+    W, H = int(out_size[0]), int(out_size[1])
+    yaw, pitch = math.radians(n["yaw"]), math.radians(n["pitch"])
+    shapes, lm3 = _face_shapes(g, n)
+    z = _surface_z(g, lm3[:, 0], lm3[:, 1]) + lm3[:, 2]
+    lx, ly, _ = _rotate(lm3[:, 0], lm3[:, 1], z, yaw, pitch)
+    lm = np.stack([lx, ly], 1)
+    if callable(M_out):
+        M_out = M_out(lm)
+    if M_out is None:
+        tmpl = ARCFACE_TEMPLATE.astype(np.float64) * (np.array([W, H]) / float(IMAGE_SIZE))
+        noisy = lm + (n["lm_noise"] if lm_noise else 0.0)
+        M_out = estimate_similarity(noisy, tmpl)
+    ss = _SUPERSAMPLE if max(W, H) <= 160 else 1
+    rng = _rng(n["bg_seed"])
+    canvas = _background(rng, H * ss, W * ss, n["bg_rgb"], n["bg_items"])
+    canvas = cv2.resize(canvas, (W * ss, H * ss)) if canvas.shape[:2] != (H * ss, W * ss) else canvas
+    scale_px = math.sqrt(abs(np.linalg.det(M_out[:, :2])))
+    proj, spans, visible = _project_all(g, shapes, yaw, pitch)
+    proj = _apply(M_out, proj) * (_ONE * ss)
+    for sh, (i0, i1), vis in zip(shapes, spans, visible):
+        if vis:
+            _draw(canvas, proj[i0:i1], sh.rgb, sh.thick * scale_px * ss, sh.closed)
+    if n["occlusion"] == "bar":
+        p = n["occ_pos"]
+        c = tuple(float(v) for v in n["occ_rgb"])
+        x0, y0 = (0.5 + 0.4 * p[0]) * W * ss, (0.5 + 0.4 * p[1]) * H * ss
+        ang = p[2] * np.pi
+        L, T = W * ss * 0.8, (6 + 6 * abs(p[3])) * ss * W / 112.0
+        q = np.array([[x0 - L * math.cos(ang), y0 - L * math.sin(ang)], [x0 + L * math.cos(ang), y0 + L * math.sin(ang)]])
+        cv2.line(canvas, tuple(int(v) for v in q[0]), tuple(int(v) for v in q[1]), c, int(T), cv2.LINE_AA)
+    img = cv2.resize(canvas, (W, H), interpolation=cv2.INTER_AREA) if ss > 1 else canvas
+    img = _photometric(img, g, n, M_out, yaw, pitch)
+    return img, _apply(M_out, lm).astype(np.float32), M_out
+
+
+def _photometric(img, g, n, M, yaw, pitch):
+    H, W = img.shape[:2]
+    f = img.astype(np.float32)
+    # Lambertian shading of the head ellipsoid under a directional light, in face coordinates
+    Minv = cv2.invertAffineTransform(M.astype(np.float64))
+    xs, ys = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    u = Minv[0, 0] * xs + Minv[0, 1] * ys + Minv[0, 2]
+    v = Minv[1, 0] * xs + Minv[1, 1] * ys + Minv[1, 2]
+    A = math.sqrt((g["a"] * math.cos(yaw)) ** 2 + (g["c"] * math.sin(yaw)) ** 2)
+    B = math.sqrt((g["b"] * math.cos(pitch)) ** 2 + (g["c"] * math.sin(pitch)) ** 2)
+    nx, ny = u / A, v / B
+    r2 = nx * nx + ny * ny
+    nz = np.sqrt(np.clip(1 - r2, 0, 1))
+    L = n["light"] / np.linalg.norm(n["light"])
+    lam = np.clip(nx * L[0] + ny * L[1] + nz * L[2], 0, 1)
+    k = n["light_k"]
+    inside = r2 < 1.0
+    bg_shade = 1 - k * 0.5 + k * 0.5 * np.clip((xs / W - 0.5) * L[0] + (ys / H - 0.5) * L[1] + 0.5, 0, 1)
+    shade = np.where(inside, (1 - k) + k * 1.25 * lam, bg_shade)
+    f *= shade[..., None]
+    f *= (n["gain"] * n["cast"]).astype(np.float32)
+    if n["desat"] > 0:
+        grey = f.mean(2, keepdims=True)
+        f = f * (1 - n["desat"]) + grey * n["desat"]
+    f = 255.0 * (np.clip(f, 0, 255) / 255.0) ** n["gamma"]
+    if n["lowres"] > 0:
+        sw, sh = max(8, int(W * n["lowres"])), max(8, int(H * n["lowres"]))
+        f = cv2.resize(cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA), (W, H), interpolation=cv2.INTER_LINEAR)
+    if n["blur"] > 0:
+        f = cv2.GaussianBlur(f, (0, 0), n["blur"] * W / 112.0)
+    if n["noise"] > 0:
+        f += _rng(n["noise_seed"]).normal(0, n["noise"], f.shape).astype(np.float32)
+    out = np.clip(f + 0.5, 0, 255).astype(np.uint8)
+    if n["jpeg"]:
+        import simplejpeg
+
+        out = simplejpeg.decode_jpeg(simplejpeg.encode_jpeg(out, quality=n["jpeg"], colorspace="RGB"), colorspace="RGB")
+    return out
+
+
+def faceness(n):
+    """Detector-like confidence in (0, 1]: lower for strong pose, blur, low resolution, noise
+    and occlusion (the 'faceness score' column of IJB's 5-point file)."""
+    bad = (abs(n["yaw"]) / 90.0) ** 2 + 0.25 * n["blur"] + n["noise"] / 60.0
+    bad += 0.8 * (1.0 - n["lowres"]) if n["lowres"] > 0 else 0.0
+    bad += 0.5 if n["occlusion"] in ("mask", "sunglasses", "hand") else 0.0
+    return float(np.clip(1.0 - 0.45 * bad, 0.05, 0.999))
+
+
+# --------------------------------------------------------------------------- tasks
+
+#: Default nuisance level; calibrated so that a small CNN trained on the synthetic
+#: training set lands in the 90s on the synthetic lfw.bin (docs/benchmarks.md).
+DEFAULT_DIFFICULTY = 1.0
+
+_LOOSE = "loose"
+_ALIGNED = "aligned"
+
+
+def identity(seed, ns, index, drift=None):
+    """Appearance of identity ``index`` of namespace ``ns``; ``drift`` (an int key) returns the
+    same individual after an AgeDB-like appearance drift."""
+    key = (int(seed), int(ns), int(index), -1 if drift is None else int(drift))
+    g = _IDENTITY_CACHE.get(key)
+    if g is None:
+        g = sample_identity(_rng(seed, ns, index, 0x1D))
+        if drift is not None:
+            g = age_identity(g, _rng(seed, ns, index, 0xA6E, drift), 1.0)
+        if len(_IDENTITY_CACHE) > 4096:
+            _IDENTITY_CACHE.clear()
+        _IDENTITY_CACHE[key] = g
+    return g
+
+
+_IDENTITY_CACHE = {}
+
+
+def _loose_layout(rng, W, H, roll_deg):
+    """Un-aligned IJB-style crop: the face at a random scale, rotation and offset."""
+    iod = rng.uniform(0.2, 0.32) * W
+    ang = math.radians(roll_deg)
+    off = rng.uniform(-0.08, 0.08, 2) * np.array([W, H])
+
+    def layout(lm):
+        eyes = lm[1] - lm[0]
+        s = iod / max(1e-3, float(np.hypot(*eyes)))
+        c, si = s * math.cos(ang), s * math.sin(ang)
+        R = np.array([[c, -si], [si, c]])
+        centre = lm.mean(0)
+        t = np.array([W / 2.0, H * 0.5]) + off - R @ centre
+        return np.concatenate([R, t[:, None]], 1)
+
+    return layout
+
+
+def render_task(task):
+    """Render one image from a task tuple; pure function of the tuple.
+
+    ``task = (seed, difficulty, ns, index, drift, key, pose, layout, size, quality, frame)``;
+    returns ``(jpeg bytes, landmarks (5,2) float32, faceness, (W, H))``."""
+    import simplejpeg
+
+    seed, difficulty, ns, index, drift, key, pose, layout, size, quality, frame = task
+    g = identity(seed, ns, index, drift)
+    rng = _rng(seed, ns, index, 0x1A6E, *key)
+    n = sample_nuisance(rng, difficulty, pose)
+    if frame is not None:
+        # video frames of one media: same scene, small motion, fresh sensor noise
+        fr = _rng(seed, ns, index, 0xF4A, *key, frame)
+        n["yaw"] += fr.normal(0, 2.5)
+        n["pitch"] += fr.normal(0, 2.0)
+        n["roll"] += fr.normal(0, 2.0)
+        n["lm_noise"] = n["lm_noise"] + fr.normal(0, 0.5, (5, 2))
+        n["noise_seed"] = int(fr.integers(0, 2**31))
+    if layout == _LOOSE:
+        lr = _rng(seed, ns, index, 0x100E, *key)
+        W, H = int(lr.uniform(size[0], size[1])), int(lr.uniform(size[0], size[1]))
+        img, lm, _ = render(g, n, _loose_layout(lr, W, H, n["roll"]), (W, H))
+    else:
+        W, H = size
+        img, lm, _ = render(g, n, None, (W, H))
+    jpg = simplejpeg.encode_jpeg(img, quality=int(quality), colorspace="RGB", colorsubsampling="420")
+    return jpg, lm, faceness(n), (W, H)
+
+
+class _Renderer:
+    """Maps render_task over task lists, in worker processes when asked."""
+
+    def __init__(self, workers=1, progress=True):
+        self.workers = max(1, int(workers or 1))
+        self.progress = progress
+        self.pool = None
+        self.count = 0
+
+    def __enter__(self):
+        if self.workers > 1:
+            import multiprocessing
+
+            self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_worker_init)
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def imap(self, tasks, desc):
+        from tqdm import tqdm
+
+        tasks = list(tasks)
+        it = map(render_task, tasks) if self.pool is None else self.pool.imap(render_task, tasks, chunksize=16)
+        for r in tqdm(it, total=len(tasks), unit="img", desc=desc, disable=not self.progress, leave=False):
+            self.count += 1
+            yield r
+
+
+class _StagedDir:
+    """A folder of many small files written as one unit: files go into a temporary sibling,
+    which replaces ``final`` only when complete (temp + rename, without one fsync per file)."""
+
+    def __init__(self, final):
+        self.final = os.path.abspath(final)
+        parent = os.path.dirname(self.final)
+        os.makedirs(parent, exist_ok=True)
+        import tempfile
+
+        self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.final) + ".", suffix=".tmp", dir=parent)
+
+    def write(self, rel, data):
+        path = os.path.join(self.tmp, rel)
+        d = os.path.dirname(path)
+        if not os.path.isdir(d):
+            os.makedirs(d, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import shutil
+
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        if os.path.isdir(self.final):
+            old = self.tmp + ".old"
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+        return False
+
+
+def _worker_init():
+    cv2.setNumThreads(1)
+
+
+def _check(cond, msg):
+    if not cond:
+        raise InputError(msg)
+
+
+def _face_bbox(lm, W, H):
+    """Integer face box around the 5 landmarks (for the .lst bbox fields)."""
+    c = lm.mean(0)
+    s = max(float(np.hypot(*(lm[1] - lm[0]))), float(np.linalg.norm(lm[3:].mean(0) - lm[:2].mean(0))))
+    x0, y0 = max(0, int(c[0] - 1.45 * s)), max(0, int(c[1] - 1.7 * s))
+    x1, y1 = min(W, int(math.ceil(c[0] + 1.45 * s))), min(H, int(math.ceil(c[1] + 1.5 * s)))
+    return [x0, y0, x1, y1]
+
+
+def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pairs=600, ijb_templates=200,
+             megaface_probes=20, megaface_probe_images=6, megaface_distractors=1000, megaface_noise=0.005,
+             difficulty=DEFAULT_DIFFICULTY, image_size=IMAGE_SIZE, seed=0, ijb=True, megaface=True, workers=1,
+             quality=95, progress=True):
+    """Write the whole synthetic suite into ``out_dir`` (docs/design.md, Data):
+    ``train.rec/.idx/property`` + ``train.lst`` (+ ``train_images/``), ``lfw.bin``, ``cfp_fp.bin``,
+    ``agedb_30.bin``, ``IJBC/{meta,loose_crop}`` and ``megaface/``.  Returns a summary dict."""
+    _check(identities >= 2, f"--identities must be at least 2, got {identities}")
+    _check(images_per_id >= 1, f"--images-per-id must be at least 1, got {images_per_id}")
+    _check(test_identities >= 2, f"--test-identities must be at least 2, got {test_identities}")
+    _check(pairs >= 2, f"--pairs must be at least 2, got {pairs}")
+    _check(difficulty >= 0, f"--difficulty must be >= 0, got {difficulty}")
+    _check(32 <= image_size <= 512, f"--image-size must be in 32..512, got {image_size}")
+    if ijb:
+        _check(ijb_templates >= 4, f"--ijb-templates must be at least 4, got {ijb_templates}")
+    if megaface:
+        _check(megaface_distractors >= MEGAFACE_SIZES[0],
+               f"--megaface-distractors must be at least {MEGAFACE_SIZES[0]}, got {megaface_distractors}")
+        _check(megaface_probes >= 2, f"--megaface-probes must be at least 2, got {megaface_probes}")
+        _check(megaface_probe_images >= 2, f"--megaface-probe-images must be at least 2, got {megaface_probe_images}")
+        _check(0 <= megaface_noise < 0.5, f"--megaface-noise must be in [0, 0.5), got {megaface_noise}")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    size = (int(image_size), int(image_size))
+    common = dict(seed=int(seed), difficulty=float(difficulty), size=size, quality=int(quality))
+    summary = {"out_dir": os.path.abspath(out_dir), "seed": int(seed), "difficulty": float(difficulty),
+               "image_size": int(image_size)}
+    with _Renderer(workers, progress) as R:
+        summary["train"] = _write_train(out_dir, R, identities, images_per_id, **common)
+        summary["bins"] = {}
+        for name, ns, kind in (("lfw", NS_LFW, "lfw"), ("cfp_fp", NS_CFP, "cfp"), ("agedb_30", NS_AGEDB, "agedb")):
+            summary["bins"][name] = _write_bin(out_dir, R, name, ns, kind, test_identities, pairs, **common)
+        if ijb:
+            summary["ijb"] = _write_ijb(out_dir, R, ijb_templates, **common)
+        if megaface:
+            summary["megaface"] = _write_megaface(out_dir, R, megaface_probes, megaface_probe_images,
+                                                  megaface_distractors, megaface_noise, **common)
+        summary["num_rendered"] = R.count
+    return summary
+
+
+def _task(common, ns, index, key, pose="normal", layout=_ALIGNED, size=None, drift=None, frame=None):
+    return (common["seed"], common["difficulty"], ns, int(index), drift, tuple(int(k) for k in key), pose, layout,
+            size or common["size"], common["quality"], frame)
+
+
+def _write_train(out_dir, R, identities, images_per_id, **common):
+    from shrinkteanet.data.lst import LstItem, write_lst
+    from shrinkteanet.data.recordio import write_rec_set
+
+    W, H = common["size"]
+    tasks = [_task(common, NS_TRAIN, i, (k,)) for i in range(identities) for k in range(images_per_id)]
+    items = []
+
+    def samples(stage):
+        for t, (jpg, lm, _, _) in zip(tasks, R.imap(tasks, "train")):
+            label, k = t[3], t[5][0]
+            rel = f"{label:06d}/{k:04d}.jpg"
+            stage.write(rel, jpg)
+            items.append(LstItem(True, "train_images/" + rel, label, _face_bbox(lm, W, H), lm))
+            yield jpg, label
+
+    with _StagedDir(os.path.join(out_dir, "train_images")) as stage:
+        res = write_rec_set(out_dir, samples(stage), num_classes=identities, quality=common["quality"], workers=1,
+                            image_size=(H, W), name="train", progress=False, total=len(tasks))
+    write_lst(os.path.join(out_dir, "train.lst"), items)
+    res["lst"] = os.path.join(out_dir, "train.lst")
+    return res
+
+
+def _pair_plan(seed, ns, test_identities, pairs):
+    """Identity pairs of a verification target: even pairs same, odd pairs different, so any
+    contiguous fold (InsightFace's 10 folds without shuffle) is balanced."""
+    plan = []
+    for p in range(pairs):
+        r = _rng(seed, ns, 0x9A1, p)
+        if p % 2 == 0:
+            i = int(r.integers(test_identities))
+            plan.append((True, i, i))
+        else:
+            i, j = (int(v) for v in r.choice(test_identities, 2, replace=False))
+            plan.append((False, i, j))
+    return plan
+
+
+def _write_bin(out_dir, R, name, ns, kind, test_identities, pairs, **common):
+    from shrinkteanet.data.binfile import write_bin
+
+    tasks, issame = [], []
+    for p, (same, i, j) in enumerate(_pair_plan(common["seed"], ns, test_identities, pairs)):
+        issame.append(same)
+        if kind == "cfp":
+            # CFP-FP: a frontal face against a strongly turned one, for same and different pairs
+            tasks.append(_task(common, ns, i, (p, 0), pose="frontal"))
+            tasks.append(_task(common, ns, j, (p, 1), pose="profile"))
+        elif kind == "agedb":
+            # AgeDB-30: the second member is the individual after a strong appearance drift
+            tasks.append(_task(common, ns, i, (p, 0)))
+            tasks.append(_task(common, ns, j, (p, 1), drift=p))
+        else:
+            tasks.append(_task(common, ns, i, (p, 0)))
+            tasks.append(_task(common, ns, j, (p, 1)))
+    jpegs = [r[0] for r in R.imap(tasks, name)]
+    path = os.path.join(out_dir, name + ".bin")
+    write_bin(path, jpegs, issame)
+    return {"path": path, "pairs": len(issame), "same": int(sum(issame)), "identities": int(test_identities)}
+
+
+def _ijb_plan(seed, num_templates):
+    """Subjects -> templates -> media -> images, as IJB-C: several templates per subject, each
+    over one or more media (a still or a few video frames)."""
+    r = _rng(seed, NS_IJB, 0x7E3)
+    num_subjects = max(2, num_templates // 3)
+    owner = np.arange(num_templates) % num_subjects
+    owner = np.sort(owner)
+    templates, images = [], []
+    media_id = 0
+    for t in range(num_templates):
+        tid = t + 1
+        subj = int(owner[t])
+        for _ in range(int(r.integers(1, 4))):
+            media_id += 1
+            frames = [None] if r.uniform() < 0.6 else list(range(int(r.integers(2, 5))))
+            for f in frames:
+                images.append(dict(name=f"{len(images) + 1}.jpg", tid=tid, mid=media_id, subject=subj,
+                                   key=(tid, media_id), frame=f))
+        templates.append((tid, subj))
+    return templates, images
+
+
+def _write_ijb(out_dir, R, num_templates, **common):
+    from shrinkteanet.utils import atomic_open
+
+    seed = common["seed"]
+    root = os.path.join(out_dir, "IJBC")
+    meta = os.path.join(root, "meta")
+    templates, images = _ijb_plan(seed, num_templates)
+    tasks = [_task(common, NS_IJB, im["subject"], im["key"], layout=_LOOSE, size=(150, 250), frame=im["frame"])
+             for im in images]
+    with _StagedDir(os.path.join(root, "loose_crop")) as stage, \
+            atomic_open(os.path.join(meta, "ijbc_name_5pts_score.txt"), "w") as f5:
+        for im, (jpg, lm, score, _) in zip(images, R.imap(tasks, "IJBC")):
+            stage.write(im["name"], jpg)
+            # InsightFace's IJB scripts: name, x1 y1 ... x5 y5 (reshape(5, 2)), faceness score last
+            f5.write(im["name"] + " " + " ".join(f"{v:.3f}" for v in lm.ravel()) + f" {score:.3f}\n")
+    with atomic_open(os.path.join(meta, "ijbc_face_tid_mid.txt"), "w") as f:
+        for im in images:
+            f.write(f"{im['name']} {im['tid']} {im['mid']}\n")
+    # 1:1 pairs: every genuine template pair, impostor pairs up to 50x as many
+    subj = {tid: s for tid, s in templates}
+    tids = [tid for tid, _ in templates]
+    pos, neg = [], []
+    for i in range(len(tids)):
+        for j in range(i + 1, len(tids)):
+            (pos if subj[tids[i]] == subj[tids[j]] else neg).append((tids[i], tids[j]))
+    cap = max(1000, 50 * len(pos))
+    if len(neg) > cap:
+        sel = np.sort(_rng(seed, NS_IJB, 0x9E6).choice(len(neg), cap, replace=False))
+        neg = [neg[k] for k in sel]
+    pairs = sorted([(a, b, 1) for a, b in pos] + [(a, b, 0) for a, b in neg])
+    with atomic_open(os.path.join(meta, "ijbc_template_pair_label.txt"), "w") as f:
+        for a, b, lab in pairs:
+            f.write(f"{a} {b} {lab}\n")
+    # 1:N (InsightFace ijb_1n.py): gallery G1/G2 over disjoint subjects, one template each;
+    # every other template is a mixed-media probe of a gallery subject
+    first = {}
+    for tid, s in templates:
+        first.setdefault(s, tid)
+    rows = {"G1": [], "G2": [], "probe": []}
+    for im in images:
+        s = im["subject"]
+        if first[s] == im["tid"]:
+            rows["G1" if s % 2 == 0 else "G2"].append(im)
+        else:
+            rows["probe"].append(im)
+    for key, fname in (("G1", "ijbc_1N_gallery_G1.csv"), ("G2", "ijbc_1N_gallery_G2.csv"),
+                       ("probe", "ijbc_1N_probe_mixed.csv")):
+        with atomic_open(os.path.join(meta, fname), "w") as f:
+            f.write("TEMPLATE_ID,SUBJECT_ID,FILENAME\n")
+            for im in rows[key]:
+                f.write(f"{im['tid']},{im['subject'] + 1},{im['name']}\n")
+    return {"root": root, "images": len(images), "templates": len(templates),
+            "subjects": len(set(s for _, s in templates)), "media": images[-1]["mid"] if images else 0,
+            "pairs": len(pairs), "genuine_pairs": len(pos)}
+
+
+def _write_megaface(out_dir, R, probes, probe_images, distractors, noise, **common):
+    import json
+
+    from shrinkteanet.utils import atomic_open
+
+    seed = common["seed"]
+    root = os.path.join(out_dir, "megaface")
+    r = _rng(seed, NS_MF_PROBE, 0x4015E)
+    n_fs_noise = int(round(noise * probes * probe_images))
+    n_mf_noise = int(round(noise * distractors))
+    fs_noisy = set(int(v) for v in r.choice(probes * probe_images, n_fs_noise, replace=False)) if n_fs_noise else set()
+    mf_noisy = set(int(v) for v in r.choice(distractors, n_mf_noise, replace=False)) if n_mf_noise else set()
+    fs_paths, fs_ids, fs_noise_paths, tasks = [], [], [], []
+    for p in range(probes):
+        name = f"Person_{p:04d}"
+        for k in range(probe_images):
+            rel = f"{name}/{name}_{k + 1}.jpg"
+            fs_paths.append(rel)
+            fs_ids.append(name)
+            flat = p * probe_images + k
+            if flat in fs_noisy:
+                # a mislabelled probe: someone else filed under this name, as FaceScrub's noise list records
+                tasks.append(_task(common, NS_MF_PROBE, probes + flat, (k,)))
+                fs_noise_paths.append(rel)
+            else:
+                tasks.append(_task(common, NS_MF_PROBE, p, (k,)))
+    mf_paths, mf_noise_paths = [], []
+    for d in range(distractors):
+        rel = f"{d // 100:04d}/{d:07d}.jpg"
+        mf_paths.append(rel)
+        if d in mf_noisy:
+            # a distractor that actually shows a probe identity (MegaFace's distractor noise)
+            tasks.append(_task(common, NS_MF_PROBE, d % probes, (10000 + d,)))
+            mf_noise_paths.append(rel)
+        else:
+            tasks.append(_task(common, NS_MF_DISTRACTOR, d, (0,)))
+    dests = [(0, p) for p in fs_paths] + [(1, p) for p in mf_paths]
+    with _StagedDir(os.path.join(root, "facescrub_images")) as fs_stage, \
+            _StagedDir(os.path.join(root, "megaface_images")) as mf_stage:
+        for (which, rel), (jpg, _, _, _) in zip(dests, R.imap(tasks, "megaface")):
+            (mf_stage if which else fs_stage).write(rel, jpg)
+    tl = os.path.join(root, "templatelists")
+    with atomic_open(os.path.join(tl, "facescrub_features_list.json"), "w") as f:
+        json.dump({"path": fs_paths, "id": fs_ids}, f)
+    # devkit set 1 lists: nested random subsets of the distractors
+    order = _rng(seed, NS_MF_DISTRACTOR, 0x5E7).permutation(distractors)
+    sizes = [s for s in MEGAFACE_SIZES if s <= distractors]
+    for s in sizes:
+        with atomic_open(os.path.join(tl, f"megaface_features_list.json_{s}_1"), "w") as f:
+            json.dump({"path": [mf_paths[k] for k in sorted(order[:s])]}, f)
+    for fname, lines in (("facescrub_noises.txt", fs_noise_paths), ("megaface_noises.txt", mf_noise_paths)):
+        with atomic_open(os.path.join(root, fname), "w") as f:
+            f.writelines(x + "\n" for x in lines)
+    return {"root": root, "probe_identities": probes, "probe_images": len(fs_paths), "distractors": distractors,
+            "sizes": sizes, "facescrub_noise": len(fs_noise_paths), "megaface_noise": len(mf_noise_paths)}
+
+
+def format_summary(res):
+    """Human summary of ``generate``'s result (printed by the CLI)."""
+    t = res["train"]
+    lines = [f"synthetic faces in {res['out_dir']} (seed {res['seed']}, difficulty {res['difficulty']:g}, "
+             f"{res['image_size']}x{res['image_size']})",
+             f"  train      {t['num_images']} images of {t['num_ids']} identities -> train.rec/.idx, property, train.lst"]
+    for name, b in res["bins"].items():
+        lines.append(f"  {name + '.bin':<12} {b['pairs']} pairs ({b['same']} same) over {b['identities']} identities")
+    if "ijb" in res:
+        j = res["ijb"]
+        lines.append(f"  IJBC       {j['images']} loose crops, {j['templates']} templates of {j['subjects']} subjects, "
+                     f"{j['media']} media, {j['pairs']} template pairs ({j['genuine_pairs']} genuine), 1:N G1/G2/probe")
+    if "megaface" in res:
+        m = res["megaface"]
+        lines.append(f"  megaface   {m['probe_images']} probe images of {m['probe_identities']} identities, "
+                     f"{m['distractors']} distractors, lists {','.join(map(str, m['sizes']))}, "
+                     f"noise {m['facescrub_noise']}+{m['megaface_noise']}")
+    lines.append(f"  rendered {res['num_rendered']} images in total")
+    return "\n".join(lines)

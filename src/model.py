@@ -1,0 +1,278 @@
+"""Symbols <-> Gluon: checkpoints in InsightFace's layout, embedding blocks, frozen teacher tails.
+
+* ``load_checkpoint`` / ``save_checkpoint``: ``PREFIX-symbol.json`` +
+  ``PREFIX-%04d.params`` exactly as ``mx.model.save_checkpoint`` writes them
+  (keys ``arg:NAME`` / ``aux:NAME``), so InsightFace's scripts read ours and ours
+  read theirs.  Loading cuts at ``fc1_output`` like InsightFace's evaluation code
+  (``sym.get_internals()['fc1_output']``), which accepts both the embedding-only
+  symbol (``ckpt_embedding``) and the training symbol with the ``fc7`` head.
+* ``EmbeddingNet``: a hybridizable ``gluon.SymbolBlock`` over a network of
+  ``shrinkteanet.symbols`` (or any fc1 symbol) returning the embedding, or the
+  embedding plus the four stage taps F_i^s of ShrinkTeaNet (Sec. 3.3).
+* ``frozen_tail``: the teacher's [T_{i+1} o ... o T_n] of ShrinkTeaNet Eq. (6) as
+  a block sharing the teacher's parameters by name, with BatchNorm on its global
+  statistics, Dropout removed and ``grad_req='null'``: the teacher never
+  changes while the gradient of the angular loss reaches the student through
+  the tail's input.
+"""
+import json
+import os
+import tempfile
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from shrinkteanet import symbols
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+from shrinkteanet.utils import atomic_open
+
+log = get_logger(__name__)
+
+EMBEDDING_OUTPUT = "fc1_output"
+
+
+# ------------------------------------------------------------------ checkpoints
+def checkpoint_paths(prefix, epoch):
+    """(``PREFIX-symbol.json``, ``PREFIX-%04d.params``) as ``mx.model`` names them."""
+    return f"{prefix}-symbol.json", "%s-%04d.params" % (prefix, int(epoch))
+
+
+def cut_at_embedding(sym, path="symbol"):
+    """``sym`` itself when its only output is ``fc1``, else ``get_internals()['fc1_output']``."""
+    if sym.list_outputs() == [EMBEDDING_OUTPUT]:
+        return sym
+    internals = sym.get_internals()
+    if EMBEDDING_OUTPUT not in internals.list_outputs():
+        raise InputError(f"{path}: no '{EMBEDDING_OUTPUT}' node (not an InsightFace-style embedding network)")
+    return internals[EMBEDDING_OUTPUT]
+
+
+def load_checkpoint(prefix, epoch, keep_extra=False):
+    """Read an InsightFace-layout checkpoint and return ``(sym_fc1, arg_params, aux_params)``.
+
+    The symbol is cut at ``fc1_output``; parameters the cut symbol does not use
+    (``fc7_weight`` of the margin head) are dropped unless ``keep_extra``."""
+    sym_path, params_path = checkpoint_paths(prefix, epoch)
+    for path in (sym_path, params_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: checkpoint file not found (--model PREFIX,EPOCH)")
+    try:
+        sym = mx.sym.load(sym_path)
+    except mx.base.MXNetError as e:
+        raise InputError(f"{sym_path}: not an MXNet symbol file ({str(e).splitlines()[0]})") from None
+    try:
+        saved = mx.nd.load(params_path)
+    except mx.base.MXNetError as e:
+        raise InputError(f"{params_path}: not an MXNet parameter file ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{params_path}: parameters are not saved by name (arg:/aux: keys expected)")
+    arg_params, aux_params = {}, {}
+    for key, value in saved.items():
+        kind, _, name = key.partition(":")
+        if kind == "arg":
+            arg_params[name] = value
+        elif kind == "aux":
+            aux_params[name] = value
+        else:
+            raise InputError(f"{params_path}: key {key!r} is neither arg:NAME nor aux:NAME")
+    sym = cut_at_embedding(sym, sym_path)
+    if not keep_extra:
+        args, auxs = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+        dropped = sorted(k for k in arg_params if k not in args) + sorted(k for k in aux_params if k not in auxs)
+        if dropped:
+            log.debug("%s: dropped %d parameters outside fc1: %s", params_path, len(dropped), ", ".join(dropped[:5]))
+        arg_params = {k: v for k, v in arg_params.items() if k in args}
+        aux_params = {k: v for k, v in aux_params.items() if k in auxs}
+    missing = [k for k in sym.list_arguments() if k != "data" and k not in arg_params]
+    missing += [k for k in sym.list_auxiliary_states() if k not in aux_params]
+    if missing:
+        raise InputError(f"{params_path}: {len(missing)} parameters of the symbol are missing, e.g. {missing[0]!r}")
+    return sym, arg_params, aux_params
+
+
+def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
+    """Write ``PREFIX-symbol.json`` and ``PREFIX-%04d.params`` (``mx.model.save_checkpoint``
+    layout), each through a temp file renamed into place."""
+    sym_path, params_path = checkpoint_paths(prefix, epoch)
+    if sym is not None:
+        with atomic_open(sym_path, "w") as f:
+            f.write(sym.tojson())
+    to_save = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
+    to_save.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
+    directory = os.path.dirname(os.path.abspath(params_path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(params_path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        mx.nd.save(tmp, to_save)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, params_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return sym_path, params_path
+
+
+# ------------------------------------------------------------------ freezing
+def freeze_symbol(sym):
+    """A copy of ``sym`` for a frozen teacher: every BatchNorm uses its global
+    (running) statistics in training mode too, and every Dropout becomes an
+    identity, so the teacher's function is the same whether or not autograd
+    records in training mode.  Parameter names are unchanged."""
+    graph = json.loads(sym.tojson())
+    for node in graph["nodes"]:
+        if node["op"] == "BatchNorm":
+            node.setdefault("attrs", {})["use_global_stats"] = "True"
+        elif node["op"] == "Dropout":
+            node["op"] = "_copy"
+            node["attrs"] = {}
+    return mx.sym.load_json(json.dumps(graph))
+
+
+# ------------------------------------------------------------------ blocks
+def set_default_inits(params):
+    """Give every non-weight parameter of a SymbolBlock its own initializer.
+
+    Gluon hands the global initializer to every parameter without one, which
+    fails on vectors (Xavier) and would not match InsightFace, whose Module
+    initialises by name (``mx.init.Initializer`` dispatch): ``*_weight`` from the
+    global initializer, ``*_bias``/``*_beta``/``*_moving_mean`` zero,
+    ``*_gamma`` (BatchNorm scales and PReLU slopes) and ``*_moving_var`` one."""
+    for name, param in params.items():
+        if param.init is not None or name.endswith("_weight"):
+            continue
+        if name.endswith(("_gamma", "_moving_var", "_running_var")):
+            param.init = mx.init.One()
+        elif name.endswith(("_bias", "_beta", "_moving_mean", "_running_mean")):
+            param.init = mx.init.Zero()
+
+
+def _init_from(param, value, ctx):
+    """Give ``param`` the value ``value`` (cast to the parameter's dtype), initialising it if needed."""
+    param._load_init(value, ctx, cast_dtype=True, dtype_source="current")
+
+
+class EmbeddingNet(gluon.SymbolBlock):
+    """A face-embedding network as a Gluon block (hybridizable ``SymbolBlock``).
+
+    ``network_or_symbol``: a name of ``shrinkteanet.symbols.NETWORKS`` (built with
+    ``emb_size`` and ``**opts``) or an fc1 Symbol (e.g. from ``load_checkpoint``).
+    ``with_taps``: return ``(emb, tap1, tap2, tap3, tap4)`` instead of ``emb``; for a
+    Symbol, ``tap_outputs`` names the four internal outputs.  ``dtype='float16'``
+    runs the stages in float16 (``symbols.get_stages``); input and outputs stay
+    float32.  Input: NCHW float32 raw RGB 0-255.
+
+    After construction the parameters are uninitialised: call ``initialize`` or
+    ``set_params(arg_params, aux_params)``.
+    """
+
+    def __init__(self, network_or_symbol, emb_size=512, with_taps=False, dtype="float32", tap_outputs=None, **opts):
+        self.split = None
+        if isinstance(network_or_symbol, str):
+            self.split = symbols.get_stages(network_or_symbol, emb_size, dtype=dtype, **opts)
+            self.network = network_or_symbol
+            embedding = self.split.full
+            taps = self.split.taps
+        else:
+            if np.dtype(dtype) != np.float32:
+                raise ValueError("EmbeddingNet: dtype other than float32 needs a network name, not a Symbol")
+            embedding = cut_at_embedding(network_or_symbol)
+            self.network = None
+            taps = None
+            if with_taps:
+                if not tap_outputs or len(tap_outputs) != 4:
+                    raise ValueError("EmbeddingNet: with_taps on a Symbol needs tap_outputs (4 output names)")
+                internals = embedding.get_internals()
+                names = internals.list_outputs()
+                for name in tap_outputs:
+                    if name not in names:
+                        raise ValueError(f"EmbeddingNet: the symbol has no output {name!r}")
+                taps = [internals[name] for name in tap_outputs]
+        self.emb_size = emb_size
+        self.with_taps = bool(with_taps)
+        self.dtype = np.dtype(dtype).name
+        self.embedding_symbol = embedding
+        outputs = [embedding] + list(taps) if with_taps else embedding
+        super().__init__(outputs, mx.sym.var("data", dtype="float32"))
+        set_default_inits(self.collect_params())
+
+    # -- parameters ---------------------------------------------------------
+    def set_params(self, arg_params, aux_params, ctx=None, allow_missing=False):
+        """Copy InsightFace-style ``arg_params``/``aux_params`` into the block (by name);
+        names the block does not have (``fc7_weight``) are ignored."""
+        ctx = ctx or [mx.cpu()]
+        ctx = ctx if isinstance(ctx, (list, tuple)) else [ctx]
+        for name, param in self.collect_params().items():
+            value = arg_params.get(name, aux_params.get(name))
+            if value is None:
+                if allow_missing:
+                    continue
+                raise InputError(f"parameter {name!r} missing from the given arg/aux params")
+            _init_from(param, value, ctx)
+
+    def get_params(self):
+        """``(arg_params, aux_params)`` of the embedding symbol, float32 on the CPU."""
+        auxs = set(self.embedding_symbol.list_auxiliary_states())
+        args = set(self.embedding_symbol.list_arguments())
+        arg_params, aux_params = {}, {}
+        for name, param in self.collect_params().items():
+            value = param.data(param.list_ctx()[0]).as_in_context(mx.cpu()).astype("float32")
+            if name in auxs:
+                aux_params[name] = value
+            elif name in args:
+                arg_params[name] = value
+        return arg_params, aux_params
+
+    def save_checkpoint(self, prefix, epoch):
+        """InsightFace-layout checkpoint of the embedding part (``fc1`` symbol, float32)."""
+        sym = self.embedding_symbol
+        if self.split is not None and self.dtype != "float32":
+            sym = symbols.get_symbol(self.network, self.emb_size, **self.split.opts)
+        arg_params, aux_params = self.get_params()
+        return save_checkpoint(prefix, epoch, sym, arg_params, aux_params)
+
+    @classmethod
+    def from_checkpoint(cls, prefix, epoch, network=None, ctx=None, **kwargs):
+        """Load a checkpoint; with ``network`` the block is built from
+        ``shrinkteanet.symbols`` (so taps and tails are available) and the saved
+        parameters are loaded into it by name (an InsightFace r50/r100/mfn checkpoint
+        needs no renaming)."""
+        sym, arg_params, aux_params = load_checkpoint(prefix, epoch)
+        if network is None:
+            net = cls(sym, **kwargs)
+        else:
+            if "emb_size" not in kwargs and "pre_fc1_weight" in arg_params:
+                kwargs["emb_size"] = int(arg_params["pre_fc1_weight"].shape[0])
+            net = cls(network, **kwargs)
+        net.set_params(arg_params, aux_params, ctx=ctx)
+        return net
+
+
+def frozen_tail(teacher, stage_index):
+    """The teacher after stage ``stage_index + 1`` (0..3) as a frozen block.
+
+    The returned ``SymbolBlock`` maps a tensor of the shape of the teacher's stage
+    ``stage_index + 1`` output (e.g. 256x14x14 for stage 3 of an r-net at 112) to the
+    teacher's embedding: ``tail(F)`` is ShrinkTeaNet's [T_{i+1} o ... o T_n](F) of
+    Eq. (6).  ``stage_index=None`` freezes the whole teacher (input: images).
+    Parameters are the teacher's own ``Parameter`` objects (shared by name),
+    set to ``grad_req='null'``; BatchNorm uses the global statistics and Dropout is
+    off, so the result does not depend on the autograd training flag.
+    """
+    if not isinstance(teacher, EmbeddingNet) or teacher.split is None:
+        raise ValueError("frozen_tail: the teacher must be an EmbeddingNet built from a network name")
+    if stage_index is None:
+        sym, var = teacher.split.full, mx.sym.var("data", dtype="float32")
+    else:
+        if stage_index not in (0, 1, 2, 3):
+            raise ValueError(f"frozen_tail: stage_index must be 0..3 or None, got {stage_index!r}")
+        sym = teacher.split.tails[stage_index]
+        var = mx.sym.var(teacher.split.tail_inputs[stage_index], dtype="float32")
+    tail = gluon.SymbolBlock(freeze_symbol(sym), var, params=teacher.collect_params())
+    for param in tail.collect_params().values():
+        param.grad_req = "null"
+    return tail

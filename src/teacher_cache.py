@@ -1,0 +1,170 @@
+"""Teacher-embedding cache: the frozen teacher's final embedding of every training
+image and of its mirror, computed once and memory-mapped during training.
+
+ShrinkTeaNet's last angular term (Eq. 6, i = n) compares the student's
+embedding with the teacher's ``fc1`` output of the same (possibly mirrored)
+image.  The teacher is frozen (BatchNorm on global statistics, no dropout), so
+that target is a fixed function of (record key, mirror flag) as long as the
+loader adds no colour jitter; caching it saves the teacher's full forward pass.
+The intermediate terms (i < n) still run the teacher's tails on the student's
+adapted features, so the method keeps those.
+
+Layout of ``CACHE/`` (a folder):
+
+* ``meta.json`` - ``{version, model, data, num_images, emb_size, image_size,
+  dtype: "float16", done}``; ``done`` rows are complete.
+* ``keys.npy``  - int64 record keys of the rows, ascending.
+* ``emb.f16``   - raw float16 array ``(num_images, 2, emb_size)``: ``[:, 0]`` the
+  image, ``[:, 1]`` its mirror.
+
+Building is resumable: rows are written in key order in chunks, flushed, and
+``done`` advances (atomically) after each chunk.
+"""
+import json
+import os
+
+import numpy as np
+
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+from shrinkteanet.utils import write_json
+
+log = get_logger(__name__)
+
+VERSION = 1
+META, KEYS, EMB = "meta.json", "keys.npy", "emb.f16"
+
+
+def _read_meta(path):
+    meta_path = os.path.join(path, META)
+    if not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{meta_path}: unreadable teacher cache metadata ({e})") from None
+    for field in ("version", "num_images", "emb_size", "done"):
+        if field not in meta:
+            raise InputError(f"{meta_path}: field {field!r} missing")
+    if meta["version"] != VERSION:
+        raise InputError(f"{meta_path}: cache version {meta['version']}, this code reads {VERSION}")
+    return meta
+
+
+class TeacherCache:
+    """Read side: ``lookup(index, flipped) -> float32 (B, D)`` teacher embeddings."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        meta = _read_meta(self.path)
+        if meta is None:
+            raise InputError(f"--teacher-cache {self.path}: no {META} (build it with `shrinkteanet cache-teacher`)")
+        if meta["done"] < meta["num_images"]:
+            raise InputError(f"--teacher-cache {self.path}: incomplete ({meta['done']} of {meta['num_images']} "
+                             f"images); run `shrinkteanet cache-teacher` again to finish it")
+        self.meta = meta
+        self.keys = np.load(os.path.join(self.path, KEYS))
+        n, d = int(meta["num_images"]), int(meta["emb_size"])
+        if self.keys.shape != (n,):
+            raise InputError(f"{os.path.join(self.path, KEYS)}: {self.keys.shape[0]} keys for {n} images")
+        emb_path = os.path.join(self.path, EMB)
+        if not os.path.isfile(emb_path) or os.path.getsize(emb_path) != n * 2 * d * 2:
+            raise InputError(f"{emb_path}: missing or not {n}x2x{d} float16 values")
+        self.emb = np.memmap(emb_path, dtype=np.float16, mode="r", shape=(n, 2, d))
+        self.emb_size = d
+
+    def __len__(self):
+        return len(self.keys)
+
+    def rows(self, index):
+        index = np.asarray(index, dtype=np.int64)
+        rows = np.searchsorted(self.keys, index)
+        rows = np.minimum(rows, len(self.keys) - 1)
+        bad = self.keys[rows] != index
+        if bad.any():
+            raise InputError(f"{self.path}: record key {int(index[bad][0])} is not in the teacher cache "
+                             f"(built for another data set?)")
+        return rows
+
+    def lookup(self, index, flipped):
+        """Teacher embeddings of records ``index`` (mirrored where ``flipped``), float32."""
+        rows = self.rows(index)
+        return np.asarray(self.emb[rows, np.asarray(flipped, dtype=np.int64)], dtype=np.float32)
+
+    def check_covers(self, keys):
+        """Fail early (one line) when the training set has records the cache lacks."""
+        self.rows(np.asarray(keys))
+
+
+def build_cache(model, data, out, batch_size=64, ctx=None, chunk=1024, progress=True, mkldnn=True):
+    """Compute (or finish) the cache of ``model`` (``PREFIX,EPOCH`` or ``(prefix, epoch)``)
+    over the RecordIO set ``data`` into the folder ``out``.  Returns the metadata.
+
+    Embeddings are the ``fc1`` outputs of ``shrinkteanet.eval.embed.Embedder`` (inference
+    mode: BatchNorm global statistics, as the frozen teacher in training)."""
+    from tqdm import tqdm
+
+    from shrinkteanet.data.recordio import FaceRecordDataset
+    from shrinkteanet.eval.embed import Embedder
+    from shrinkteanet.utils import parse_model_arg
+
+    model_arg = model if isinstance(model, str) else f"{model[0]},{model[1]}"
+    prefix, epoch = parse_model_arg(model_arg)
+    ds = FaceRecordDataset(data)
+    keys = np.asarray(sorted(int(k) for k in ds.all_record_ids), dtype=np.int64)
+    if ds.image_size is None:
+        img, _ = ds[0]
+        image_size = img.shape[:2]
+    else:
+        image_size = tuple(ds.image_size)
+    if image_size[0] != image_size[1]:
+        raise InputError(f"{ds.path_rec}: images are {image_size[0]}x{image_size[1]}; the cache needs square faces")
+    embedder = Embedder((prefix, epoch), ctx=ctx, batch_size=batch_size, image_size=image_size[0], mkldnn=mkldnn)
+    probe = embedder.embed(np.zeros((1,) + tuple(image_size) + (3,), np.uint8), flip=False)
+    d = int(probe.shape[1])
+    n = len(keys)
+    ident = {"version": VERSION, "model": f"{os.path.abspath(prefix)},{epoch}", "data": os.path.abspath(ds.path_rec),
+             "num_images": n, "emb_size": d, "image_size": int(image_size[0]), "dtype": "float16"}
+    os.makedirs(out, exist_ok=True)
+    meta = _read_meta(out)
+    emb_path = os.path.join(out, EMB)
+    if meta is not None:
+        same = all(meta.get(k) == v for k, v in ident.items())
+        if not same:
+            diff = [k for k, v in ident.items() if meta.get(k) != v]
+            raise InputError(f"{os.path.join(out, META)}: cache was built for another {diff[0]} "
+                             f"({meta.get(diff[0])!r} != {ident[diff[0]]!r}); use a new --out")
+        if meta["done"] >= n:
+            log.info("%s: complete (%d images)", out, n)
+            return meta
+        log.info("%s: resuming at image %d of %d", out, meta["done"], n)
+    else:
+        meta = dict(ident, done=0)
+        np.save(os.path.join(out, KEYS + ".tmp.npy"), keys)
+        os.replace(os.path.join(out, KEYS + ".tmp.npy"), os.path.join(out, KEYS))
+        with open(emb_path, "wb") as f:
+            f.truncate(n * 2 * d * 2)
+        write_json(os.path.join(out, META), meta)
+    emb = np.memmap(emb_path, dtype=np.float16, mode="r+", shape=(n, 2, d))
+    bar = tqdm(total=n, initial=meta["done"], unit="img", desc="cache-teacher", disable=not progress)
+    try:
+        for a in range(meta["done"], n, chunk):
+            b = min(a + chunk, n)
+            images = np.empty((b - a,) + tuple(image_size) + (3,), np.uint8)
+            for i, k in enumerate(keys[a:b]):
+                img, _ = ds.read_key(int(k))
+                if img is None:  # corrupt JPEG: the loader never yields this key, any value will do
+                    img = np.zeros(tuple(image_size) + (3,), np.uint8)
+                images[i] = img
+            e, ef = embedder.embed_parts(images)
+            emb[a:b, 0] = e.astype(np.float16)
+            emb[a:b, 1] = ef.astype(np.float16)
+            emb.flush()
+            meta["done"] = b
+            write_json(os.path.join(out, META), meta)
+            bar.update(b - a)
+    finally:
+        bar.close()
+        del emb
+    return meta

@@ -1,0 +1,750 @@
+"""The training engine: one Gluon loop for teachers and every student method.
+
+What it does, following InsightFace's MXNet-era ``recognition/train.py`` where
+the paper is silent (Sec. 4.1 of ShrinkTeaNet: SGD, momentum 0.9, batch 512 over
+4 GPUs, lr 0.1):
+
+* SGD with momentum and weight decay; the classifier (``fc7*``) gets its own
+  ``wd_mult``/``lr_mult`` as InsightFace's ``fc7_wd_mult`` does.
+* The learning rate is a pure function of the global batch counter, built from
+  gluoncv's ``LRSequential``/``LRScheduler`` (linear warm-up, then step decay
+  at batch or epoch boundaries, or cosine).  Because the optimizer's own update
+  counter is not used, skipped (non-finite) steps and resumes never shift it.
+* The global batch is split over workers (dist kvstore: each worker reads its
+  own shard of the ``.rec``) and then over the contexts of one worker.
+* Gradients are reduced first (``Trainer.allreduce_grads``) and checked for
+  non-finite values afterwards, so that every worker sees the same verdict and
+  skips the same updates; ``nan_guard`` skips in a row stop the run.
+* Checkpoints: ``PREFIX-%04d.params`` + ``PREFIX-symbol.json`` (the embedding
+  network only, InsightFace layout, so InsightFace's own scripts read it),
+  ``PREFIX-%04d.head.params`` (margin head, adapters: the rest of what is
+  trained), ``PREFIX-%04d.states`` (``Trainer.save_states``) and
+  ``PREFIX-state.json`` (position, config, kept/best checkpoints).  All atomic.
+* Determinism: MXNet's and NumPy's generators are re-seeded from
+  ``(seed, epoch, batch)`` before every step and the loader's shuffle is a pure
+  function of ``(seed, epoch)``, so a resumed CPU run replays the uninterrupted
+  one bit for bit.
+"""
+import json
+import math
+import os
+import time
+from collections import OrderedDict, deque
+
+import numpy as np
+
+from shrinkteanet.errors import InputError
+from shrinkteanet.logutil import get_logger
+from shrinkteanet.utils import atomic_open, write_json
+
+log = get_logger(__name__)
+
+STATE_SUFFIX = "-state.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``nan_guard`` consecutive non-finite steps; names the loss term."""
+
+    def __init__(self, message, term):
+        super().__init__(message)
+        self.term = term
+
+
+class StopTraining(Exception):
+    """A callback may raise this to end the run cleanly (a checkpoint is written)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds, schedules
+# ---------------------------------------------------------------------------------------------
+def step_seed(seed, epoch, batch):
+    """A 31-bit seed that depends only on (seed, epoch, batch): dropout and any other
+    in-graph randomness of a step are replayed exactly after a resume."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(batch)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def seed_everything(seed):
+    import random
+
+    import mxnet as mx
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    mx.random.seed(seed)
+
+
+def total_batches(cfg, batches_per_epoch):
+    """Length of the run in batches: ``max_batches`` if set, else ``num_epochs`` whole
+    epochs, else up to the last LR step (InsightFace ends ArcFace runs there)."""
+    if cfg.max_batches and cfg.max_batches > 0:
+        return int(cfg.max_batches)
+    if cfg.num_epochs and cfg.num_epochs > 0:
+        return int(cfg.num_epochs) * batches_per_epoch
+    steps = _steps_in_batches(cfg, batches_per_epoch)
+    if steps:
+        return int(steps[-1])
+    raise InputError("config: set num_epochs, max_batches or lr_steps to say how long to train")
+
+
+def _steps_in_batches(cfg, batches_per_epoch):
+    unit = cfg.get("lr_step_unit", "batch")
+    if unit not in ("batch", "epoch"):
+        raise InputError(f"config lr_step_unit={unit!r}: expected batch or epoch")
+    steps = [int(s) for s in cfg.lr_steps]
+    return [s * batches_per_epoch for s in steps] if unit == "epoch" else steps
+
+
+def build_lr_schedule(cfg, batches_per_epoch, num_batches=None):
+    """``lr(global_batch)`` as a gluoncv ``LRSequential``: linear warm-up over
+    ``warmup_batches`` from 0 to ``lr``, then ``step`` (factor ``lr_factor`` at each of
+    ``lr_steps``, counted in ``lr_step_unit``s from the start of training) or ``cosine``
+    (down to ``lr_min`` at the end of the run)."""
+    from gluoncv.utils import LRScheduler, LRSequential
+
+    num_batches = num_batches or total_batches(cfg, batches_per_epoch)
+    warm = int(cfg.warmup_batches or 0)
+    parts = []
+    if warm > 0:
+        parts.append(LRScheduler("linear", base_lr=0.0, target_lr=cfg.lr, niters=warm))
+    rest = max(num_batches - warm, 1)
+    mode = cfg.lr_schedule
+    if mode == "step":
+        # gluoncv counts steps from the start of its own piece; ours count from batch 0
+        steps = [max(s - warm, 0) for s in _steps_in_batches(cfg, batches_per_epoch)]
+        # the piece must outlast the last step so that later batches keep the decayed lr
+        rest = max(rest, (max(steps) + 1) if steps else 1)
+        parts.append(LRScheduler("step", base_lr=cfg.lr, niters=rest, step_iter=steps or [rest + 1],
+                                 step_factor=cfg.lr_factor))
+    elif mode == "cosine":
+        parts.append(LRScheduler("cosine", base_lr=cfg.lr, target_lr=cfg.get("lr_min", 0.0), niters=rest))
+    elif mode == "constant":
+        parts.append(LRScheduler("constant", base_lr=cfg.lr, niters=rest))
+    else:
+        raise InputError(f"config lr_schedule={mode!r}: expected step, cosine or constant")
+    return LRSequential(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+def _save_nd_atomic(path, arrays):
+    import mxnet as mx
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    mx.nd.save(tmp, arrays)
+    os.replace(tmp, path)
+
+
+def save_embedding_checkpoint(prefix, number, sym, arg_params, aux_params):
+    """InsightFace layout (``mx.model.save_checkpoint``), atomically: through
+    ``shrinkteanet.model.save_checkpoint`` when the networks module provides it."""
+    try:
+        from shrinkteanet.model import save_checkpoint
+    except ImportError:
+        save_checkpoint = None
+    if save_checkpoint is not None:
+        save_checkpoint(prefix, number, sym, arg_params, aux_params)
+        return
+    with atomic_open(f"{prefix}-symbol.json", "w") as f:
+        f.write(sym.tojson())
+    blob = {f"arg:{k}": v.as_in_context(_cpu()) for k, v in arg_params.items()}
+    blob.update({f"aux:{k}": v.as_in_context(_cpu()) for k, v in aux_params.items()})
+    _save_nd_atomic("%s-%04d.params" % (prefix, number), blob)
+
+
+def _cpu():
+    import mxnet as mx
+
+    return mx.cpu()
+
+
+def read_state(prefix):
+    """The ``PREFIX-state.json`` of a run, or None."""
+    path = prefix + STATE_SUFFIX
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable training state ({e})") from None
+
+
+class Checkpointer:
+    """Writes and prunes numbered checkpoints; keeps the last ``keep_last`` and the best."""
+
+    def __init__(self, prefix, keep_last=3):
+        self.prefix = prefix
+        self.keep_last = max(int(keep_last), 1)
+
+    def paths(self, number):
+        p = self.prefix
+        return ["%s-%04d.params" % (p, number), "%s-%04d.head.params" % (p, number), "%s-%04d.states" % (p, number)]
+
+    def save(self, number, sym, arg_params, aux_params, head_params, trainer, state):
+        save_embedding_checkpoint(self.prefix, number, sym, arg_params, aux_params)
+        _save_nd_atomic("%s-%04d.head.params" % (self.prefix, number),
+                        {k: v.as_in_context(_cpu()) for k, v in head_params.items()})
+        states = "%s-%04d.states" % (self.prefix, number)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(states)), f".{os.path.basename(states)}.tmp")
+        trainer.save_states(tmp)
+        os.replace(tmp, states)
+        kept = [k for k in state["kept"] if k != number] + [number]
+        drop = kept[:-self.keep_last]
+        best = state.get("best", {}).get("checkpoint")
+        for old in drop:
+            if old == best:
+                continue
+            for path in self.paths(old):
+                if os.path.exists(path):
+                    os.unlink(path)
+        state["kept"] = [k for k in kept if k not in drop or k == best]
+        state["checkpoint"] = number
+        write_json(self.prefix + STATE_SUFFIX, state)
+        log.info("checkpoint %s-%04d (epoch %d, batch %d)", self.prefix, number, state["epoch"], state["batch"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the guard
+# ---------------------------------------------------------------------------------------------
+class NonFiniteGuard:
+    """Counts non-finite steps; after ``limit`` in a row raises ``NonFiniteLossError``
+    naming the first loss term that went non-finite (or ``gradient``)."""
+
+    def __init__(self, limit):
+        self.limit = int(limit)
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def check(self, part_values, grads_finite):
+        bad = [k for k, v in part_values.items() if not math.isfinite(v)]
+        if not bad and grads_finite:
+            self.in_a_row = 0
+            return True
+        term = bad[0] if bad else "gradient"
+        self.in_a_row += 1
+        self.skipped += 1
+        log.warning("non-finite %s: update skipped (%d in a row, %d in all)", term, self.in_a_row, self.skipped)
+        if self.limit > 0 and self.in_a_row >= self.limit:
+            raise NonFiniteLossError(
+                f"loss term {term!r} was non-finite in {self.in_a_row} consecutive batches; stopping "
+                f"(the last checkpoint holds the last good parameters)", term)
+        return False
+
+
+def grads_all_finite(params):
+    """One fused check over every gradient of the first context (after the reduction)."""
+    import mxnet as mx
+
+    grads = [p.list_grad()[0] for p in params if p.grad_req != "null"]
+    ok = True
+    for i in range(0, len(grads), 128):  # keep the variadic op's input count modest
+        chunk = grads[i:i + 128]
+        flag = mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True)
+        ok = ok and bool(flag.asscalar())
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# observability
+# ---------------------------------------------------------------------------------------------
+class Monitor:
+    """Progress bar (img/s, lr, each loss term), periodic log lines and TensorBoard scalars."""
+
+    def __init__(self, total, initial, frequent=20, tensorboard="", enabled=True):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, disable=not enabled or None,
+                        desc="train")
+        self.frequent = max(int(frequent), 1)
+        self.writer = None
+        if tensorboard and enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard)
+        self.t_last = time.time()
+        self.n_last = 0
+
+    def step(self, step, lr, parts, speed, skipped):
+        post = OrderedDict(ips=f"{speed:.1f}", lr=f"{lr:.4g}")
+        for k, v in parts.items():
+            post[k] = f"{v:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+        if step % self.frequent == 0:
+            terms = " ".join(f"{k}={v:.5f}" for k, v in parts.items())
+            log.info("batch %d lr %.5g %.1f img/s %s skipped=%d", step, lr, speed, terms, skipped)
+        if self.writer is not None:
+            for k, v in parts.items():
+                self.writer.add_scalar(f"loss/{k}", v, step)
+            self.writer.add_scalar("lr", lr, step)
+            self.writer.add_scalar("img_per_s", speed, step)
+            self.writer.add_scalar("nonfinite_skipped", skipped, step)
+
+    def scalars(self, tag, values, step):
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{tag}/{k}", v, step)
+
+    def close(self):
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+class Context:
+    """What the loop needs about the job: contexts, kvstore, rank."""
+
+    def __init__(self, ctx_list, kvstore=None):
+        self.ctx_list = list(ctx_list)
+        self.kvstore = kvstore
+        self.rank = getattr(kvstore, "rank", 0) if kvstore is not None else 0
+        self.num_workers = getattr(kvstore, "num_workers", 1) if kvstore is not None else 1
+
+    @property
+    def distributed(self):
+        return self.kvstore is not None and "dist" in getattr(self.kvstore, "type", "")
+
+
+def make_kvstore(name):
+    """``device``/``local`` (one worker), ``dist_sync``/``dist_device_sync``/``dist_async``
+    (MXNet's parameter server, started by ``shrinkteanet launch``), or ``horovod``."""
+    import mxnet as mx
+
+    if name in ("", "none", None):
+        return None
+    if name in ("device", "local"):
+        return name  # Trainer builds it (only when there is more than one context)
+    if name == "horovod":
+        try:
+            import horovod.mxnet  # noqa: F401
+        except ImportError:
+            raise InputError("--kvstore horovod: horovod is not installed (HOROVOD_WITH_MXNET=1 pip install "
+                             "--no-build-isolation horovod==0.28.1)") from None
+        return mx.kv.create("horovod")
+    if name.startswith("dist"):
+        if "DMLC_ROLE" not in os.environ:
+            raise InputError(f"--kvstore {name}: run under `shrinkteanet launch` (DMLC_ROLE is not set)")
+        return mx.kv.create(name)
+    raise InputError(f"--kvstore {name!r}: expected device, local, dist_sync, dist_device_sync, dist_async or horovod")
+
+
+def _split(array, ctx_list, dtype=None):
+    import mxnet as mx
+
+    if array is None:
+        return [None] * len(ctx_list)
+    nd = mx.nd.array(array, dtype=dtype or array.dtype)
+    if len(ctx_list) == 1:
+        return [nd.as_in_context(ctx_list[0])]
+    return mx.gluon.utils.split_and_load(nd, ctx_list, even_split=False)
+
+
+def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None, resume=False,
+        callbacks=(), verify=None):
+    """Run the loop.
+
+    ``method(data, label[, teacher_emb]) -> {name: (batch,) NDArray}`` of already-weighted
+    loss parts (the losses issue's ``Method``); ``method.trainable_params()`` are updated.
+    ``loader.epoch(epoch, start_batch)`` yields batches with ``data``, ``label``, ``index``,
+    ``flipped``; ``len(loader)`` batches per epoch.  ``student``: the embedding block whose
+    parameters form the InsightFace checkpoint (symbol ``student_symbol``); every other
+    non-frozen parameter of ``method`` goes to the ``.head.params`` file.
+    ``verify(arg, aux) -> {target: {accuracy, ...}}`` runs every ``cfg.verbose`` batches.
+    ``callbacks``: ``cb(info)`` after each step; may raise ``StopTraining``.
+    Returns the summary dict (final losses, img/s, best verification, position).
+    """
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    ctx_list = job.ctx_list
+    params = method.trainable_params()
+    for name, p in params.items():
+        if name.startswith("fc7"):
+            p.wd_mult = float(cfg.fc7_wd_mult)
+            p.lr_mult = float(cfg.fc7_lr_mult)
+    batches_per_epoch = len(loader)
+    if batches_per_epoch <= 0:
+        raise InputError(f"data: fewer images in this shard than one batch ({cfg.batch_size} global)")
+    num_batches = total_batches(cfg, batches_per_epoch)
+    schedule = build_lr_schedule(cfg, batches_per_epoch, num_batches)
+    global_batch = loader.batch_size * job.num_workers if hasattr(loader, "batch_size") else cfg.batch_size
+    kv = job.kvstore
+    trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "momentum": cfg.momentum, "wd": cfg.wd},
+                            kvstore=kv if kv is not None else "device",
+                            # reduce-then-update locally: the guard can then veto a step on every worker alike,
+                            # and Trainer.save_states works under dist_sync too
+                            update_on_kvstore=False)
+    if cfg.fp16:
+        from mxnet.contrib import amp
+
+        amp.init_trainer(trainer)
+
+    _materialize(method, loader, ctx_list, teacher_cache)
+    prefix = cfg.out
+    is_chief = job.rank == 0
+    ckpt = Checkpointer(prefix, cfg.keep_last) if prefix else None
+    state = {"epoch": 0, "batch": 0, "step": 0, "checkpoint": 0, "kept": [], "best": {}, "nonfinite_skipped": 0,
+             "seed": int(cfg.seed), "config": dict(cfg)}
+    if resume:
+        prev = read_state(prefix) if prefix else None
+        if prev is None:
+            raise InputError(f"--resume: no {prefix}{STATE_SUFFIX} to resume from")
+        _restore(prev, prefix, method, student, trainer)
+        for k in ("epoch", "batch", "step", "checkpoint", "kept", "best", "nonfinite_skipped"):
+            state[k] = prev[k]
+        log.info("resumed from %s-%04d at epoch %d batch %d (step %d)", prefix, prev["checkpoint"],
+                 prev["epoch"], prev["batch"], prev["step"])
+    saved_at = [state["step"] if resume else -1]
+
+    def save():
+        if ckpt is None or not is_chief or saved_at[0] == state["step"]:
+            return
+        state["checkpoint"] += 1
+        arg, aux, head = _checkpoint_params(method, student, student_symbol)
+        ckpt.save(state["checkpoint"], student_symbol, arg, aux, head, trainer, state)
+        saved_at[0] = state["step"]
+
+    def verify_and_save():
+        if verify is None or not is_chief:
+            save()
+            return
+        arg, aux = _student_params(student, student_symbol)
+        results = verify(arg, aux)
+        save()
+        if not results:
+            return
+        acc = float(np.mean([r["accuracy"] for r in results.values()]))
+        log.info("verification at step %d: %s (mean %.5f)", state["step"],
+                 " ".join(f"{k}={r['accuracy']:.5f}" for k, r in results.items()), acc)
+        monitor.scalars("verification", {k: r["accuracy"] for k, r in results.items()}, state["step"])
+        if not state["best"] or acc > state["best"]["mean_accuracy"]:
+            state["best"] = {"checkpoint": state["checkpoint"] if ckpt is not None else None,
+                             "step": state["step"], "mean_accuracy": acc, "results": results}
+            if ckpt is not None:
+                write_json(prefix + STATE_SUFFIX, state)
+
+    guard = NonFiniteGuard(cfg.nan_guard)
+    aux_params = [p for name, p in method.collect_params().items() if p.grad_req == "null" and name not in params]
+    guard.skipped = state["nonfinite_skipped"]
+    monitor = Monitor(num_batches, state["step"], cfg.frequent, cfg.get("tensorboard", ""), enabled=is_chief)
+    window = deque(maxlen=max(int(cfg.frequent), 1))
+    speed_imgs = speed_time = 0.0
+    verbose = int(cfg.verbose or 0)
+    try:
+        epoch, start = state["epoch"], state["batch"]
+        while state["step"] < num_batches:
+            for b, batch in enumerate(loader.epoch(epoch, start), start):
+                if state["step"] >= num_batches:
+                    break
+                t0 = time.time()
+                s = step_seed(cfg.seed, epoch, b)
+                mx.random.seed(s)
+                np.random.seed(s)
+                lr = float(schedule(state["step"]))
+                trainer.set_learning_rate(lr)
+                ok, values, n = _step(method, trainer, batch, ctx_list, teacher_cache, cfg.fp16, guard, job,
+                                      params, global_batch, aux_params)
+                state["nonfinite_skipped"] = guard.skipped
+                state["step"] += 1
+                state["epoch"], state["batch"] = epoch, b + 1
+                if ok:
+                    window.append(values)
+                dt = time.time() - t0
+                speed_imgs += n * job.num_workers
+                speed_time += dt
+                monitor.step(state["step"], lr, values, n * job.num_workers / max(dt, 1e-9), guard.skipped)
+                info = {"epoch": epoch, "batch": b, "step": state["step"], "lr": lr, "losses": values, "ok": ok,
+                        "trainer": trainer, "method": method}
+                for cb in callbacks:
+                    cb(info)
+                if verbose and state["step"] % verbose == 0:
+                    verify_and_save()
+                elif cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
+                    save()
+            if state["batch"] >= batches_per_epoch:
+                epoch, start = epoch + 1, 0
+                state["epoch"], state["batch"] = epoch, 0
+                save()
+            elif state["step"] < num_batches:
+                raise RuntimeError(f"loader gave {state['batch']} of {batches_per_epoch} batches in epoch {epoch}")
+    except StopTraining:
+        log.info("stopped by a callback at step %d", state["step"])
+    finally:
+        monitor.close()
+    if verbose:
+        verify_and_save()
+    else:
+        save()
+    summary = OrderedDict()
+    summary["losses"] = OrderedDict(
+        (k, float(np.mean([w[k] for w in window]))) for k in (window[-1] if window else {}))
+    summary["img_per_s"] = speed_imgs / speed_time if speed_time > 0 else 0.0
+    summary["best_verification"] = state["best"].get("results", {})
+    summary["best_checkpoint"] = state["best"].get("checkpoint")
+    summary["checkpoint"] = state["checkpoint"] if ckpt is not None and is_chief else None
+    summary["prefix"] = prefix or None
+    summary["epoch"] = state["epoch"]
+    summary["batch"] = state["batch"]
+    summary["steps"] = state["step"]
+    summary["nonfinite_skipped"] = guard.skipped
+    summary["rank"] = job.rank
+    summary["num_workers"] = job.num_workers
+    summary["params_sha1"] = params_digest(method.trainable_params())
+    return summary
+
+
+def _materialize(method, loader, ctx_list, teacher_cache):
+    """One forward pass in predict mode on zeros, so that every deferred parameter of the
+    SymbolBlocks gets its shape before the Trainer (or a resume) touches it.  Predict mode
+    leaves BatchNorm statistics alone and nothing random runs, so training is unaffected."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    n = max(int(getattr(loader, "batch_size", len(ctx_list))) // len(ctx_list), 1)
+    size = tuple(getattr(loader, "image_size", ()))
+    if len(size) != 2:
+        return
+    for ctx in ctx_list:
+        data = mx.nd.zeros((n, 3) + size, ctx=ctx)
+        label = mx.nd.zeros((n,), ctx=ctx)
+        with autograd.predict_mode():
+            if teacher_cache is not None:
+                method(data, label, mx.nd.zeros((n, teacher_cache.emb_size), ctx=ctx))
+            else:
+                method(data, label)
+    mx.nd.waitall()
+
+
+def _step(method, trainer, batch, ctx_list, teacher_cache, fp16, guard, job, params, global_batch, aux_params):
+    """Forward/backward over the contexts, reduce, check, update.  Returns (updated, losses, n)."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    # BatchNorm moves its running statistics in the forward pass: keep them to undo a bad step
+    backup = [(p, [a.copy() for a in p.list_data()]) for p in aux_params] if guard.limit > 0 else []
+    temb = teacher_cache.lookup(batch.index, batch.flipped) if teacher_cache is not None else None
+    datas = _split(batch.data, ctx_list, "float32")
+    labels = _split(batch.label, ctx_list, "float32")  # float32 holds class ids exactly up to 2**24
+    tembs = _split(temb, ctx_list, "float32")
+    losses, part_sums = [], OrderedDict()
+    with autograd.record():
+        for d, lab, t in zip(datas, labels, tembs):
+            parts = method(d, lab, t) if t is not None else method(d, lab)
+            vals = list(parts.values())
+            losses.append(mx.nd.add_n(*vals) if len(vals) > 1 else vals[0])
+            for k, v in parts.items():
+                part_sums.setdefault(k, []).append(v.sum())
+    if fp16:
+        from mxnet.contrib import amp
+
+        with amp.scale_loss(losses, trainer) as scaled:
+            autograd.backward(scaled)
+    else:
+        autograd.backward(losses)
+    trainer.allreduce_grads()
+    n = int(batch.data.shape[0])
+    values = OrderedDict((k, float(sum(x.asscalar() for x in v)) / n) for k, v in part_sums.items())
+    # AMP's dynamic loss scaling deals with fp16 gradient overflow itself
+    finite = True if fp16 else grads_all_finite(params.values())
+    # in data-parallel runs only the reduced gradients are the same on every worker
+    ok = guard.check({} if job.distributed else values, finite)
+    if ok:
+        trainer.update(global_batch)
+    else:
+        for p, saved in backup:
+            for dst, src in zip(p.list_data(), saved):
+                src.copyto(dst)
+    mx.nd.waitall()
+    return ok, values, n
+
+
+def params_digest(params):
+    """SHA-1 over every trainable parameter (sorted by name): equal digests mean bit-equal weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in sorted(params.keys()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(params[name].data(params[name].list_ctx()[0]).asnumpy()).tobytes())
+    return h.hexdigest()
+
+
+def _symbol_names(sym):
+    return set(sym.list_arguments()), set(sym.list_auxiliary_states())
+
+
+def _student_params(student, sym):
+    if student is None or sym is None:
+        return {}, {}
+    args, auxs = _symbol_names(sym)
+    arg, aux = {}, {}
+    for name, p in student.collect_params().items():
+        if name in args:
+            arg[name] = p.data(p.list_ctx()[0]).copy()
+        elif name in auxs:
+            aux[name] = p.data(p.list_ctx()[0]).copy()
+    return arg, aux
+
+
+def _checkpoint_params(method, student, sym):
+    """(arg, aux, rest): the embedding network's parameters plus the classifier ``fc7*``
+    (InsightFace keeps it beside ``fc1`` in training checkpoints; MarginDistillation and KD
+    read the teacher's class centres from there), and everything else that is trained
+    (adapters H_i) for the ``.head.params`` file."""
+    arg, aux = _student_params(student, sym)
+    own = set(student.collect_params().keys()) if student is not None else set()
+    rest = {}
+    for name, p in method.collect_params().items():
+        if name in own:
+            continue
+        value = p.data(p.list_ctx()[0]).copy()
+        if name.startswith("fc7"):
+            arg[name] = value
+        else:
+            rest[name] = value
+    return arg, aux, rest
+
+
+def _restore(prev, prefix, method, student, trainer):
+    import mxnet as mx
+
+    number = prev["checkpoint"]
+    pfile = "%s-%04d.params" % (prefix, number)
+    hfile = "%s-%04d.head.params" % (prefix, number)
+    sfile = "%s-%04d.states" % (prefix, number)
+    for f in (pfile, hfile, sfile):
+        if not os.path.exists(f):
+            raise InputError(f"--resume: checkpoint file {f} is missing")
+    blob = mx.nd.load(pfile)
+    flat = {k.split(":", 1)[1]: v for k, v in blob.items()}
+    head = mx.nd.load(hfile)
+    flat.update(head if isinstance(head, dict) else {})  # mx.nd.load gives [] for an empty dict
+    own = method.collect_params()
+    for name, p in own.items():
+        if name not in flat:
+            raise InputError(f"{pfile}: parameter {name} is missing")
+        if name in flat:
+            p.set_data(flat[name])
+    trainer.load_states(sfile)
+
+
+# ---------------------------------------------------------------------------------------------
+# building a run from a config
+# ---------------------------------------------------------------------------------------------
+def initialize_params(params, ctx_list):
+    """InsightFace's initialiser for everything not loaded: Xavier (gaussian, 'out', 2) for
+    weights; each parameter's own ``init`` (zeros/ones for BN, the head's normal) wins."""
+    import mxnet as mx
+
+    fresh = [p for p in params.values() if p._data is None and not p._deferred_init]
+    init = mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)
+    for p in fresh:
+        p.initialize(init=None if p.init is not None else init, default_init=init, ctx=ctx_list)
+    for p in params.values():
+        if p._data is not None and p.list_ctx() != list(ctx_list):
+            p.reset_ctx(ctx_list)
+
+
+def make_verifier(cfg, image_size, ctx):
+    """``verify(arg, aux) -> {target: fields}`` over the ``.bin`` targets found in ``val_dir``
+    (default: the data folder), through the evaluation code; None when there are none."""
+    root = cfg.val_dir or cfg.data_dir
+    targets = [t for t in cfg.val_targets if os.path.isfile(os.path.join(root, f"{t}.bin"))]
+    missing = [t for t in cfg.val_targets if t not in targets]
+    if missing:
+        log.warning("verification: %s not found in %s; skipped", ", ".join(missing), root)
+    if not targets:
+        return None
+    from shrinkteanet.data.binfile import load_bin
+    from shrinkteanet.eval.embed import Embedder
+    from shrinkteanet.eval.verification import evaluate_full, xnorm_of
+
+    sets = {t: load_bin(os.path.join(root, f"{t}.bin"), image_size=(image_size, image_size)) for t in targets}
+
+    def verify(sym, arg, aux):
+        emb = Embedder((sym, arg, aux), ctx=ctx, batch_size=min(64, max(len(v[0]) for v in sets.values())),
+                       image_size=image_size)
+        out = OrderedDict()
+        for t, (images, issame) in sets.items():
+            e, ef = emb.embed_parts(images)
+            out[t] = evaluate_full(e + ef, issame, xnorm=xnorm_of((e, ef)))[0]
+        return out
+
+    return verify
+
+
+def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
+    """Train ``cfg`` (a ``shrinkteanet.config`` EasyDict) and return the summary.
+
+    Builds the kvstore (rank, workers), the loader over this worker's shard, the
+    student (and the teacher from ``cfg.teacher``), the method of ``cfg.distill``
+    (``shrinkteanet.distill.build_method``), the teacher cache when
+    ``cfg.teacher_cache`` is set, and the verifier; then runs ``fit``."""
+    import mxnet as mx
+
+    from shrinkteanet.data.loader import FaceLoader
+    from shrinkteanet.distill import build_method, build_networks, loader_lowres_size, needs_teacher_embedding
+
+    ctx_list = list(ctx_list or [mx.cpu()])
+    if not cfg.data_dir:
+        raise InputError("config data_dir is empty: --data DIR")
+    kv = make_kvstore(cfg.kvstore)
+    job = Context(ctx_list, None if isinstance(kv, str) else kv)
+    job.kvstore = kv
+    if job.num_workers > 1 and cfg.out and job.rank > 0:
+        log.info("worker %d of %d: checkpoints are written by worker 0", job.rank, job.num_workers)
+    if cfg.batch_size % (job.num_workers * len(ctx_list)):
+        raise InputError(f"config batch_size={cfg.batch_size} is not divisible by {job.num_workers} worker(s) x "
+                         f"{len(ctx_list)} context(s)")
+    if loader is None:
+        loader = FaceLoader(cfg.data_dir, cfg.batch_size // job.num_workers, seed=cfg.seed, workers=cfg.workers,
+                            mirror=cfg.mirror, color_jitter=cfg.color_jitter,
+                            lowres_size=loader_lowres_size(cfg),
+                            part_index=job.rank, num_parts=job.num_workers)
+    image_size = int(loader.image_size[0])
+    if image_size != int(cfg.image_size):
+        log.info("data are %dx%d; config image_size=%d follows the data", image_size, image_size, cfg.image_size)
+        cfg.image_size = image_size
+    num_classes = int(loader.num_classes)
+    if cfg.num_classes and int(cfg.num_classes) != num_classes:
+        log.warning("config num_classes=%d but %s has %d; using the data's", cfg.num_classes, cfg.data_dir,
+                    num_classes)
+    cfg.num_classes = num_classes
+
+    seed_everything(cfg.seed)
+    if cfg.fp16:
+        if ctx_list[0].device_type != "gpu":
+            raise InputError("--fp16 needs GPUs (--gpus): MXNet's AMP runs float16 kernels on CUDA only")
+        from mxnet.contrib import amp
+
+        amp.init()
+    student, teacher, teacher_fc7 = build_networks(cfg, ctx=ctx_list)
+    method = build_method(cfg, student, teacher, num_classes=num_classes, teacher_fc7=teacher_fc7, ctx=ctx_list)
+    initialize_params(method.collect_params(), ctx_list)
+    if cfg.get("hybridize", True):
+        method.hybridize(static_alloc=True, static_shape=True)
+    cache = None
+    if cfg.teacher_cache:
+        from shrinkteanet.teacher_cache import TeacherCache
+
+        if not needs_teacher_embedding(cfg):
+            raise InputError(f"--teacher-cache: distill={cfg.distill} uses no teacher embedding each step")
+        if cfg.color_jitter > 0:
+            raise InputError("--teacher-cache holds embeddings of un-jittered images: set color_jitter=0")
+        cache = TeacherCache(cfg.teacher_cache)
+        cache.check_covers(loader.keys)
+    verify = make_verifier(cfg, image_size, ctx_list[0]) if cfg.verbose and job.rank == 0 else None
+    sym = student.embedding_symbol
+    try:
+        return fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
+                   resume=resume, callbacks=callbacks,
+                   verify=(lambda arg, aux: verify(sym, arg, aux)) if verify else None)
+    finally:
+        if hasattr(loader, "close"):
+            loader.close()

@@ -1,0 +1,58 @@
+"""LResNet-E-IR (ArcFace's ResNet, InsightFace ``fresnet.py`` with its defaults).
+
+Options as in InsightFace: ``version_input=1`` (3x3 conv stride 1 ``conv0`` ->
+``bn0`` -> PReLU ``relu0``, no down-sampling, so 112 -> 56 happens in stage 1),
+``version_unit=3`` (the IR unit, ``common.ir_unit``), ``version_output='E'``
+(``common.output_e``), no SE, PReLU.  Filters 64 | 64, 128, 256, 512; the first
+unit of every stage has stride 2 and a 1x1 conv shortcut.
+
+Stages (the distillation taps) are fresnet's own ``stage1..stage4``; at 112x112
+their outputs are 64x56x56, 128x28x28, 256x14x14, 512x7x7.
+
+Parameter counts at embedding 512 (all arguments except ``data``: conv weights,
+BN gamma/beta, PReLU slopes, FC weight/bias; aux states excluded):
+r18 24.0M, r34 34.1M, r50 43.6M, r90 63.68M (paper Table 2: 63.67M), r100 65.2M.
+"""
+from . import common
+
+#: units per stage, InsightFace ``fresnet.get_symbol`` (num_layers -> units).
+UNITS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 14, 3),
+    90: (3, 8, 30, 3),
+    100: (3, 13, 30, 3),
+}
+FILTERS = (64, 64, 128, 256, 512)
+
+#: fresnet normalises behind an ``identity`` node named ``id``.
+WITH_ID = True
+
+
+def build(num_layers, emb_size=512, image_size=112, units=None, filters=None):
+    """The five pieces [input unit + stage 1, stage 2, stage 3, stage 4, output unit],
+    each a function Symbol -> Symbol.  ``units``/``filters`` override the depth table
+    (tiny test networks: ``units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32)``)."""
+    if units is None:
+        if num_layers not in UNITS:
+            raise ValueError(f"fresnet: no unit table for {num_layers} layers (have {sorted(UNITS)})")
+        units = UNITS[num_layers]
+    filters = tuple(filters or FILTERS)
+    if len(units) != 4 or len(filters) != 5:
+        raise ValueError(f"fresnet: units needs 4 entries and filters 5, got {units!r}, {filters!r}")
+
+    def stage(i):
+        def run(body):
+            if i == 0:
+                body = common.conv_bn(body, filters[0], kernel=(3, 3), stride=(1, 1), pad=(1, 1),
+                                      eps=common.RESNET_EPS, names=("conv0", "bn0", "relu0"))
+            for j in range(units[i]):
+                body = common.ir_unit(body, filters[i + 1], (2, 2) if j == 0 else (1, 1), j > 0,
+                                      name=f"stage{i + 1}_unit{j + 1}")
+            return body
+        return run
+
+    def head(body):
+        return common.output_e(body, emb_size)
+
+    return [stage(0), stage(1), stage(2), stage(3), head]

@@ -1,0 +1,309 @@
+"""ShrinkTeaNet wiring and the baseline methods on tiny networks (32x32, emb 16).
+
+Teacher: r18 with one unit per stage; student: MobileFaceNet with one block per stage.
+Both have stages at 16, 8, 4, 2 pixels, so every stage can be distilled.
+"""
+import math
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from shrinkteanet import distill
+from shrinkteanet.config import generate_config
+from shrinkteanet.errors import InputError
+from shrinkteanet.model import EmbeddingNet, save_checkpoint
+
+SIZE, EMB, CLASSES = 32, 16, 4
+T_OPTS = dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32))
+S_OPTS = dict(blocks=(1, 1, 1, 1), filters=(4, 4, 8, 8, 16))
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory):
+    """A tiny r18 teacher with moved BatchNorm statistics and an fc7 head, saved as an
+    InsightFace checkpoint (prefix, epoch)."""
+    mx.random.seed(11)
+    net = EmbeddingNet("r18", emb_size=EMB, image_size=SIZE, **T_OPTS)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    for _ in range(3):  # training-mode forwards move the running statistics away from 0/1
+        with mx.autograd.record():
+            net(mx.nd.random.uniform(0, 255, shape=(8, 3, SIZE, SIZE)))
+    arg, aux = net.get_params()
+    arg["fc7_weight"] = mx.nd.random.normal(shape=(CLASSES, EMB))
+    prefix = str(tmp_path_factory.mktemp("teacher") / "model")
+    save_checkpoint(prefix, 1, net.embedding_symbol, arg, aux)
+    return prefix, 1
+
+
+def make_cfg(method, ckpt, *extra):
+    prefix, epoch = ckpt
+    lowres_kt = method.startswith("lowres_kt")
+    opts = T_OPTS if lowres_kt else S_OPTS
+    return generate_config("r18" if lowres_kt else "mfn", "synth", "arcface", method, [
+        f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"teacher={prefix},{epoch}",
+        "teacher_network=r18", f"teacher_net_opts={dict(T_OPTS)!r}", f"net_opts={dict(opts)!r}",
+        f"lowres_size={SIZE // 2}", *extra])
+
+
+def build(method, ckpt, *extra, hybridize=False):
+    cfg = make_cfg(method, ckpt, *extra)
+    student, teacher, fc7 = distill.build_networks(cfg)
+    return cfg, distill.build_method(cfg, student, teacher, teacher_fc7=fc7, hybridize=hybridize)
+
+
+def batch(seed=0, n=8):
+    rng = np.random.RandomState(seed)
+    data = mx.nd.array(rng.uniform(0, 255, size=(n, 3, SIZE, SIZE)))
+    label = mx.nd.array(np.arange(n) % CLASSES)
+    return data, label
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _np_angular(s, t):
+    return (1 - np.sum(_unit(s) * _unit(t), axis=1)) ** 2
+
+
+def _snapshot(block):
+    return {k: p.data().asnumpy().copy() for k, p in block.collect_params().items()}
+
+
+def test_presets_select_every_method():
+    for name in distill.METHODS:
+        cfg = generate_config("mfn", "synth", "arcface", name)
+        assert distill.method_spec(cfg) == distill.SPECS[name]
+    with pytest.raises(InputError, match="distill='bogus'"):
+        distill.method_spec(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
+    l2 = generate_config("mfn", "synth", "arcface", "l2")
+    assert l2.distill_stages == [4] and l2.l2_lambda == 0.001
+
+
+@pytest.mark.parametrize("stages,lambdas,want", [
+    ([1, 2, 3, 4], [], {"angular_1": 0.125, "angular_2": 0.25, "angular_3": 0.5, "angular_4": 1.0}),
+    ([2, 4], [], {"angular_2": 0.5, "angular_4": 1.0}),
+    ([3], [], {"angular_3": 1.0}),
+    ([1, 4], [0.3, 2.0], {"angular_1": 0.3, "angular_4": 2.0}),
+])
+def test_lambda_schedule(teacher_ckpt, stages, lambdas, want):
+    _, method = build("stn", teacher_ckpt, f"distill_stages={stages!r}", f"distill_lambdas={lambdas!r}")
+    assert method.loss_weights == {"softmax": 1.0, **want}
+    assert sorted(method.adapters) == sorted(s for s in stages if s != 4)
+    data, label = batch()
+    parts = method(data, label)
+    assert list(parts) == ["softmax", *want]
+    # the weighted part is lambda times Eq. 4 on the final embeddings
+    if 4 in stages:
+        emb = method.student(data)[0].asnumpy()
+        temb = method.teacher(data)[0].asnumpy() if method.teacher.with_taps else method.teacher(data).asnumpy()
+        np.testing.assert_allclose(parts["angular_4"].asnumpy(), want["angular_4"] * _np_angular(emb, temb),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_l2_and_hint_weights(teacher_ckpt):
+    _, m = build("l2", teacher_ckpt)
+    assert m.loss_weights == {"softmax": 1.0, "l2": 0.001}
+    _, m = build("l2", teacher_ckpt, "distill_stages=[3,4]")
+    assert m.loss_weights == {"softmax": 1.0, "l2_3": 0.0005, "l2": 0.001}
+    _, m = build("hint", teacher_ckpt, "hint_lambda=2.0")
+    assert m.loss_weights == {"softmax": 1.0, "hint_1": 0.25, "hint_2": 0.5, "hint_3": 1.0, "hint_4": 2.0}
+
+
+def test_intermediate_terms_vanish_when_the_student_is_the_teacher(teacher_ckpt):
+    """Eq. 6 wiring: with the teacher as its own student and identity adapters, the
+    tail after stage i applied to the teacher's own F_i gives back the teacher's
+    embedding, so every angular_i is 0; random adapters make it positive."""
+    cfg = make_cfg("stn", teacher_ckpt, "network=r18", f"net_opts={dict(T_OPTS)!r}")
+    _, teacher, fc7 = distill.build_networks(cfg)
+    twin, _, _ = distill.build_networks(cfg)
+    distill.materialize(twin, SIZE)
+    for name, p in teacher.collect_params().items():
+        twin.collect_params()[name].set_data(p.data())
+    method = distill.build_method(cfg, twin, teacher, teacher_fc7=fc7)
+    data, _ = batch(1)
+    label = mx.nd.array(np.arange(8) % CLASSES)
+    random_parts = method(data, label)  # not recording: adapters' BN on running stats (0, 1)
+    for stage, adapter in method.adapters.items():
+        c = adapter.conv.weight.shape[0]
+        adapter.conv.weight.set_data(mx.nd.array(np.eye(c).reshape(c, c, 1, 1)))
+    parts = method(data, label)
+    for stage in (1, 2, 3, 4):
+        assert float(parts[f"angular_{stage}"].max().asscalar()) < 1e-6, stage
+    for stage in (1, 2, 3):
+        assert float(random_parts[f"angular_{stage}"].mean().asscalar()) > 1e-3, stage
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_stn_step_freezes_teacher_and_trains_student_and_adapters(teacher_ckpt, hybridize):
+    cfg, method = build("stn", teacher_ckpt, hybridize=hybridize)
+    teacher = method.teacher
+    before = _snapshot(teacher)
+    params = method.trainable_params()
+    names = set(params.keys())
+    # the output units share InsightFace's names (pre_fc1, fc1): compare the objects
+    assert not {id(p) for p in params.values()} & {id(p) for p in teacher.collect_params().values()}
+    assert {n for n in names if n.startswith("adapter")} and "fc7_weight" in names
+    student_before = _snapshot(method.student)
+    trainer = mx.gluon.Trainer(params, "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+    for step in range(2):
+        data, label = batch(step)
+        with mx.autograd.record():
+            parts = method(data, label)
+            total = mx.nd.add_n(*[v.sum() for v in parts.values()])
+        total.backward()
+        for name, p in params.items():
+            if name.endswith("fc1_gamma"):  # BatchNorm fix_gamma=True (InsightFace fc1): no gradient by design
+                continue
+            g = p.grad().asnumpy()
+            assert np.isfinite(g).all() and np.abs(g).sum() > 0, name
+        trainer.step(8)
+    after = _snapshot(teacher)
+    for k in before:
+        assert before[k].tobytes() == after[k].tobytes(), k
+    changed = [k for k, v in _snapshot(method.student).items() if v.tobytes() != student_before[k].tobytes()]
+    assert len(changed) >= len(student_before) - 1
+
+
+def test_cached_teacher_embedding_skips_the_teacher_forward(teacher_ckpt):
+    _, method = build("stn", teacher_ckpt)
+    data, label = batch(2)
+    given = np.random.RandomState(0).normal(size=(8, EMB)).astype(np.float32)
+
+    class Forbidden:
+        with_taps = False
+
+        def __call__(self, *_):
+            raise AssertionError("teacher forward ran although teacher_emb was given")
+
+    method._frozen.teacher = Forbidden()
+    parts = method(data, label, mx.nd.array(given))
+    emb = method.student(data)[0].asnumpy()
+    np.testing.assert_allclose(parts["angular_4"].asnumpy(), _np_angular(emb, given), rtol=1e-4, atol=1e-6)
+    # the intermediate terms still run the teacher's tails, against the given embedding
+    feat = method.adapters[2](method.student(data)[2])
+    tail_emb = method._frozen.tails[2](feat).asnumpy()
+    np.testing.assert_allclose(parts["angular_2"].asnumpy(), 0.25 * _np_angular(tail_emb, given), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_spatial_mismatch_and_missing_pieces_are_clear_errors(teacher_ckpt):
+    cfg = make_cfg("stn", teacher_ckpt)
+    student, teacher, fc7 = distill.build_networks(cfg)
+    real = student.split.stage_shapes
+    student.split.stage_shapes = lambda size: [(c, h * 2, w * 2) for c, h, w in real(size)]
+    with pytest.raises(InputError, match="stage 1 is 32x32 in the student .* 16x16 in the teacher"):
+        distill.build_method(cfg, student, teacher, teacher_fc7=fc7)
+    with pytest.raises(InputError, match="needs a teacher"):
+        distill.build_method(cfg, student, None)
+    with pytest.raises(InputError, match="fc7_weight"):
+        distill.build_method(make_cfg("margin", teacher_ckpt), student, teacher, teacher_fc7=None)
+    with pytest.raises(InputError, match="teacher_network"):
+        distill.build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
+                                        f"teacher_net_opts={dict(S_OPTS)!r}"))
+
+
+def test_margin_distillation_uses_fixed_teacher_centres(teacher_ckpt):
+    cfg, method = build("margin", teacher_ckpt)
+    assert method.loss_weights == {"margin": 1.0}
+    assert "fc7_weight" not in set(method.trainable_params().keys())
+    centres = method.head.weight.data().asnumpy()
+    from shrinkteanet.model import load_checkpoint
+    _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
+    assert centres.tobytes() == arg["fc7_weight"].asnumpy().tobytes()
+    data, label = batch(3)
+    parts = method(data, label)
+    emb = method.student(data).asnumpy()
+    temb = method.teacher(data).asnumpy()
+    y = label.asnumpy().astype(int)
+    d = np.maximum(np.sum(_unit(temb) * _unit(centres)[y], axis=1), 0)
+    m = 0.2 + 0.3 * d / d.max()
+    cos = _unit(emb) @ _unit(centres).T
+    logits = cos.copy()
+    for i in range(len(y)):
+        th = math.acos(np.clip(cos[i, y[i]], -1 + 1e-6, 1 - 1e-6))
+        logits[i, y[i]] = math.cos(th + m[i]) if th + m[i] <= math.pi else cos[i, y[i]] - m[i] * math.sin(m[i])
+    logits *= 64
+    z = logits - logits.max(1, keepdims=True)
+    ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1)))
+    np.testing.assert_allclose(parts["margin"].asnumpy(), ce, rtol=1e-3, atol=1e-3)
+
+
+def test_kd_on_margin_logits_matches_numpy(teacher_ckpt):
+    cfg, method = build("kd", teacher_ckpt, "kd_temperature=2.0", "kd_lambda=0.5")
+    data, label = batch(4)
+    parts = method(data, label)
+    assert list(parts) == ["softmax", "kd"]
+    emb = method.student(data)
+    s_logits = method.head(emb, label).asnumpy()
+    temb = method.teacher(data).asnumpy()
+    from shrinkteanet.model import load_checkpoint
+    _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
+    w = arg["fc7_weight"].asnumpy()
+    y = label.asnumpy().astype(int)
+    cos = _unit(temb) @ _unit(w).T
+    t_logits = cos.copy()
+    for i in range(len(y)):
+        th = math.acos(np.clip(cos[i, y[i]], -1 + 1e-6, 1 - 1e-6))
+        t_logits[i, y[i]] = math.cos(th + 0.5) if th + 0.5 <= math.pi else cos[i, y[i]] - 0.5 * math.sin(0.5)
+    t_logits *= 64
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lt, ls = log_softmax(t_logits / 2.0), log_softmax(s_logits / 2.0)
+    want = 0.5 * 4.0 * (np.exp(lt) * (lt - ls)).sum(1)
+    np.testing.assert_allclose(parts["kd"].asnumpy(), want, rtol=1e-3, atol=1e-4)
+    _, m2 = build("kd", teacher_ckpt, "kd_emb_loss=angular", "kd_emb_lambda=0.3")
+    assert m2.loss_weights == {"softmax": 1.0, "kd": 1.0, "angular_4": 0.3}
+
+
+def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
+    cfg, method = build("lowres_ktkd", teacher_ckpt)
+    assert distill.loader_lowres_size(cfg) == 0 and distill.student_image_size(cfg) == SIZE // 2
+    data, label = batch(5)
+    small = method.student_input(data).asnumpy()
+    want = data.asnumpy().reshape(8, 3, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(small, want, rtol=1e-5)
+    s_params = dict(method.student.collect_params().items())
+    t_params = dict(method.teacher.collect_params().items())
+    same = [n for n in t_params if s_params[n].shape == t_params[n].data().shape]
+    for n in same:  # the fully convolutional body is the teacher's, bit for bit
+        assert s_params[n].data().asnumpy().tobytes() == t_params[n].data().asnumpy().tobytes(), n
+    assert "pre_fc1_weight" not in same  # the 'E' output FC depends on the resolution
+    assert len(same) == len(t_params) - 1
+    from shrinkteanet.model import load_checkpoint
+    _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
+    assert method.head.weight.data().asnumpy().tobytes() == arg["fc7_weight"].asnumpy().tobytes()
+    assert "fc7_weight" in set(method.trainable_params().keys())  # KT: centres are a start, not fixed
+    assert set(method(data, label)) == {"softmax", "kd"}
+    with pytest.raises(InputError, match="expected image_size=32"):
+        method(mx.nd.array(small), label)
+    with pytest.raises(InputError, match="student parameters match the teacher"):
+        cfg2 = make_cfg("lowres_kt", teacher_ckpt, "network=mfn", f"net_opts={dict(S_OPTS)!r}")
+        s2, t2, f2 = distill.build_networks(cfg2)
+        distill.build_method(cfg2, s2, t2, teacher_fc7=f2)
+
+
+@pytest.mark.parametrize("method_name,extra", [
+    ("stn", ()), ("l2", ("distill_stages=[2,4]",)), ("kd", ("kd_emb_loss=angular",)), ("hint", ()),
+    ("margin", ()), ("lowres_kd", ()), ("lowres_ktkd", ("kd_emb_loss=l2",)), ("lowres_kt", ()), ("none", ())])
+def test_short_run_every_term_decreases(teacher_ckpt, method_name, extra):
+    """A few SGD steps on one fixed synthetic batch: every loss part goes down."""
+    mx.random.seed(0)
+    cfg, method = build(method_name, teacher_ckpt, *extra, hybridize=True)
+    trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.02, "momentum": 0.9})
+    data, label = batch(6, n=16)
+    history = []
+    for _ in range(12):
+        with mx.autograd.record():
+            parts = method(data, label)
+            total = mx.nd.add_n(*[v.sum() for v in parts.values()])
+        total.backward()
+        trainer.step(16)
+        history.append({k: float(v.mean().asscalar()) for k, v in parts.items()})
+    for name in history[0]:
+        first, last = history[0][name], history[-1][name]
+        assert np.isfinite(last) and last < first, (name, [h[name] for h in history])
