@@ -56,5 +56,22 @@ $(TEST_ASSETS)/face_recognition/.complete:
 	@touch $(TEST_ASSETS)/face_recognition.tmp/.complete
 	@rm -rf $(TEST_ASSETS)/face_recognition && mv $(TEST_ASSETS)/face_recognition.tmp $(TEST_ASSETS)/face_recognition
 
+# Evaluation: MODEL=PREFIX,EPOCH and DATA=DIR, defaulting to the demo's model and synthetic data.
+DEMO_MODEL ?= $(OUT)/demo/student/model,1
+EVAL_MODEL = $(if $(MODEL),$(MODEL),$(DEMO_MODEL))
+EVAL_DATA = $(if $(DATA),$(DATA),$(OUT)/synth)
+.PHONY: eval-lfw eval-megaface eval-ijbc
+eval-lfw: install  ## verification on DATA/{lfw,cfp_fp,agedb_30}.bin -> $(OUT)/eval/verification
+	$(CLI) eval verification --model $(EVAL_MODEL) --data-dir $(EVAL_DATA) --targets lfw,cfp_fp,agedb_30 \
+	  --out $(OUT)/eval/verification --json $(OUT)/eval/verification.json
+
+eval-megaface: install  ## MegaFace challenge 1 on DATA/megaface -> $(OUT)/eval/megaface
+	$(CLI) eval megaface --model $(EVAL_MODEL) --megaface-root $(EVAL_DATA)/megaface \
+	  --out $(OUT)/eval/megaface --json $(OUT)/eval/megaface.json
+
+eval-ijbc: install  ## IJB-C 1:1 (and 1:N) on DATA/IJBC -> $(OUT)/eval/ijbc
+	$(CLI) eval ijb --model $(EVAL_MODEL) --image-path $(EVAL_DATA)/IJBC --target IJBC \
+	  --out $(OUT)/eval/ijbc --json $(OUT)/eval/ijbc.json
+
 clean:  ## remove build outputs and the demo work folder (keeps .venv)
 	rm -rf build dist *.egg-info src/*.egg-info $(OUT)

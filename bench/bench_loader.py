@@ -108,6 +108,14 @@ def loadavg():
         return float("nan")
 
 
+def mem_gib():
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def write_doc(text):
     os.makedirs(os.path.dirname(DOC), exist_ok=True)
     old = open(DOC).read() if os.path.isfile(DOC) else "# Benchmarks\n"
@@ -172,11 +180,12 @@ def main(argv=None):
     lines = [
         "## Data loader (issue 5: `bench/bench_loader.py`)",
         "",
-        f"Date {datetime.date.today().isoformat()}; machine: {os.cpu_count()}-core CPU, Python {platform.python_version()}, "
+        f"Date {datetime.date.today().isoformat()}; machine: {os.cpu_count()}-core CPU, {mem_gib():.0f} GiB, "
+        f"Python {platform.python_version()}, "
         f"mxnet 1.9.1 (MKLDNN); set: {args.images} synthetic 112x112 JPEG faces (q95, mean {mean_bytes / 1024:.1f} KB), "
         f"batch {args.batch_size}, mirror on, OMP_NUM_THREADS=1.",
         f"Load average {load0:.2f} before and {load1:.2f} after the run: the machine was shared with other jobs, "
-        "so absolute rates are noisy; the three rows were measured back to back in one run.",
+        "so absolute rates are noisy; all rows come from this one run (interleaved rounds, best of each).",
         "",
         "| reader | images/s | notes |",
         "| --- | ---: | --- |",

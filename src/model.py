@@ -52,8 +52,9 @@ def cut_at_embedding(sym, path="symbol"):
 def load_checkpoint(prefix, epoch, keep_extra=False):
     """Read an InsightFace-layout checkpoint and return ``(sym_fc1, arg_params, aux_params)``.
 
-    The symbol is cut at ``fc1_output``; parameters the cut symbol does not use
-    (``fc7_weight`` of the margin head) are dropped unless ``keep_extra``."""
+    The symbol is cut at ``fc1_output`` and made safe for MKLDNN (``mkldnn_safe``);
+    parameters the cut symbol does not use (``fc7_weight`` of the margin head) are
+    dropped unless ``keep_extra``."""
     sym_path, params_path = checkpoint_paths(prefix, epoch)
     for path in (sym_path, params_path):
         if not os.path.isfile(path):
@@ -77,7 +78,7 @@ def load_checkpoint(prefix, epoch, keep_extra=False):
             aux_params[name] = value
         else:
             raise InputError(f"{params_path}: key {key!r} is neither arg:NAME nor aux:NAME")
-    sym = cut_at_embedding(sym, sym_path)
+    sym = mkldnn_safe(cut_at_embedding(sym, sym_path))
     if not keep_extra:
         args, auxs = set(sym.list_arguments()), set(sym.list_auxiliary_states())
         dropped = sorted(k for k in arg_params if k not in args) + sorted(k for k in aux_params if k not in auxs)
@@ -115,6 +116,35 @@ def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
             os.unlink(tmp)
         raise
     return sym_path, params_path
+
+
+def mkldnn_safe(sym):
+    """``sym`` with a ``Flatten`` inserted wherever a FullyConnected reads a BatchNorm
+    output directly (InsightFace's GDC head: ``conv_6dw7_7`` BN -> ``pre_fc1``).
+
+    MXNet 1.9.1 with MKLDNN fails on the second forward of such a graph ("We can't
+    generate TBlob for MKLDNN data"); the Flatten changes neither the result nor
+    any parameter name.  Graphs without the pattern are returned unchanged."""
+    graph = json.loads(sym.tojson())
+    nodes = graph["nodes"]
+    targets = {i for i, n in enumerate(nodes)
+               if n["op"] == "FullyConnected" and nodes[n["inputs"][0][0]]["op"] == "BatchNorm"}
+    if not targets:
+        return sym
+    new_nodes, remap = [], {}
+    for i, node in enumerate(nodes):
+        node = dict(node, inputs=[[remap[e[0]]] + list(e[1:]) for e in node["inputs"]])
+        if i in targets:
+            src = node["inputs"][0]
+            new_nodes.append({"op": "Flatten", "name": node["name"] + "_flatten_input", "inputs": [src]})
+            node["inputs"][0] = [len(new_nodes) - 1, 0, 0]
+        remap[i] = len(new_nodes)
+        new_nodes.append(node)
+    graph["nodes"] = new_nodes
+    graph["arg_nodes"] = [remap[i] for i in graph["arg_nodes"]]
+    graph["heads"] = [[remap[h[0]]] + list(h[1:]) for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
+    return mx.sym.load_json(json.dumps(graph))
 
 
 # ------------------------------------------------------------------ freezing
@@ -199,6 +229,13 @@ class EmbeddingNet(gluon.SymbolBlock):
         outputs = [embedding] + list(taps) if with_taps else embedding
         super().__init__(outputs, mx.sym.var("data", dtype="float32"))
         set_default_inits(self.collect_params())
+        if self.split is not None:
+            # shapes known now: ``initialize`` allocates at once, no forward pass needed
+            arg_shapes, aux_shapes = symbols.param_shapes(embedding, opts.get("image_size", 112))
+            known = dict(arg_shapes, **aux_shapes)
+            for name, param in self.collect_params().items():
+                if name in known:
+                    param.shape = known[name]
 
     # -- parameters ---------------------------------------------------------
     def set_params(self, arg_params, aux_params, ctx=None, allow_missing=False):
@@ -231,7 +268,8 @@ class EmbeddingNet(gluon.SymbolBlock):
         """InsightFace-layout checkpoint of the embedding part (``fc1`` symbol, float32)."""
         sym = self.embedding_symbol
         if self.split is not None and self.dtype != "float32":
-            sym = symbols.get_symbol(self.network, self.emb_size, **self.split.opts)
+            opts = {k: v for k, v in self.split.opts.items() if k != "dtype"}
+            sym = symbols.get_symbol(self.network, self.emb_size, **opts)
         arg_params, aux_params = self.get_params()
         return save_checkpoint(prefix, epoch, sym, arg_params, aux_params)
 

@@ -135,9 +135,12 @@ def output_gdc(body, emb_size, channels, kernel):
     As in ``symbol_utils.get_fc1`` the group count is ``channels`` (512 there by
     default) even when the input has more channels: then each group sees
     ``C_in / channels`` input maps (used by ``mv1``: 1024 maps, 512 groups).
-    ``kernel`` is the final spatial size (7 at 112x112)."""
+    ``kernel`` is the final spatial size (7 at 112x112).  A ``Flatten`` (no parameters)
+    sits between the BN and the FC: without it MXNet 1.9.1's MKLDNN path fails on
+    the second forward ("We can't generate TBlob for MKLDNN data")."""
     body = conv_bn(body, channels, kernel=(kernel, kernel), num_group=channels, name="conv_6dw7_7",
                    with_act=False)
+    body = mx.sym.Flatten(body, name="conv_6dw7_7_flat")
     fc1 = mx.sym.FullyConnected(data=body, num_hidden=emb_size, name="pre_fc1")
     return batchnorm(fc1, "fc1", eps=RESNET_EPS, fix_gamma=True)
 

@@ -23,7 +23,7 @@ mfn's own depthwise widths (512 in ``dconv_45``, 256 in ``res_5``), which gives
 3.65M parameters at embedding 512 against 3.73M in the paper's Table 2 (-2.1%).
 Expansion 2 in stage 4 as well (1024/1024) would give 4.58M, and 512/512 4.18M.
 
-Parameter counts (all arguments except ``data``; aux excluded): mfn 0.99M at
+Parameter counts (all arguments except ``data``; aux excluded): mfn 1.00M at
 embedding 128 and 1.20M at 512 (InsightFace: 1.0M / 1.2M; the paper: 1.2M).
 """
 from . import common

@@ -6,9 +6,9 @@ unchanged) see the spatial sizes they see at 224 in the original MobileNet and e
 at 1024 x 7 x 7.  The embedding comes from InsightFace's 'GDC' output with its
 default 512 groups (``symbol_utils.get_fc1(..., input_channel=512)``): a 7x7
 grouped conv over the 1024 maps (2 maps per group) -> FC -> BN.  That head is
-what brings the count to the paper's figure: 3.57M parameters at embedding 512
-(all arguments except ``data``), against 3.53M in Table 2 (+1.0%).  A 1024-group
-GDC would give 3.83M and InsightFace's 'E' output 28.9M.
+what brings the count to the paper's figure: 3,532,800 parameters at embedding 512
+(all arguments except ``data``), against 3.53M in Table 2 (+0.1%).  A 1024-group
+GDC would give 3.80M and InsightFace's 'E' output 28.9M.
 
 One deviation from InsightFace: BatchNorm learns its scale (``fix_gamma=False``,
 as every other network here); InsightFace's file fixes it, which leaves the

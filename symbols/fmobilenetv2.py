@@ -13,7 +13,7 @@ keeps the 320 maps of the last bottleneck and the output is InsightFace's 'GDC'
 over them: the ImageNet net's 1280 maps would give 2.96M parameters and 512 maps
 2.28M (+6%).  PReLU replaces ReLU6 as in every InsightFace
 mobile network.  InsightFace's own ``fmobilenetv2.py`` (a Gluon wrapper with a
-first conv of stride 1 and output 'E', 33M parameters) is not followed.
+first conv of stride 1 and output 'E', over 30M parameters) is not followed.
 
 2.11M parameters at embedding 512 (all arguments except ``data``), against
 2.15M in the paper's Table 2 (-1.8%).

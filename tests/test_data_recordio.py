@@ -278,3 +278,36 @@ def test_cli_pack_reports_bad_input(tmp_path, capsys):
     (tmp_path / "bad.lst").write_text("1\tmissing.jpg\n")
     assert cli_main(["data", "pack", "--lst", str(tmp_path / "bad.lst"), "--prefix", str(tmp_path / "o/train")]) == 2
     assert "bad.lst:1" in capsys.readouterr().err
+
+
+def test_index_parsing_errors(tmp_path, images):
+    build_by_hand(tmp_path, [0, 1], [jpeg(images[0]), jpeg(images[1])])
+    good = (tmp_path / "train.idx").read_text()
+    r = RecordReader(tmp_path / "train.rec")
+    assert r.keys.tolist() == [0, 1, 2, 3, 4] and 4 in r and 5 not in r
+    (tmp_path / "train.idx").write_text(good + "7\tabc\n")
+    with pytest.raises(InputError, match="line 6 is not"):
+        RecordReader(tmp_path / "train.rec")
+    (tmp_path / "train.idx").write_text(good + "7\n")
+    with pytest.raises(InputError, match="line 6 is not"):
+        RecordReader(tmp_path / "train.rec")
+    (tmp_path / "train.idx").write_text("")
+    with pytest.raises(InputError, match="empty index"):
+        RecordReader(tmp_path / "train.rec")
+    with pytest.raises(InputError, match="no record with key 9"):
+        r.read(9)
+
+
+def test_gluon_dataloader_over_the_dataset(written, images):
+    """The dataset feeds Gluon's own DataLoader, also from forked workers (each
+    reopens the .rec after fork)."""
+    d, labels, _ = written
+    ds = FaceRecordDataset(str(d))
+    ds[0]  # opens the file in this process first
+    for workers in (0, 2):
+        loader = mx.gluon.data.DataLoader(ds, batch_size=3, shuffle=False, num_workers=workers)
+        got = [(x.asnumpy(), y.asnumpy()) for x, y in loader]
+        assert np.concatenate([y for _, y in got]).tolist() == labels
+        x = np.concatenate([x for x, _ in got])
+        assert x.shape == (9, 112, 112, 3)
+        assert np.abs(x.astype(int) - np.stack(images)).mean() < 2.0

@@ -1,4 +1,5 @@
 """Gluon wrappers, frozen teacher tails and InsightFace-layout checkpoints (tiny networks, 32x32)."""
+import json
 import os
 
 import mxnet as mx
@@ -105,12 +106,21 @@ def test_default_initializers_follow_insightface():
     assert params["pre_fc1_weight"].data().asnumpy().std() > 0
 
 
-def test_fp16_parameters():
+def test_fp16_parameters(tmp_path):
+    """fp16 option: conv weights float16, BatchNorm float32; the checkpoint is the plain
+    float32 fc1 network (CPU MXNet has no fp16 GEMM, so no forward here)."""
     net = EmbeddingNet("mfn", emb_size=EMB, dtype="float16", image_size=SIZE, **TINY["mfn"])
     params = net.collect_params()
     assert params["conv_1_conv2d_weight"].dtype == np.float16
     assert params["conv_1_batchnorm_gamma"].dtype == np.float32
     assert params["conv_1_batchnorm_moving_var"].dtype == np.float32
+    net.initialize(mx.init.Xavier())  # shapes are known without a forward pass
+    w16 = params["conv_1_conv2d_weight"].data().asnumpy()
+    net.save_checkpoint(str(tmp_path / "half"), 1)
+    sym, arg, _ = load_checkpoint(str(tmp_path / "half"), 1)
+    assert "Cast" not in sym.tojson()
+    assert arg["conv_1_conv2d_weight"].dtype == np.float32
+    assert np.array_equal(arg["conv_1_conv2d_weight"].asnumpy(), w16.astype(np.float32))
     with pytest.raises(ValueError, match="network name"):
         EmbeddingNet(symbols.get_symbol("mfn", EMB, image_size=SIZE, **TINY["mfn"]), dtype="float16")
 
@@ -212,8 +222,6 @@ def test_frozen_tail_errors(nets):
 
 def test_freeze_symbol_rewrites_bn_and_dropout():
     sym = freeze_symbol(symbols.get_symbol("r18", EMB, **TINY["r18"]))
-    import json
-
     nodes = json.loads(sym.tojson())["nodes"]
     bns = [n for n in nodes if n["op"] == "BatchNorm"]
     assert bns and all(n["attrs"]["use_global_stats"] == "True" for n in bns)
@@ -335,3 +343,50 @@ def test_load_checkpoint_errors(tmp_path):
     fc1.save(str(tmp_path / "junk-symbol.json"))
     with pytest.raises(InputError, match="junk-0001.params"):
         load_checkpoint(str(tmp_path / "junk"), 1)
+
+
+# --------------------------------------------------------------- MKLDNN guard
+def module_forward_three_times(sym, arg, aux):
+    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=None)
+    mod.bind(data_shapes=[("data", (2, 3, SIZE, SIZE))], for_training=False)
+    mod.set_params(arg, aux)
+    outs = []
+    for seed in range(3):
+        mod.forward(mx.io.DataBatch([images(2, seed)]), is_train=False)
+        outs.append(mod.get_outputs()[0].asnumpy())
+    return outs
+
+
+def test_mkldnn_safe_inserts_flatten_between_bn_and_fc():
+    """InsightFace's GDC head (BN -> FC) breaks MXNet 1.9.1 + MKLDNN on the second forward;
+    the loader inserts a Flatten, which keeps names and results."""
+    from shrinkteanet.model import mkldnn_safe
+
+    data = mx.sym.var("data")
+    x = mx.sym.Convolution(data, num_filter=4, kernel=(SIZE, SIZE), num_group=1, no_bias=True, name="gdc")
+    x = mx.sym.BatchNorm(x, fix_gamma=False, name="gdc_bn")
+    x = mx.sym.FullyConnected(x, num_hidden=3, name="pre_fc1")
+    fc1 = mx.sym.BatchNorm(x, fix_gamma=True, name="fc1")
+    safe = mkldnn_safe(fc1)
+    nodes = json.loads(safe.tojson())["nodes"]
+    assert [n["op"] for n in nodes].count("Flatten") == 1
+    fc = next(n for n in nodes if n["op"] == "FullyConnected")
+    flat = nodes[fc["inputs"][0][0]]
+    assert flat["op"] == "Flatten" and nodes[flat["inputs"][0][0]]["name"] == "gdc_bn"
+    assert safe.list_arguments() == fc1.list_arguments()
+    assert safe.list_auxiliary_states() == fc1.list_auxiliary_states()
+    arg, aux = random_params(fc1)
+    outs = module_forward_three_times(safe, arg, aux)
+    exe = fc1.bind(mx.cpu(), dict(arg, data=images(2, 2)), aux_states=aux, grad_req="null")
+    assert_close(outs[2], exe.forward(is_train=False)[0].asnumpy())
+    # graphs without the pattern are returned as they are
+    r18 = symbols.get_symbol("r18", EMB, **TINY["r18"])
+    assert mkldnn_safe(r18).tojson() == r18.tojson()
+
+
+@pytest.mark.parametrize("network", ["mfn", "mv2"])
+def test_gdc_networks_survive_repeated_module_forward(network):
+    sym = symbols.get_symbol(network, EMB, image_size=SIZE, **TINY[network])
+    arg, aux = random_params(sym)
+    outs = module_forward_three_times(sym, arg, aux)
+    assert all(o.shape == (2, EMB) and np.isfinite(o).all() for o in outs)

@@ -8,8 +8,6 @@ import json
 import math
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest

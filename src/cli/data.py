@@ -18,6 +18,7 @@ def register(sub):
     _register_pack(dsub)
     _register_info(dsub)
     _register_align(dsub)
+    _register_synth(dsub)
 
 
 def _image_size(text):
@@ -307,6 +308,53 @@ def run_align(args):
         + (f" ({res['num_fallback']} without landmarks: crop fallback)" if res["num_fallback"] else "")
         + f"; list {out_lst}"
     )
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
+# ----------------------------------------------------------------------------- synth
+
+
+def _register_synth(dsub):
+    p = dsub.add_parser("synth", help="synthetic face-like identities in every data format (train, .bin, IJB-C, MegaFace)")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--identities", type=int, default=100, help="training identities (default 100)")
+    p.add_argument("--images-per-id", type=int, default=20, help="training images per identity (default 20)")
+    p.add_argument("--test-identities", type=int, default=100, help="identities per verification target (default 100)")
+    p.add_argument("--pairs", type=int, default=600, help="pairs per .bin, half same (default 600; LFW has 6000)")
+    p.add_argument("--ijb-templates", type=int, default=200, help="IJB-C templates (default 200)")
+    p.add_argument("--megaface-probes", type=int, default=20, help="FaceScrub-like probe identities (default 20)")
+    p.add_argument("--megaface-probe-images", type=int, default=6, help="images per probe identity (default 6)")
+    p.add_argument("--megaface-distractors", type=int, default=1000, help="MegaFace distractors (default 1000)")
+    p.add_argument("--megaface-noise", type=float, default=0.005, help="fraction of mislabelled probes/distractors "
+                   "listed in the noise files (default 0.005)")
+    p.add_argument("--difficulty", type=float, default=None, help="nuisance strength (default: the calibrated 1.0)")
+    p.add_argument("--image-size", type=int, default=112, help="side of the aligned faces (default 112)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--no-ijb", action="store_true", help="skip the IJB-C tree")
+    p.add_argument("--no-megaface", action="store_true", help="skip the MegaFace tree")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
+    add_json_arg(p)
+    p.set_defaults(func=run_synth)
+    return p
+
+
+def run_synth(args):
+    from shrinkteanet.data import synth
+    from shrinkteanet.utils import write_json
+
+    res = synth.generate(
+        args.out, identities=args.identities, images_per_id=args.images_per_id, test_identities=args.test_identities,
+        pairs=args.pairs, ijb_templates=args.ijb_templates, megaface_probes=args.megaface_probes,
+        megaface_probe_images=args.megaface_probe_images, megaface_distractors=args.megaface_distractors,
+        megaface_noise=args.megaface_noise,
+        difficulty=synth.DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty,
+        image_size=args.image_size, seed=args.seed, ijb=not args.no_ijb, megaface=not args.no_megaface,
+        workers=_workers(args.workers), quality=args.quality,
+    )
+    print(synth.format_summary(res))
     if args.json:
         write_json(args.json, res)
     return 0

@@ -132,7 +132,7 @@ def make_batch(dataset, keys, seed, cfg, out):
     return label, index, flipped, corrupt
 
 
-def _worker_main(dataset, cfg, shm, slot_shape, task_conn, result_conn):
+def _worker_main(dataset, cfg, slots, slot_shape, task_conn, result_conn):
     import cv2
 
     cv2.setNumThreads(1)
@@ -146,8 +146,9 @@ def _worker_main(dataset, cfg, shm, slot_shape, task_conn, result_conn):
             return
         b, slot, keys, seed = task
         try:
-            out = np.frombuffer(shm, np.float32, slot_items, slot * slot_items * 4).reshape(slot_shape)
+            out = np.frombuffer(slots[slot], np.float32, slot_items).reshape(slot_shape)
             res = make_batch(dataset, keys, seed, cfg, out)
+            del out
             result_conn.send((b, slot, len(keys), res, None))
         except InputError as e:
             result_conn.send((b, slot, len(keys), None, ("input", str(e))))
@@ -156,29 +157,53 @@ def _worker_main(dataset, cfg, shm, slot_shape, task_conn, result_conn):
 
 
 class _WorkerPool:
-    def __init__(self, dataset, cfg, workers, prefetch, slot_shape):
+    """Forked workers and the shared-memory batch slots they fill.
+
+    Each slot is its own anonymous ``MAP_SHARED`` mapping, created before the
+    fork.  A batch handed out as a view keeps a reference to its slot's mapping,
+    so ``sys.getrefcount`` tells whether the consumer still holds any view of a
+    slot; only slots nobody holds are filled again.
+    """
+
+    def __init__(self, dataset, cfg, workers, prefetch, slot_shape, spare):
         ctx = multiprocessing.get_context("fork")
         self.workers, self.prefetch = workers, prefetch
         self.slot_shape = slot_shape
         self.slot_items = int(np.prod(slot_shape))
-        # Anonymous MAP_SHARED memory, created before fork, so workers write batches in place.
-        self.shm = mmap.mmap(-1, self.slot_items * 4 * workers * prefetch)
+        self.slots = [mmap.mmap(-1, self.slot_items * 4) for _ in range(workers * prefetch + spare)]
         self.task_conns, self.result_conns, self.procs = [], [], []
         for _ in range(workers):
             t_recv, t_send = ctx.Pipe(duplex=False)
             r_recv, r_send = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker_main, args=(dataset, cfg, self.shm, slot_shape, t_recv, r_send), daemon=True)
+            p = ctx.Process(
+                target=_worker_main, args=(dataset, cfg, self.slots, slot_shape, t_recv, r_send), daemon=True
+            )
             p.start()
             t_recv.close()
             r_send.close()
             self.task_conns.append(t_send)
             self.result_conns.append(r_recv)
             self.procs.append(p)
+        self._base_refs = [self._refs(s) for s in range(len(self.slots))]
+        self.in_flight = set()
 
     def slot_view(self, slot):
-        return np.frombuffer(self.shm, np.float32, self.slot_items, slot * self.slot_items * 4).reshape(self.slot_shape)
+        return np.frombuffer(self.slots[slot], np.float32, self.slot_items).reshape(self.slot_shape)
+
+    def _refs(self, s):
+        import sys
+
+        return sys.getrefcount(self.slots[s])
+
+    def free_slots(self, exclude=()):
+        """Slots neither being filled nor referenced by any handed-out view."""
+        return [
+            s for s in range(len(self.slots))
+            if s not in self.in_flight and s not in exclude and self._refs(s) <= self._base_refs[s]
+        ]
 
     def submit(self, w, task):
+        self.in_flight.add(task[1])
         self.task_conns[w].send(task)
 
     def receive(self, w):
@@ -186,7 +211,9 @@ class _WorkerPool:
         while not conn.poll(1.0):
             if not proc.is_alive():
                 raise RuntimeError(f"loader worker {w} died (exit code {proc.exitcode})")
-        return conn.recv()
+        res = conn.recv()
+        self.in_flight.discard(res[1])
+        return res
 
     def close(self):
         for c in self.task_conns:
@@ -224,8 +251,12 @@ class FaceLoader:
     ``lowres_prob`` an image is area-down-sampled to that side and bilinearly
     up-sampled back.  ``color_jitter``: InsightFace's jitter strength (0.125 in its
     ``data_color`` recipes; 0 = off).  ``workers=0`` works in-process.
-    ``copy=False`` yields views into shared memory, valid until the next batch
-    is requested.
+    Batches are handed out without copying, as views of the shared-memory slot
+    a worker filled; a slot is filled again only once no view of it is alive
+    (reference count of its mapping), and when fewer than one other slot is
+    free the batch is copied instead, so a ``Batch`` stays valid as long as it
+    is referenced.  ``spare`` slots beyond ``workers * prefetch`` allow that many
+    batches to be held without copies; ``copy=True`` always copies.
     """
 
     def __init__(
@@ -242,7 +273,8 @@ class FaceLoader:
         drop_last=True,
         lowres_prob=1.0,
         prefetch=2,
-        copy=True,
+        copy=False,
+        spare=2,
     ):
         from shrinkteanet.data.recordio import FaceRecordDataset
 
@@ -262,6 +294,7 @@ class FaceLoader:
         self.drop_last = bool(drop_last)
         self.prefetch = max(1, int(prefetch))
         self.copy = bool(copy)
+        self.spare = max(1, int(spare))
         self.per_part = len(self.keys) // self.num_parts
         if self.per_part == 0:
             raise InputError(f"{ds.path_rec}: {len(self.keys)} images cannot fill {self.num_parts} parts")
@@ -281,6 +314,7 @@ class FaceLoader:
         self.num_corrupt = 0
         self._pool = None
         self._finalizer = None
+        self._inflight = collections.deque()
 
     @property
     def num_classes(self):
@@ -303,7 +337,7 @@ class FaceLoader:
     def _ensure_pool(self):
         if self._pool is None:
             shape = (self.batch_size, 3) + self.image_size
-            self._pool = _WorkerPool(self.dataset, self.cfg, self.workers, self.prefetch, shape)
+            self._pool = _WorkerPool(self.dataset, self.cfg, self.workers, self.prefetch, shape, self.spare)
             self._finalizer = weakref.finalize(self, _WorkerPool.close, self._pool)
         return self._pool
 
@@ -335,25 +369,24 @@ class FaceLoader:
     def _epoch_workers(self, epoch, keys, start_batch, nb):
         pool = self._ensure_pool()
         W, P, bs = self.workers, self.prefetch, self.batch_size
-        outstanding = collections.deque()
+        # An earlier epoch generator that is still alive (not yet closed) hands its
+        # in-flight batches over to be drained here, so no stale result is read.
+        self._drain(pool)
+        outstanding = self._inflight = collections.deque()
         nxt = start_batch
 
         def submit():
             nonlocal nxt
             b = nxt
-            w = b % W
-            slot = w * P + (b // W) % P
-            pool.submit(w, (b, slot, keys[b * bs : (b + 1) * bs], self._batch_seed(epoch, b)))
+            slot = pool.free_slots()[0]
+            pool.submit(b % W, (b, slot, keys[b * bs : (b + 1) * bs], self._batch_seed(epoch, b)))
             outstanding.append(b)
             nxt += 1
 
         try:
             while nxt < nb and len(outstanding) < W * P:
                 submit()
-            release = False
             while outstanding:
-                if release and nxt < nb:
-                    submit()  # reuses the slot of the batch handed out last
                 b = outstanding.popleft()
                 got_b, slot, n, res, err = pool.receive(b % W)
                 if got_b != b:
@@ -363,23 +396,28 @@ class FaceLoader:
                 label, index, flipped, corrupt = res
                 self._account(corrupt)
                 data = pool.slot_view(slot)[:n]
-                if self.copy:
+                # Lend the slot (zero copy) only while another free slot remains for
+                # the next fill; a consumer that keeps many batches gets copies.
+                if self.copy or not pool.free_slots(exclude=(slot,)):
                     data = data.copy()
-                    if nxt < nb:
-                        submit()
-                    release = False
-                else:
-                    release = True
+                if nxt < nb:
+                    submit()
                 yield Batch(data, label, index, flipped)
+                del data
         finally:
             # Leave no result in flight for the next epoch (generator closed early or failed).
-            while outstanding:
-                b = outstanding.popleft()
-                try:
-                    pool.receive(b % W)
-                except Exception:
-                    self.close()
-                    break
+            self._drain(pool, outstanding)
+
+    def _drain(self, pool, outstanding=None):
+        outstanding = self._inflight if outstanding is None else outstanding
+        while outstanding:
+            b = outstanding.popleft()
+            try:
+                pool.receive(b % self.workers)
+            except Exception:
+                outstanding.clear()
+                self.close()
+                break
 
     def close(self):
         if self._finalizer is not None:

@@ -183,6 +183,7 @@ def converted_params(name):
     # mx.nd.save writes by file name: a unique sibling temp file, then an atomic rename.
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # a cache file, not a secret (mkstemp creates 0600)
     try:
         mx.nd.save(tmp, {k: mx.nd.array(v, dtype="float32") for k, v in arrays.items()})
         digest = _sha256(tmp)

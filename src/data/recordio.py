@@ -172,20 +172,23 @@ class RecordReader:
         self._check_index()
 
     def _read_idx(self):
+        import warnings
+
         with open(self.path_idx, "rb") as f:
             data = f.read()
-        rows = data.split(b"\n", 1)[0].strip().split(b"\t") if data.strip() else []
+        nlines = sum(1 for line in data.splitlines() if line.strip()) if len(data) < 1 << 16 else None
         if not data.strip():
             raise InputError(f"{self.path_idx}: empty index")
         try:
-            if len(rows) != 2:
+            with warnings.catch_warnings():
+                # numpy warns (future: raises) when text is left unparsed
+                warnings.simplefilter("error", DeprecationWarning)
+                vals = np.fromstring(data, dtype=np.int64, sep=" ")
+            if vals.size % 2 or (nlines is not None and vals.size != 2 * nlines):
                 raise ValueError
-            int(rows[0]), int(rows[1])
-            vals = np.array(data.split(), dtype=np.int64)
-            if vals.size % 2:
+            if nlines is None and vals.size != 2 * (data.count(b"\n") + (not data.endswith(b"\n"))):
                 raise ValueError
-        except ValueError:
-            # find the offending line for a one-line message
+        except (ValueError, DeprecationWarning):
             for n, line in enumerate(data.decode("latin1").splitlines(), 1):
                 parts = line.strip().split("\t")
                 if line.strip() and (len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts)):
@@ -530,9 +533,9 @@ class FaceRecordDataset:
                     raise InputError(f"{self.path_rec}: identity record {ik} has no [first, end) label")
                 self.identity_ranges.append((int(h.label[0]), int(h.label[1])))
             if self.identity_ranges:
-                keys = [k for a, b in self.identity_ranges for k in range(a, b)]
+                keys = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.identity_ranges])
             else:
-                keys = list(range(1, self.header0[0]))
+                keys = np.arange(1, self.header0[0], dtype=np.int64)
         else:
             self.header0 = None
             keys = self.reader.keys.tolist()

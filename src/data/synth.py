@@ -309,10 +309,8 @@ def _face_shapes(g, n):
     # beard (below the mouth along the jaw) as a colour mix of skin and hair
     if g["beard"] > 0:
         inner = _ellipse(0, g["mouth_y"] + 1, g["mouth_w"] + 3, 6, 0, 0, np.pi, 10)
-        sel = jaw[:, 1] > g["nose_y"]
-        outer = jaw[sel] * np.array([0.99, 1.0])
-        pts = np.concatenate([outer[outer[:, 0] >= 0][::-1], outer[outer[:, 0] < 0][::-1][::-1]])
-        pts = np.concatenate([outer, inner])
+        outer = jaw[jaw[:, 1] > g["nose_y"]] * np.array([0.99, 1.0])
+        pts = np.concatenate([outer, inner[::-1]])  # right cheek, chin, left cheek, back under the lip
         S.append(_Shape(pts, _mix(skin, hair, g["beard"]), "surf", dz=0.5))
     # nose: bridge shading, wedge, nostrils
     ny, nw, nd = g["nose_y"], g["nose_w"], g["nose_depth"]
@@ -395,7 +393,6 @@ def _face_shapes(g, n):
     # hair cap in front: silhouette arc outside, hairline on the surface
     if not g["bald"]:
         yt = g["eye_y"] - 3
-        t0 = np.pi + math.asin(min(1.0, max(-1.0, -yt / (b + hv)))) * 0  # arc from temple to temple
         arc = _ellipse(0, 0, a + hv * 0.7, b + hv, 0, np.pi * 0.93, np.pi * 2.07, 20)
         hl = g["hairline"] + n["hair_jitter"] * 0.3
         xs = np.linspace(a * 0.98, -a * 0.98, 15)
@@ -726,12 +723,16 @@ class _StagedDir:
         import tempfile
 
         self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.final) + ".", suffix=".tmp", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        self.mode = 0o777 & ~umask  # mkdtemp's 0700 would hide the images from other users
+        os.chmod(self.tmp, self.mode)
 
     def write(self, rel, data):
         path = os.path.join(self.tmp, rel)
         d = os.path.dirname(path)
         if not os.path.isdir(d):
-            os.makedirs(d, exist_ok=True)
+            os.makedirs(d, mode=self.mode, exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
 
