@@ -59,19 +59,84 @@ $(TEST_ASSETS)/face_recognition/.complete:
 # Evaluation: MODEL=PREFIX,EPOCH and DATA=DIR, defaulting to the demo's model and synthetic data.
 DEMO_MODEL ?= $(OUT)/demo/student/model,1
 EVAL_MODEL = $(if $(MODEL),$(MODEL),$(DEMO_MODEL))
-EVAL_DATA = $(if $(DATA),$(DATA),$(OUT)/synth)
+EVAL_DATA = $(if $(DATA),$(DATA),$(OUT)/demo/synth)
+# the demo's networks are small: their input side is written beside the demo student
+EVAL_SIZE = --image-size $(if $(MODEL),$(or $(IMAGE_SIZE),112),$(shell cat $(OUT)/demo/student/image_size 2>/dev/null || echo 112))
 .PHONY: eval-lfw eval-megaface eval-ijbc
 eval-lfw: install  ## verification on DATA/{lfw,cfp_fp,agedb_30}.bin -> $(OUT)/eval/verification
-	$(CLI) eval verification --model $(EVAL_MODEL) --data-dir $(EVAL_DATA) --targets lfw,cfp_fp,agedb_30 \
+	$(CLI) eval verification --model $(EVAL_MODEL) $(EVAL_SIZE) --data-dir $(EVAL_DATA) --targets lfw,cfp_fp,agedb_30 \
 	  --out $(OUT)/eval/verification --json $(OUT)/eval/verification.json
 
 eval-megaface: install  ## MegaFace challenge 1 on DATA/megaface -> $(OUT)/eval/megaface
-	$(CLI) eval megaface --model $(EVAL_MODEL) --megaface-root $(EVAL_DATA)/megaface \
+	$(CLI) eval megaface --model $(EVAL_MODEL) $(EVAL_SIZE) --megaface-root $(EVAL_DATA)/megaface \
 	  --out $(OUT)/eval/megaface --json $(OUT)/eval/megaface.json
 
 eval-ijbc: install  ## IJB-C 1:1 (and 1:N) on DATA/IJBC -> $(OUT)/eval/ijbc
-	$(CLI) eval ijb --model $(EVAL_MODEL) --image-path $(EVAL_DATA)/IJBC --target IJBC \
+	$(CLI) eval ijb --model $(EVAL_MODEL) $(EVAL_SIZE) --image-path $(EVAL_DATA)/IJBC --target IJBC \
 	  --out $(OUT)/eval/ijbc --json $(OUT)/eval/ijbc.json
+
+# Demo and reproduction (issue 9): every stage is a real `shrinkteanet` command; see docs/reproduction.md.
+DEMO_SCALE ?=
+DEMO_FLAGS = $(if $(DEMO_SCALE),--scale $(DEMO_SCALE))
+.PHONY: reproduce-small small-data
+demo: install  ## synthetic data -> small teacher -> mfn/mfnr students (self, L2, ShrinkTeaNet) -> all evals -> $(OUT)/demo/REPORT.md
+	$(CLI) demo --out $(OUT)/demo $(DEMO_FLAGS)
+
+reproduce-small: install  ## the demo with seeds 0,1,2: mean, std, does ShrinkTeaNet > L2 > self hold -> $(OUT)/reproduce-small/REPORT.md
+	$(CLI) reproduce --out $(OUT)/reproduce-small $(DEMO_FLAGS)
+
+small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the train-* targets' data when DATA is unset
+	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS)
+
+# Paper rows: recipes/<row>.sh with DATA, OUT=$(OUT)/recipes, GPUS, TEACHER.  Without DATA they run on the
+# demo's synthetic set with the demo's small networks and schedule (OUT=$(OUT)/recipes-small) and say so.
+SMALL_DATA = $(OUT)/demo/synth
+RECIPE_OUT = $(OUT)/recipes$(if $(DATA),,-small)
+# $(call RECIPE,row,network of the small-scale overrides)
+RECIPE = $(if $(DATA),,@echo "DATA is not set: $(1) runs on the synthetic set $(SMALL_DATA) at the demo's small scale"; \
+	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS) >/dev/null;) \
+	DATA=$(or $(DATA),$(SMALL_DATA)) OUT=$(RECIPE_OUT) GPUS=$(GPUS) SHRINKTEANET=$(CLI) $(if $(TEACHER),TEACHER=$(TEACHER)) \
+	$(if $(DATA),$(if $(MEGAFACE),MEGAFACE=$(MEGAFACE)) $(if $(IJB),IJB=$(IJB)),MEGAFACE=$(SMALL_DATA)/megaface IJB=$(SMALL_DATA)) \
+	EXTRA="$(if $(DATA),,$$($(CLI) demo --recipe-extra $(2) $(DEMO_FLAGS))) $(EXTRA)" bash recipes/$(1).sh
+.PHONY: train-teacher train-teacher-r100 train-mfnr train-mfnr-self train-mfnr-l2 train-mfn-self train-mfn-l2 \
+	train-mfn-stn train-mv1-self train-mv1-l2 train-mv1-stn train-mv2-self train-mv2-l2 train-mv2-stn \
+	train-mfn-margin train-lowres-kt train-lowres-kd train-lowres-ktkd
+train-teacher: install  ## teacher LResNet-E-IR r90 (ArcFace), then all evaluations
+	$(call RECIPE,teacher_r90,r90)
+train-teacher-r100: install  ## teacher LResNet-E-IR r100 (ArcFace), then all evaluations
+	$(call RECIPE,teacher_r100,r100)
+train-mfnr: install  ## MobileFaceNet-R with ShrinkTeaNet from the r90 teacher (TEACHER=P,E or the newest), then evals
+	$(call RECIPE,mfnr_stn,mfnr)
+train-mfnr-self: install  ## MobileFaceNet-R self-studied (ArcFace only)
+	$(call RECIPE,mfnr_self,mfnr)
+train-mfnr-l2: install  ## MobileFaceNet-R + L2 embedding loss ("Student-1")
+	$(call RECIPE,mfnr_l2,mfnr)
+train-mfn-self: install  ## MobileFaceNet self-studied
+	$(call RECIPE,mfn_self,mfn)
+train-mfn-l2: install  ## MobileFaceNet + L2 embedding loss
+	$(call RECIPE,mfn_l2,mfn)
+train-mfn-stn: install  ## MobileFaceNet with ShrinkTeaNet
+	$(call RECIPE,mfn_stn,mfn)
+train-mv1-self: install  ## MobileNetV1 self-studied
+	$(call RECIPE,mv1_self,mv1)
+train-mv1-l2: install  ## MobileNetV1 + L2 embedding loss
+	$(call RECIPE,mv1_l2,mv1)
+train-mv1-stn: install  ## MobileNetV1 with ShrinkTeaNet
+	$(call RECIPE,mv1_stn,mv1)
+train-mv2-self: install  ## MobileNetV2 self-studied
+	$(call RECIPE,mv2_self,mv2)
+train-mv2-l2: install  ## MobileNetV2 + L2 embedding loss
+	$(call RECIPE,mv2_l2,mv2)
+train-mv2-stn: install  ## MobileNetV2 with ShrinkTeaNet
+	$(call RECIPE,mv2_stn,mv2)
+train-mfn-margin: install  ## MarginDistillation, MobileFaceNet student
+	$(call RECIPE,mfn_margin,mfn)
+train-lowres-kt: install  ## low-resolution student (MobileFaceNet, LOWRES=56), knowledge transfer
+	$(call RECIPE,lowres_kt,lowres)
+train-lowres-kd: install  ## low-resolution student, knowledge distillation
+	$(call RECIPE,lowres_kd,lowres)
+train-lowres-ktkd: install  ## low-resolution student, KT + KD
+	$(call RECIPE,lowres_ktkd,lowres)
 
 clean:  ## remove build outputs and the demo work folder (keeps .venv)
 	rm -rf build dist *.egg-info src/*.egg-info $(OUT)

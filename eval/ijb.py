@@ -227,35 +227,56 @@ def template_features(feats, templates, medias, choose=None, normalise="sklearn"
     return out, uniq
 
 
+def _template_index(uniq, t, name):
+    """Row of each template id in ``uniq`` (a lookup table: O(n), unlike a search)."""
+    hi = int(max(uniq.max(initial=0), t.max(initial=0))) + 1
+    lo = int(min(uniq.min(initial=0), t.min(initial=0)))
+    if hi - lo > 50_000_000:  # sparse huge ids: fall back to a search
+        i = np.searchsorted(uniq, t)
+        bad = (i >= len(uniq)) | (uniq[np.minimum(i, len(uniq) - 1)] != t)
+    else:
+        lut = np.full(hi - lo, -1, np.int64)
+        lut[uniq - lo] = np.arange(len(uniq))
+        i = lut[t - lo]
+        bad = i < 0
+    if bad.any():
+        raise InputError(f"pair list: template {int(t[np.argmax(bad)])} ({name}) has no image in the media list")
+    return i
+
+
 def pair_scores(tfeats, uniq, t1, t2, block=1024, progress=True):
     """Dot product of the template features of every pair, by blocked matrix products over
     the side with fewer distinct templates (memory: one block x its columns)."""
     from tqdm import tqdm
 
-    i1 = np.searchsorted(uniq, t1)
-    i2 = np.searchsorted(uniq, t2)
-    for name, t, i in (("t1", t1, i1), ("t2", t2, i2)):
-        bad = (i >= len(uniq)) | (uniq[np.minimum(i, len(uniq) - 1)] != t)
-        if bad.any():
-            raise InputError(f"pair list: template {int(t[np.argmax(bad)])} ({name}) has no image in the media list")
+    t1, t2 = np.asarray(t1), np.asarray(t2)
+    i1 = _template_index(uniq, t1, "t1")
+    i2 = _template_index(uniq, t2, "t2")
     # (a, b) and (b, a), or a pair listed twice, must get the very same float (InsightFace's
     # row products are symmetric); so each unordered pair reads one matrix entry
     i1, i2 = np.minimum(i1, i2), np.maximum(i1, i2)
-    if len(np.unique(i2)) < len(np.unique(i1)):
+    n_t = len(uniq)
+    if np.count_nonzero(np.bincount(i2, minlength=n_t)) < np.count_nonzero(np.bincount(i1, minlength=n_t)):
         i1, i2 = i2, i1
     score = np.empty(len(i1), np.float64)
-    order = np.argsort(i1 // block, kind="stable")
-    bid = (i1 // block)[order]
-    starts = np.searchsorted(bid, np.unique(bid))
-    ends = np.r_[starts[1:], len(order)]
-    col_pos = np.zeros(len(uniq), np.int64)
-    for s, e in tqdm(list(zip(starts, ends)), desc="pairs", unit="blk", disable=not progress, mininterval=2.0):
-        sel = order[s:e]
-        r0 = (i1[sel[0]] // block) * block
-        cols = np.unique(i2[sel])
+    bid = i1 // block
+    bid = bid.astype(np.int16) if bid.max(initial=0) < 2**15 else bid  # 16-bit keys: radix sort
+    order = np.argsort(bid, kind="stable")
+    counts = np.bincount(bid, minlength=int(bid.max(initial=0)) + 1)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    col_pos = np.zeros(n_t, np.int64)
+    used = np.zeros(n_t, bool)
+    for blk in tqdm(np.flatnonzero(counts), desc="pairs", unit="blk", disable=not progress, mininterval=2.0):
+        sel = order[starts[blk]:ends[blk]]
+        r0 = int(blk) * block
+        c = i2[sel]
+        used[:] = False
+        used[c] = True
+        cols = np.flatnonzero(used)
         col_pos[cols] = np.arange(len(cols))
         g = tfeats[r0:r0 + block] @ tfeats[cols].T
-        score[sel] = g[i1[sel] - r0, col_pos[i2[sel]]]
+        score[sel] = g[i1[sel] - r0, col_pos[c]]
     return score
 
 

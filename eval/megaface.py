@@ -204,7 +204,7 @@ def _merge_row_topk(top, rows, vals, k):
     return out
 
 
-def distractor_scores(probes, distractors, sizes=None, far=1e-6, block=8192, exclude=None, ranks=CMC_RANKS,
+def distractor_scores(probes, distractors, sizes=None, far=1e-6, block=4096, exclude=None, ranks=CMC_RANKS,
                       progress=True):
     """Stream ``probes @ distractors.T`` in column blocks (``distractors`` may be a memmap).
 
@@ -241,17 +241,14 @@ def distractor_scores(probes, distractors, sizes=None, far=1e-6, block=8192, exc
             if size >= b:
                 np.maximum(maxima[si], colmax, out=maxima[si])
         # per-probe top-k for the CMC: only scores above the probe's current k-th can enter
+        # (masks over the block, no column copies: memory stays at one block + its mask)
         kth = topk[:, -1]
-        hit_cols = np.flatnonzero(colmax > kth)
-        if hit_cols.size:
-            sub = s[:, hit_cols]
-            r, c = np.nonzero(sub > kth[hit_cols])
-            topk = _merge_row_topk(topk, hit_cols[c], sub[r, c], ranks)
+        if np.any(colmax > kth):
+            r, c = np.nonzero(s > kth[None, :])
+            topk = _merge_row_topk(topk, c, s[r, c], ranks)
         # global top impostors for TAR@FAR
-        hot = np.flatnonzero(colmax > imp_thr)
-        if hot.size:
-            sub = s[:, hot]
-            vals = sub[sub > imp_thr]
+        if np.any(colmax > imp_thr):
+            vals = s[s > imp_thr]
             imp = np.concatenate([imp, vals])
             if imp.size > k_imp:
                 imp = np.partition(imp, imp.size - k_imp)[imp.size - k_imp:]
@@ -267,7 +264,7 @@ def _trials(labels):
     return same
 
 
-def identification(probe_feats, probe_labels, distractor_feats, sizes=None, far=1e-6, block=8192, exclude=None,
+def identification(probe_feats, probe_labels, distractor_feats, sizes=None, far=1e-6, block=4096, exclude=None,
                    progress=True):
     """Challenge-1 identification on L2-normalised features (sizes are prefix lengths).
 
@@ -379,7 +376,7 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
     }
 
 
-def evaluate_generated(gen, far=1e-6, block=8192, progress=True):
+def evaluate_generated(gen, far=1e-6, block=4096, progress=True):
     """Built-in challenge 1 on what :func:`generate` produced; returns CONTRACTS fields plus curves."""
     dist = np.load(gen["distractors"], mmap_mode="r")
     sets = gen["sets"]

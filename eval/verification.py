@@ -234,7 +234,8 @@ def run_targets(embedder, data_dir, targets, nrof_folds=10):
         path = os.path.join(data_dir, f"{target}.bin")
         if not os.path.isfile(path):
             raise InputError(f"{path}: verification set not found (target {target!r})")
-        images, issame = load_bin(path)
+        size = int(getattr(embedder, "image_size", 112))
+        images, issame = load_bin(path, image_size=(size, size))
         log.info("%s: %d pairs, embedding %d images (+ mirrors)", target, len(issame), len(images))
         emb, emb_flip = embedder.embed_parts(images)
         fields, curves = evaluate_full(emb + emb_flip, issame, nrof_folds, xnorm=xnorm_of((emb, emb_flip)))

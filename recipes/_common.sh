@@ -39,6 +39,15 @@ latest_ckpt() {
 
 teacher_default() { latest_ckpt "$OUT/teacher_${TEACHER_NET:-r90}/model"; }
 
+# input size of the model a row trains: the last lowres_size=N among its overrides (low-resolution
+# students), else the training set's (property: classes,H,W), else 112
+row_image_size() {
+  local a size=""
+  for a in "$@"; do case "$a" in lowres_size=*) size="${a#lowres_size=}" ;; esac; done
+  if [ -z "$size" ] && [ -f "$DATA/property" ]; then size=$(cut -d, -f2 "$DATA/property" | tr -d '[:space:]'); fi
+  echo "${size:-112}"
+}
+
 show_and_run() {
   printf '+'; printf ' %q' "$@"; printf '\n'
   if [ "$DRY_RUN" = 0 ]; then "$@"; fi
@@ -63,9 +72,12 @@ train_row() {
     echo "dry-run: config $config resolves (${TMPDIR:-/tmp}/recipe-$name.json)"
     return 0
   fi
+  printf '+'; printf ' %q' "${cmd[@]}"; printf '\n'
   "${cmd[@]}"
   if [ "${SKIP_EVAL:-0}" != 1 ]; then
-    MODEL="$(latest_ckpt "$OUT/$name/model")" bash "$RECIPES_DIR/eval_all.sh"
+    # shellcheck disable=SC2086
+    MODEL="$(latest_ckpt "$OUT/$name/model")" IMAGE_SIZE="${IMAGE_SIZE:-$(row_image_size "$@" $EXTRA)}" \
+      bash "$RECIPES_DIR/eval_all.sh"
   fi
 }
 

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Low-resolution teacher-student (Karlekar et al.): teacher at 112x112, student (STUDENT, default mfn)
-# at LOWRES (default 56) input; method: KT.
+# Low-resolution teacher-student (Karlekar et al. 2019): the teacher at full resolution, the student FCN
+# at LOWRES (default 56) input; method: KT.  The student has the teacher's architecture (STUDENT, default
+# the teacher network r90, as in the paper, whose students differ from the teacher only in resolution;
+# knowledge transfer copies the teacher's parameters into it); STUDENT=mfn|mfnr|mv1|mv2 picks a mobile one.
 source "$(dirname "$0")/_common.sh"
 need_teacher
-STUDENT="${STUDENT:-mfn}"
-train_row "${STUDENT}_lowres_kt" "${STUDENT}_lowres_kt" "lowres_size=${LOWRES:-56}"
+STUDENT="${STUDENT:-${TEACHER_NET:-r90}}"
+case "$STUDENT" in
+  mfn|mfnr|mv1|mv2) train_row "${STUDENT}_lowres_kt" "${STUDENT}_lowres_kt" "lowres_size=${LOWRES:-56}" ;;
+  *) train_row "mfn_lowres_kt" "${STUDENT}_lowres_kt" "network=$STUDENT" "lowres_size=${LOWRES:-56}" ;;
+esac

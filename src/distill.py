@@ -104,7 +104,8 @@ def student_image_size(cfg):
     if method_spec(cfg).get("lowres"):
         size = int(cfg.lowres_size)
         if size <= 0 or size > int(cfg.image_size):
-            raise InputError(f"lowres_size={size}: must be in 1..image_size ({cfg.image_size}) for distill={cfg.distill}")
+            raise InputError(f"lowres_size={size}: must be in 1..image_size ({cfg.image_size}) "
+                             f"for distill={cfg.distill}")
         return size
     return int(cfg.image_size)
 
@@ -225,7 +226,8 @@ class Method(gluon.Block):
         if kind is not None:
             self.stages = _check_stages(cfg)
             lambdas = distill_lambdas(cfg)
-            base = {"angular": float(cfg.distill_weight), "l2": float(cfg.l2_lambda), "hint": float(cfg.hint_lambda)}[kind]
+            base = {"angular": float(cfg.distill_weight), "l2": float(cfg.l2_lambda),
+                    "hint": float(cfg.hint_lambda)}[kind]
             self.stage_weights = [base * lam for lam in lambdas]
             if _stage_needs_taps(cfg, spec):
                 self._build_adapters(cfg, student, teacher, kind)

@@ -471,15 +471,16 @@ def export_all(model, onnx=None, mkldnn=None, int8=None, calib=None, calib_mode=
                           "ok": bool(diff <= tolerance), "batch": len(x), "seconds": time.time() - t}
         log.info("ONNX %s: onnxruntime max abs diff %.3g (%s)", onnx, diff, "ok" if diff <= tolerance else "FAILED")
 
-    def reload_and_check(out_prefix, what):
-        s2, a2, x2 = mx.model.load_checkpoint(out_prefix, epoch)
-        r = Runner(s2, a2, x2, batch_size=len(x), image_size=image_size)
-        return r, twice_ok(r)
+    def reload_and_check(out_prefix):
+        """The model as written to disk, and whether it survives a second forward."""
+        saved = mx.model.load_checkpoint(out_prefix, epoch)
+        r = Runner(*saved, batch_size=len(x), image_size=image_size)
+        return saved, r, twice_ok(r)
 
     if mkldnn:
         msym, marg, maux = mkldnn_model(sym, arg, aux)
         save_model(mkldnn, epoch, msym, marg, maux)
-        r, ok = reload_and_check(mkldnn, "MKLDNN")
+        _, r, ok = reload_and_check(mkldnn)
         diff = float(np.abs(r.run(x) - ref).max())
         report["mkldnn"] = {"prefix": mkldnn, "epoch": int(epoch), "max_abs_diff": diff, "repeat_ok": ok}
         log.info("MKLDNN model %s-symbol.json: max abs diff %.3g vs unfused, repeat %s", mkldnn, diff, ok)
@@ -490,14 +491,14 @@ def export_all(model, onnx=None, mkldnn=None, int8=None, calib=None, calib_mode=
         cal = load_images(calib, num_calib, image_size)
         qsym, qarg, qaux = quantize_int8(sym, arg, aux, cal, calib_mode, granularity, batch_size)
         save_model(int8, epoch, qsym, qarg, qaux)
-        r, ok = reload_and_check(int8, "INT8")
+        saved, _, ok = reload_and_check(int8)
         entry = {"prefix": int8, "epoch": int(epoch), "calib": calib, "calib_mode": calib_mode,
                  "num_calib": int(len(cal) // min(batch_size, len(cal)) * min(batch_size, len(cal))),
                  "granularity": granularity, "repeat_ok": ok}
         if eval_bin is None and str(calib).endswith(".bin"):
             eval_bin = calib
         fp = Runner(dsym, darg, daux, batch_size=batch_size, image_size=image_size)
-        q = Runner(qsym, qarg, qaux, batch_size=batch_size, image_size=image_size)
+        q = Runner(*saved, batch_size=batch_size, image_size=image_size)
         if eval_bin:
             images, issame = load_bin_checked(eval_bin, image_size)
             acc_fp, emb_fp = verification_accuracy(fp, images, issame)

@@ -123,6 +123,25 @@ def _install_shims(procs, local):
     dmlc_ssh.subprocess = shim
     if local:
         dmlc_tracker.get_host_ip = lambda host_ip=None: "127.0.0.1"
+    if not getattr(dmlc_tracker.PSTracker, "_shrinkteanet", False):
+        original = dmlc_tracker.PSTracker.__init__
+
+        def init(self, hostIP, cmd, port=9091, port_end=9999, envs=None):  # noqa: N803 - tracker's names
+            # the tracker probes 9091, 9092, ... and frees the port before the scheduler binds it, so
+            # two jobs started together can share a scheduler; an OS-chosen free port avoids that
+            free = _free_port()
+            original(self, hostIP, cmd, port=free, port_end=free + 1, envs=envs)
+
+        dmlc_tracker.PSTracker.__init__ = init
+        dmlc_tracker.PSTracker._shrinkteanet = True
+
+
+def _free_port():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def launch(command, num_workers, num_servers=None, hosts=None, launcher=None, env=(), timeout=0):

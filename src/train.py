@@ -452,7 +452,8 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
                                       params, global_batch, aux_params)
                 state["nonfinite_skipped"] = guard.skipped
                 state["step"] += 1
-                state["epoch"], state["batch"] = epoch, b + 1
+                # the position is that of the next batch to run
+                state["epoch"], state["batch"] = (epoch, b + 1) if b + 1 < batches_per_epoch else (epoch + 1, 0)
                 if ok:
                     window.append(values)
                 dt = time.time() - t0
@@ -467,10 +468,9 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
                     verify_and_save()
                 elif cfg.ckpt_every and state["step"] % cfg.ckpt_every == 0:
                     save()
-            if state["batch"] >= batches_per_epoch:
-                epoch, start = epoch + 1, 0
-                state["epoch"], state["batch"] = epoch, 0
-                save()
+            if state["epoch"] > epoch:
+                epoch, start = state["epoch"], 0
+                save()  # epoch end
             elif state["step"] < num_batches:
                 raise RuntimeError(f"loader gave {state['batch']} of {batches_per_epoch} batches in epoch {epoch}")
     except StopTraining:

@@ -1,8 +1,9 @@
 """`shrinkteanet export`: ONNX parity through onnxruntime, MKLDNN-fused and INT8
 models that survive a second forward, the INT8 accuracy report, bad input.
 
-The network is a tiny MobileFaceNet (GDC head: depthwise conv -> FC -> BatchNorm
-``fc1`` with fix_gamma), the graph on which MXNet 1.9.1 hits "We can't generate
+The network is a tiny MobileFaceNet laid out as InsightFace's checkpoints are (GDC
+head: depthwise conv -> FC -> BatchNorm ``fc1`` with fix_gamma, no Flatten), the
+graph on which MXNet 1.9.1 hits "We can't generate
 TBlob for MKLDNN data" on the second ``Module.forward``."""
 import json
 import os
@@ -48,6 +49,24 @@ def random_params(sym, size, seed=0):
     return arg, aux
 
 
+def without_flatten(sym):
+    """The graph as InsightFace's fmobilefacenet writes it: the GDC conv feeds
+    ``pre_fc1`` directly (our ``symbols`` insert a Flatten there; public InsightFace
+    checkpoints do not have it)."""
+    g = json.loads(sym.tojson())
+    nodes, keep, remap = g["nodes"], [], {}
+    for i, n in enumerate(nodes):
+        if n["op"] == "Flatten":
+            remap[i] = remap[n["inputs"][0][0]]
+            continue
+        n = dict(n, inputs=[[remap[a], b, c] for a, b, c in n["inputs"]])
+        remap[i] = len(keep)
+        keep.append(n)
+    out = {"nodes": keep, "arg_nodes": [i for i, n in enumerate(keep) if n["op"] == "null"],
+           "heads": [[remap[a], b, c] for a, b, c in g["heads"]], "attrs": g.get("attrs", {})}
+    return mx.sym.load_json(json.dumps(out))
+
+
 def module_outputs(sym, arg, aux, x, times):
     """Independent reference: a plain ``mx.mod.Module`` run ``times`` times on x."""
     mod = mx.mod.Module(sym, label_names=None, context=mx.cpu())
@@ -67,7 +86,9 @@ def tiny(tmp_path_factory):
     from shrinkteanet.data.recordio import encode_image
 
     d = tmp_path_factory.mktemp("export")
-    sym = get_symbol("mfn", emb_size=EMB, blocks=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32), image_size=SIZE)
+    sym = without_flatten(
+        get_symbol("mfn", emb_size=EMB, blocks=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32), image_size=SIZE))
+    assert "Flatten" not in {n["op"] for n in json.loads(sym.tojson())["nodes"]}
     arg, aux = random_params(sym, SIZE)
     prefix = str(d / "tiny")
     mx.model.save_checkpoint(prefix, 3, sym, arg, aux)
@@ -202,6 +223,23 @@ def test_entropy_calibration_and_summary(tiny, capsys):
     assert ent and set(ent) == set(naive)
     assert all(ent[k] <= naive[k] * (1 + 1e-6) for k in ent)
     assert any(ent[k] < naive[k] * 0.999 for k in ent)
+
+
+def test_int8_calibrates_from_a_rec_set(tiny, tmp_path):
+    """Calibration images from an InsightFace RecordIO set; accuracy measured on --eval-bin."""
+    from shrinkteanet.data.binfile import load_bin
+    from shrinkteanet.data.recordio import write_rec_set
+
+    images, _ = load_bin(tiny["bin"], image_size=(SIZE, SIZE))
+    write_rec_set(str(tmp_path / "rec"), [(images[i], i // 4) for i in range(16)], image_size=(SIZE, SIZE),
+                  workers=1, progress=False)
+    js = str(tmp_path / "r.json")
+    rc = main(["export", "--model", f"{tiny['prefix']},3", "--int8", str(tmp_path / "q"), "--calib",
+               str(tmp_path / "rec"), "--num-calib", "16", "--batch-size", "8", "--eval-bin", tiny["bin"],
+               "--json", js])
+    q = json.load(open(js))["int8"]
+    assert rc == 0 and q["num_calib"] == 16 and q["repeat_ok"] and q["eval_bin"] == tiny["bin"]
+    assert "accuracy_change" in q and 0.9 < q["cosine_mean"] <= 1.0 + 1e-9
 
 
 def test_bad_input_messages(tiny, capsys, tmp_path):

@@ -12,8 +12,8 @@ Layout (InsightFace ``face2rec2.py`` / ``FaceImageIter``):
 
 The byte format is written and parsed here in pure Python (dmlc-core
 ``RecordIOWriter``/``RecordIOReader`` framing, mxnet ``IRHeader`` struct ``IfQQ``),
-so that loader worker processes never import mxnet and read with ``os.pread``
-(no shared file position, so a descriptor survives ``fork``).  The tests check
+so that loader worker processes never import mxnet and slice records out of a
+per-process read-only memory map (reopened after ``fork``).  The tests check
 every byte against ``mx.recordio``.
 """
 import collections
@@ -141,10 +141,10 @@ class RecordWriter:
 
 
 class RecordReader:
-    """Random access to an indexed ``.rec`` by key, with ``os.pread``.
+    """Random access to an indexed ``.rec`` by key (``MXIndexedRecordIO(idx, rec, 'r')``).
 
-    The descriptor is reopened after a ``fork`` (checked by pid), so each loader
-    worker reads through its own file, as InsightFace does with one
+    Descriptor and memory map are reopened after a ``fork`` (checked by pid), so
+    each loader worker reads through its own file, as InsightFace does with one
     ``MXIndexedRecordIO`` per process.
     """
 
@@ -169,6 +169,7 @@ class RecordReader:
             self._table = None
         self._fd = None
         self._pid = None
+        self._mm = self._mv = self._mpid = None
         self._check_index()
 
     def _read_idx(self):
@@ -250,41 +251,65 @@ class RecordReader:
         except InputError:
             return False
 
-    def read(self, key):
-        """Raw record body of ``key`` (dmlc ``RecordIOReader::NextRecord``: parts
-        joined with the magic word re-inserted)."""
+    @property
+    def view(self):
+        """Read-only memory map of the whole ``.rec`` (per process): records are
+        sliced out without a system call or a copy, which is ~7 us per image
+        cheaper than two ``pread`` calls on this VM (bench_loader.py)."""
+        if self._mv is None or self._mpid != os.getpid():
+            import mmap
+
+            self._mm = mmap.mmap(self.fd, 0, prot=mmap.PROT_READ)
+            self._mv = memoryview(self._mm)
+            self._mpid = os.getpid()
+        return self._mv
+
+    def read_view(self, key):
+        """Record body of ``key`` as a memoryview into the map (bytes when the record
+        was split into parts: dmlc ``RecordIOReader::NextRecord`` joins them with the
+        magic word re-inserted)."""
         pos = self.offset(key)
-        fd = self.fd
+        mv = self.view
+        size = len(mv)
         parts = []
         while True:
-            head = os.pread(fd, 8, pos)
-            if len(head) < 8:
+            if pos + 8 > size:
                 raise InputError(f"{self.path_rec}: record {key} is truncated at byte {pos}")
-            magic, lrec = struct.unpack("<II", head)
+            magic, lrec = struct.unpack_from("<II", mv, pos)
             if magic != MAGIC:
                 raise InputError(f"{self.path_rec}: record {key} has no RecordIO magic at byte {pos}")
             cflag, length = lrec >> 29, lrec & _LREC_MASK
-            data = os.pread(fd, length, pos + 8)
-            if len(data) < length:
+            if pos + 8 + length > size:
                 raise InputError(f"{self.path_rec}: record {key} is truncated at byte {pos}")
-            parts.append(data)
+            parts.append(mv[pos + 8 : pos + 8 + length])
             pos += 8 + ((length + 3) & ~3)
             if cflag in (0, 3):
                 break
         return parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)
 
+    def read(self, key):
+        """Raw record body of ``key`` as bytes."""
+        return bytes(self.read_view(key))
+
     def read_header(self, key):
-        return unpack(self.read(key))
+        """``(IRHeader, payload memoryview)`` of ``key``."""
+        return unpack(self.read_view(key))
 
     def close(self):
+        if self._mpid == os.getpid() and self._mm is not None:
+            try:
+                self._mv.release()
+                self._mm.close()
+            except BufferError:  # a caller still holds a slice; the map goes with it
+                pass
+        self._mm = self._mv = self._mpid = None
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_fd"] = None
-        d["_pid"] = None
+        d["_fd"] = d["_pid"] = d["_mm"] = d["_mv"] = d["_mpid"] = None
         return d
 
     def __del__(self):

@@ -164,11 +164,11 @@ def age_identity(g, rng, amount=1.0):
     h["brow_th"] = g["brow_th"] * (1 - amount * rng.uniform(0, 0.3))
     h["hair_vol"] = g["hair_vol"] * (1 - amount * rng.uniform(0, 0.5))
     h["lip_up"] = g["lip_up"] * (1 - amount * rng.uniform(0, 0.3))
-    if rng.uniform() < 0.3 * amount:
+    if rng.uniform() < 0.2 * amount:
         h["beard"] = 0.0 if g["beard"] else rng.uniform(0.3, 0.9)
-    if rng.uniform() < 0.25 * amount:
+    if rng.uniform() < 0.15 * amount:
         h["glasses"] = not g["glasses"]
-    if rng.uniform() < 0.25 * amount:
+    if rng.uniform() < 0.15 * amount:
         h["hair_len"] = int(rng.integers(0, 3))
     return h
 
@@ -611,6 +611,9 @@ def faceness(n):
 #: training set lands in the 90s on the synthetic lfw.bin (docs/benchmarks.md).
 DEFAULT_DIFFICULTY = 1.0
 
+#: Strength of the AgeDB-like drift between the two members of an agedb_30 pair.
+AGE_DRIFT = 0.7
+
 _LOOSE = "loose"
 _ALIGNED = "aligned"
 
@@ -623,7 +626,7 @@ def identity(seed, ns, index, drift=None):
     if g is None:
         g = sample_identity(_rng(seed, ns, index, 0x1D))
         if drift is not None:
-            g = age_identity(g, _rng(seed, ns, index, 0xA6E, drift), 1.0)
+            g = age_identity(g, _rng(seed, ns, index, 0xA6E, drift), AGE_DRIFT)
         if len(_IDENTITY_CACHE) > 4096:
             _IDENTITY_CACHE.clear()
         _IDENTITY_CACHE[key] = g
