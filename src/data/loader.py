@@ -21,7 +21,6 @@ batch straight into a shared-memory slot.  Batch ``b`` always goes to worker
 import collections
 import mmap
 import multiprocessing
-import os
 import weakref
 
 import numpy as np

@@ -22,8 +22,8 @@ every image are the projections of model points, so they are exact:
   that ``norm_crop`` turns each of them into a proper 112x112 face.
 
 Determinism: identity ``i`` of namespace ``ns`` is a pure function of
-``(seed, ns, i)``; image ``j`` of a task of a pure function of its key, so the
-output does not depend on the number of worker processes.
+``(seed, ns, i)`` and every image is a pure function of its task tuple, so the
+output bytes do not depend on the number of worker processes.
 
 The rendering draws anti-aliased polygons with OpenCV at twice the output
 resolution and downsamples with area averaging.
@@ -512,12 +512,12 @@ def _background(rng, h, w, rgb, items):
     return img
 
 
-def render(g, n, M_out=None, out_size=(IMAGE_SIZE, IMAGE_SIZE), align=True, lm_noise=True):
+def render(g, n, M_out=None, out_size=(IMAGE_SIZE, IMAGE_SIZE), lm_noise=True):
     """Render one face.
 
     ``M_out``: 2x3 map from projected face coordinates to output pixels (or a function of the
-    projected landmarks returning it).  When None and
-    ``align`` is true, it is the similarity that takes the (noisy) projected landmarks onto
+    projected landmarks returning it).  When None, it is the similarity that takes the
+    projected landmarks (plus the nuisance's detector-like noise unless ``lm_noise`` is false) onto
     the ArcFace template scaled to ``out_size`` - an aligned face as InsightFace's
     preprocessing would produce it.  Returns ``(RGB uint8 (H,W,3), landmarks (5,2) float32
     in output pixels, matrix)``."""
@@ -536,10 +536,10 @@ def render(g, n, M_out=None, out_size=(IMAGE_SIZE, IMAGE_SIZE), align=True, lm_n
     ss = _SUPERSAMPLE if max(W, H) <= 160 else 1
     rng = _rng(n["bg_seed"])
     canvas = _background(rng, H * ss, W * ss, n["bg_rgb"], n["bg_items"])
-    canvas = cv2.resize(canvas, (W * ss, H * ss)) if canvas.shape[:2] != (H * ss, W * ss) else canvas
     scale_px = math.sqrt(abs(np.linalg.det(M_out[:, :2])))
     proj, spans, visible = _project_all(g, shapes, yaw, pitch)
-    proj = _apply(M_out, proj) * (_ONE * ss)
+    # pixel centres: output pixel x averages canvas pixels ss*x .. ss*x+ss-1 (INTER_AREA)
+    proj = (_apply(M_out, proj) * ss + (ss - 1) / 2.0) * _ONE
     for sh, (i0, i1), vis in zip(shapes, spans, visible):
         if vis:
             _draw(canvas, proj[i0:i1], sh.rgb, sh.thick * scale_px * ss, sh.closed)
