@@ -204,7 +204,7 @@ def _merge_row_topk(top, rows, vals, k):
     return out
 
 
-def distractor_scores(probes, distractors, sizes=None, far=1e-6, block=4096, exclude=None, ranks=CMC_RANKS,
+def distractor_scores(probes, distractors, sizes=None, far=1e-6, block=8192, exclude=None, ranks=CMC_RANKS,
                       progress=True):
     """Stream ``probes @ distractors.T`` in column blocks (``distractors`` may be a memmap).
 
@@ -241,14 +241,21 @@ def distractor_scores(probes, distractors, sizes=None, far=1e-6, block=4096, exc
             if size >= b:
                 np.maximum(maxima[si], colmax, out=maxima[si])
         # per-probe top-k for the CMC: only scores above the probe's current k-th can enter
-        # (masks over the block, no column copies: memory stays at one block + its mask)
+        # only probes whose block maximum clears their bar are looked at again: after the first
+        # blocks that is a small share, so these passes cost little next to the product
         kth = topk[:, -1]
-        if np.any(colmax > kth):
-            r, c = np.nonzero(s > kth[None, :])
-            topk = _merge_row_topk(topk, c, s[r, c], ranks)
+        hit = np.flatnonzero(colmax > kth)
+        if hit.size:
+            sub = s[:, hit] if hit.size < p // 4 else s
+            bar = kth[hit] if hit.size < p // 4 else kth
+            r, c = np.nonzero(sub > bar[None, :])
+            cols = hit[c] if hit.size < p // 4 else c
+            topk = _merge_row_topk(topk, cols, sub[r, c], ranks)
         # global top impostors for TAR@FAR
-        if np.any(colmax > imp_thr):
-            vals = s[s > imp_thr]
+        hot = np.flatnonzero(colmax > imp_thr)
+        if hot.size:
+            sub = s[:, hot] if hot.size < p // 4 else s
+            vals = sub[sub > imp_thr]
             imp = np.concatenate([imp, vals])
             if imp.size > k_imp:
                 imp = np.partition(imp, imp.size - k_imp)[imp.size - k_imp:]
@@ -264,7 +271,7 @@ def _trials(labels):
     return same
 
 
-def identification(probe_feats, probe_labels, distractor_feats, sizes=None, far=1e-6, block=4096, exclude=None,
+def identification(probe_feats, probe_labels, distractor_feats, sizes=None, far=1e-6, block=8192, exclude=None,
                    progress=True):
     """Challenge-1 identification on L2-normalised features (sizes are prefix lengths).
 
@@ -376,7 +383,7 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
     }
 
 
-def evaluate_generated(gen, far=1e-6, block=4096, progress=True):
+def evaluate_generated(gen, far=1e-6, block=8192, progress=True):
     """Built-in challenge 1 on what :func:`generate` produced; returns CONTRACTS fields plus curves."""
     dist = np.load(gen["distractors"], mmap_mode="r")
     sets = gen["sets"]

@@ -1,7 +1,6 @@
 """The training engine: schedule, tiny runs, checkpoints, bit-exact resume, the NaN guard."""
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -169,9 +168,10 @@ def _loader(cfg):
 def test_nan_batch_is_skipped_and_k_in_a_row_stop(tiny):
     data, _, root = tiny
     cfg = config.config_by_name("mfnr_self", overrides(data, root / "nan" / "model", "max_batches=6", "nan_guard=3",
-                                                       "lr_schedule=constant"))
+                                                       "lr_schedule=constant", f"tensorboard={root / 'tb'}"))
     summary = train.train(cfg, loader=_Poisoned(_loader(cfg), at=[2]))
     assert summary["nonfinite_skipped"] == 1 and summary["steps"] == 6
+    assert list((root / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars were written
     arg, aux = mx.model.load_checkpoint(str(root / "nan" / "model"), summary["checkpoint"])[1:]
     # weights and BatchNorm statistics stayed finite: the poisoned step changed nothing
     assert all(np.isfinite(v.asnumpy()).all() for v in list(arg.values()) + list(aux.values()))
@@ -199,3 +199,13 @@ def test_resume_without_state_and_bad_teacher_fail_in_one_line(tiny, tmp_path):
                        capture_output=True, text=True)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and "missing-symbol.json" in lines[-1] and lines[-1].startswith("shrinkteanet: error:")
+
+
+def test_cuda_preload_is_a_no_op_on_cpu():
+    from shrinkteanet import _cuda
+
+    assert _cuda.preload() == [] and _cuda._cuda_mxnet() is False
+    # importing the package loads no mxnet and no CUDA library
+    r = subprocess.run([sys.executable, "-c", "import sys, shrinkteanet; print('mxnet' in sys.modules)"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False"

@@ -39,7 +39,7 @@ def register(sub):
     m.add_argument("--megaface-noises", default=None, help="default ROOT/megaface_noises.txt when present")
     m.add_argument("--allow-missing", action="store_true", help="leave out missing images instead of stopping")
     m.add_argument("--devkit", default=None, metavar="PATH", help="also run the official devkit found at PATH")
-    m.add_argument("--block", type=int, default=4096, help="distractors per matrix-product block")
+    m.add_argument("--block", type=int, default=8192, help="distractors per matrix-product block")
     m.add_argument("--seed", type=int, default=0, help="seed of the noise-cleaning jitter")
     _common(m, "work/eval/megaface")
     m.set_defaults(func=run_megaface)
