@@ -329,7 +329,7 @@ def _register_synth(dsub):
     p.add_argument("--megaface-distractors", type=int, default=1000, help="MegaFace distractors (default 1000)")
     p.add_argument("--megaface-noise", type=float, default=0.005, help="fraction of mislabelled probes/distractors "
                    "listed in the noise files (default 0.005)")
-    p.add_argument("--difficulty", type=float, default=None, help="nuisance strength (default: the calibrated 1.0)")
+    p.add_argument("--difficulty", type=float, default=None, help="nuisance strength, 0 = none (default 1.3, calibrated)")
     p.add_argument("--image-size", type=int, default=112, help="side of the aligned faces (default 112)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--no-ijb", action="store_true", help="skip the IJB-C tree")

@@ -82,15 +82,32 @@ def _lowres(img, size):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _stage_for(n, h, w, stage=None):
+    """``(hwc, planes)`` uint8 views for ``n`` images: the decode target (N, H, W, 3)
+    and the channel planes (3, N, H, W).  ``stage``: a flat uint8 buffer to reuse."""
+    need = n * h * w * 3
+    if stage is None or stage.size < 2 * need:
+        stage = np.empty(2 * need, np.uint8)
+    return stage[:need].reshape(n, h, w, 3), stage[need : 2 * need].reshape(3, n, h, w)
+
+
+def stage_buffer(batch_size, image_size):
+    """Flat uint8 scratch for :func:`make_batch`, allocated once per worker."""
+    return np.empty(2 * batch_size * image_size[0] * image_size[1] * 3, np.uint8)
+
+
 def make_batch(dataset, keys, seed, cfg, out, stage=None):
     """Fill ``out[:len(keys)]`` (float32 NCHW) with the augmented images of ``keys``.
 
     Returns ``(label, index, flipped, corrupt_keys)``.  A corrupt image is
     replaced by the next readable image of the same batch (its key, label and
     mirror flag travel with it), so the batch keeps its size.  ``stage``: an
-    optional uint8 array of ``out``'s shape, reused between calls.
+    optional flat uint8 scratch buffer (:func:`stage_buffer`), reused between calls.
     """
     import cv2
+    import simplejpeg
+
+    from shrinkteanet.data.recordio import class_of
 
     n = len(keys)
     plan = _Plan(np.random.default_rng(seed), n, cfg)
@@ -98,34 +115,48 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
     flips = plan.flip.tolist()
     jitter = cfg["color_jitter"] > 0
     lowres = plan.lowres.tolist() if cfg["lowres"][0] > 0 else [False] * n
-    size = cfg["image_size"]
-    if not jitter and (stage is None or stage.shape[0] < n or stage.shape[1:] != out.shape[1:]):
-        stage = np.empty((n,) + out.shape[1:], np.uint8)
+    lowres_size = plan.lowres_size.tolist() if cfg["lowres"][0] > 0 else None
+    size = tuple(cfg["image_size"]) if cfg["image_size"] is not None else tuple(out.shape[2:])
+    h, w = out.shape[2:]
+    hwc, planes = _stage_for(n, h, w, stage)
+    read_header, decode = dataset.reader.read_header, simplejpeg.decode_jpeg
     labels = [0] * n
     ok = [False] * n
     for i, key in enumerate(keys):
-        img, labels[i] = dataset.read_key(key)
-        if img is None:
-            continue
-        if size is not None and img.shape[:2] != size:
-            raise InputError(
-                f"{dataset.path_rec}: record {key} is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}"
-            )
+        dst = hwc[i]
+        header, payload = read_header(key)
+        labels[i] = class_of(header.label)
+        # Decode straight into the batch slab (no per-image array); anything
+        # unusual (corrupt, not a JPEG, another size) takes the dataset's own path,
+        # which logs, falls back to cv2 and checks the size exactly as before.
+        try:
+            img = decode(payload, colorspace="RGB", buffer=dst)
+        except Exception:
+            img = None
+        if img is None or img.shape != dst.shape:
+            img, labels[i] = dataset.read_key(key)
+            if img is None:
+                continue
+            if img.shape[:2] != size:
+                raise InputError(
+                    f"{dataset.path_rec}: record {key} is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}"
+                )
+            dst[...] = img
         ok[i] = True
         if lowres[i]:
-            img = _lowres(img, plan.lowres_size[i])
+            dst[...] = _lowres(dst, lowres_size[i])
         if flips[i]:
-            img = cv2.flip(img, 1)
+            cv2.flip(dst, 1, dst=dst)
         if jitter:
-            out[i] = _color_jitter(img, plan.alpha[i], plan.order[i]).transpose(2, 0, 1)
-        else:
-            # HWC -> CHW as uint8 planes here, one contiguous uint8 -> float32 cast for
-            # the batch below: ~6 us per 112x112 image against ~15 us for a strided
-            # transposing cast per image.
-            st = stage[i]
-            cv2.split(img, [st[0], st[1], st[2]])
+            out[i] = _color_jitter(dst, plan.alpha[i], plan.order[i]).transpose(2, 0, 1)
     if not jitter:
-        np.copyto(out[:n], stage[:n])
+        # The whole batch as one (N*H, W, 3) image split into three (N, H, W) planes,
+        # then one uint8 -> float32 cast whose inner loop runs over contiguous H*W
+        # planes: ~5.5 us per 112x112 image against ~7 us for per-image splits and
+        # ~10 us for numpy's transposing cast.
+        cv2.split(hwc.reshape(n * h, w, 3), [planes[0].reshape(n * h, w), planes[1].reshape(n * h, w),
+                                              planes[2].reshape(n * h, w)])
+        np.copyto(out[:n].transpose(1, 0, 2, 3), planes)
     label = np.asarray(labels, dtype=np.int64)
     index = np.asarray(keys, dtype=np.int64)
     flipped = plan.flip.copy()
@@ -146,7 +177,7 @@ def _worker_main(dataset, cfg, slots, slot_shape, task_conn, result_conn):
 
     cv2.setNumThreads(1)
     slot_items = int(np.prod(slot_shape))
-    stage = np.empty(slot_shape, np.uint8)
+    stage = stage_buffer(slot_shape[0], slot_shape[2:])
     while True:
         try:
             task = task_conn.recv()
@@ -373,7 +404,7 @@ class FaceLoader:
             raise InputError(f"start_batch {start_batch} is outside 0..{nb}")
         if self.workers == 0:
             out = np.empty((bs, 3) + self.image_size, np.float32)
-            stage = np.empty(out.shape, np.uint8)
+            stage = stage_buffer(bs, self.image_size)
             for b in range(start_batch, nb):
                 kb = keys[b * bs : (b + 1) * bs]
                 label, index, flipped, corrupt = make_batch(

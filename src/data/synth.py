@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from shrinkteanet.constants import ARCFACE_TEMPLATE, IMAGE_SIZE, MEGAFACE_SIZES
-from shrinkteanet.data.align import estimate_similarity
+from shrinkteanet.data.align import estimate_similarity, template
 from shrinkteanet.errors import InputError
 from shrinkteanet.logutil import get_logger
 
@@ -44,9 +44,6 @@ log = get_logger(__name__)
 # Namespaces of identity draws: each benchmark gets its own individuals, so the
 # evaluation identities are disjoint from the training identities (open set).
 NS_TRAIN, NS_LFW, NS_CFP, NS_AGEDB, NS_IJB, NS_MF_PROBE, NS_MF_DISTRACTOR = 1, 2, 3, 4, 5, 6, 7
-_NS_NAMES = {NS_TRAIN: "train", NS_LFW: "lfw", NS_CFP: "cfp_fp", NS_AGEDB: "agedb_30", NS_IJB: "ijb",
-             NS_MF_PROBE: "megaface_probe", NS_MF_DISTRACTOR: "megaface_distractor"}
-
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = float(1 << _SHIFT)
 _SUPERSAMPLE = 2
@@ -530,7 +527,8 @@ def render(g, n, M_out=None, out_size=(IMAGE_SIZE, IMAGE_SIZE), lm_noise=True):
     if callable(M_out):
         M_out = M_out(lm)
     if M_out is None:
-        tmpl = ARCFACE_TEMPLATE.astype(np.float64) * (np.array([W, H]) / float(IMAGE_SIZE))
+        # the crop norm_crop would make at this size (InsightFace's template rule for non-112 sizes)
+        tmpl = template(W) if W == H else ARCFACE_TEMPLATE.astype(np.float64) * (np.array([W, H]) / float(IMAGE_SIZE))
         noisy = lm + (n["lm_noise"] if lm_noise else 0.0)
         M_out = estimate_similarity(noisy, tmpl)
     ss = _SUPERSAMPLE if max(W, H) <= 160 else 1
@@ -607,9 +605,11 @@ def faceness(n):
 
 # --------------------------------------------------------------------------- tasks
 
-#: Default nuisance level; calibrated so that a small CNN trained on the synthetic
-#: training set lands in the 90s on the synthetic lfw.bin (docs/benchmarks.md).
-DEFAULT_DIFFICULTY = 1.0
+#: Default nuisance level.  Calibrated (docs/benchmarks.md, "Synthetic faces") so that a
+#: tiny 64x64 CNN trained with a cosine-margin softmax on 400x20 synthetic identities reaches
+#: 92-95% on the synthetic lfw.bin (96% at 1.0), 91% on cfp_fp and 83% on agedb_30, while the
+#: raw-pixel cosine baseline stays near 66%: a real teacher lands in the 90s, below 100%.
+DEFAULT_DIFFICULTY = 1.3
 
 #: Strength of the AgeDB-like drift between the two members of an agedb_30 pair.
 AGE_DRIFT = 0.7
@@ -814,6 +814,7 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
             summary["megaface"] = _write_megaface(out_dir, R, megaface_probes, megaface_probe_images,
                                                   megaface_distractors, megaface_noise, **common)
         summary["num_rendered"] = R.count
+    log.info("synthetic suite in %s: %d images rendered", out_dir, R.count)
     return summary
 
 
