@@ -46,8 +46,11 @@ then *not* downsample: ``loader_lowres_size(cfg)`` is 0 for these methods.
 The teacher is never trained: its parameters have ``grad_req='null'``, its full forward
 runs under ``autograd.pause(train_mode=False)`` (running BatchNorm statistics, no dropout)
 and its tails come from ``model.frozen_tail`` (global statistics, gradient to the input
-only).  ``teacher_emb`` given (the trainer's cache) skips the teacher's full forward;
-the tails still run for the intermediate terms.
+only; recorded in the caller's training mode, which their graph ignores).  The full
+forward, when no taps are needed, also runs through ``frozen_tail(teacher, None)``: the
+same numbers from a faster graph (``model.freeze_symbol``).  ``teacher_emb`` given (the
+trainer's cache) skips the teacher's full forward; the tails still run for the
+intermediate terms.
 """
 from collections import OrderedDict
 
@@ -152,6 +155,7 @@ class _Frozen:
 
     def __init__(self):
         self.teacher = None
+        self.full = None  # model.frozen_tail(teacher, None): the same embedding, faster graph
         self.tails = {}
         self.head = None
 
@@ -215,6 +219,8 @@ class Method(gluon.Block):
                                      "the two embeddings directly")
             if spec.get("taps") and not getattr(teacher, "with_taps", False):
                 raise InputError(f"distill={self.method}: the teacher must be built with_taps=True")
+            if spec.get("emb") and not spec.get("taps"):
+                self._frozen.full = _frozen_full(teacher)
         if spec.get("transfer"):
             materialize(student, self.student_size, self.ctx[0])
             transfer_from_teacher(student, teacher)
@@ -282,7 +288,7 @@ class Method(gluon.Block):
         """Hybridize the method's own blocks, the student and the frozen teacher parts."""
         super().hybridize(active, **kwargs)
         fr = self._frozen
-        for blk in [fr.teacher, fr.head] + list(fr.tails.values()):
+        for blk in [fr.teacher, fr.full, fr.head] + list(fr.tails.values()):
             if blk is not None:
                 blk.hybridize(active, **kwargs)
 
@@ -320,7 +326,7 @@ class Method(gluon.Block):
         if not (need_emb or spec.get("taps")):
             return teacher_emb, None
         with autograd.pause(train_mode=False):
-            out = fr.teacher(data)
+            out = (fr.full if fr.full is not None and not spec.get("taps") else fr.teacher)(data)
         if isinstance(out, (list, tuple)):
             emb, taps = out[0], list(out[1:])
         else:
@@ -353,8 +359,10 @@ class Method(gluon.Block):
                 value = self.distance(emb, t_emb)
             else:
                 feat = self.adapters[stage](taps[stage - 1])
-                with autograd.predict_mode() if autograd.is_recording() else _nullcontext():
-                    value = self.distance(self._frozen.tails[stage](feat), t_emb)
+                # the tail is frozen in its graph (global BN statistics, no Dropout), so it is
+                # recorded in the caller's mode: under predict_mode MKLDNN's BatchNorm backward
+                # (the gradient to feat) ran ~100x slower for the same numbers (docs/benchmarks.md)
+                value = self.distance(self._frozen.tails[stage](feat), t_emb)
             parts[name] = value * w
         if self.kd is not None:
             with autograd.pause(train_mode=False):
@@ -366,12 +374,17 @@ class Method(gluon.Block):
         return parts
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
+def _frozen_full(teacher):
+    """The teacher's whole embedding graph as ``model.frozen_tail(teacher, None)``, or None for
+    a teacher not built by network name.  Same numbers as ``teacher(data)`` in inference mode
+    (bit for bit: ``model.freeze_symbol``), but its PReLUs run as depthwise convolutions, which
+    made the teacher's forward ~1.6x faster on CPU (docs/benchmarks.md, bench_train)."""
+    from shrinkteanet.model import frozen_tail
 
-    def __exit__(self, *exc):
-        return False
+    try:
+        return frozen_tail(teacher, None)
+    except ValueError:
+        return None
 
 
 def _part_name(kind, stage):

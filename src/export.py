@@ -24,9 +24,14 @@ axis), initializers removed from the graph inputs (so onnxruntime may
 constant-fold them), the output declared ``(batch, D)``.  The file is checked
 against the MXNet model with onnxruntime on a fixed batch.
 
-INT8: ``mx.contrib.quantization.quantize_model_mkldnn`` (MKLDNN_QUANTIZE fusion
-before and after quantisation) with naive (min/max) or entropy (KL) calibration
-over face images from a ``.rec`` or ``.bin``.
+MKLDNN and INT8 graphs replace PReLU by MKLDNN-native ops first
+(``prelu_as_mkldnn_ops``: MXNet 1.9.1 runs PReLU outside MKLDNN, several times
+slower than the rest of the network).
+
+INT8: ``mx.contrib.quantization.quantize_model`` between two MKLDNN_QUANTIZE
+fusions (what ``quantize_model_mkldnn`` does) with naive (min/max) or entropy (KL)
+calibration over face images from a ``.rec`` or ``.bin``; the first convolution
+and the fc head stay fp32 by default.
 """
 import json
 import os
@@ -337,12 +342,87 @@ def check_onnx(path, sym, arg_params, aux_params, image_size=IMAGE_SIZE, batch=N
 # ----------------------------------------------------------------------------- MKLDNN and INT8
 
 
+def prelu_as_mkldnn_ops(sym, arg_params):
+    """``sym`` with every per-channel PReLU (``LeakyReLU(act_type='prelu')``, He et
+    al. 2015 eq. 1: ``f(x) = max(0, x) + a * min(0, x)``) rewritten as
+    ``f(x) = a * x + (1 - a) * max(0, x)``: a ReLU ``Activation`` and two depthwise
+    1x1 convolutions with weights ``a`` and ``1 - a``, added.  Returns ``(sym, arg_params)``.
+
+    MXNet 1.9.1 has no MKLDNN kernel for PReLU and its conv fusion takes only
+    relu/leaky/gelu, so each of MobileFaceNet's 33 PReLUs reorders the blocked
+    MKLDNN tensor to NCHW, runs a single-threaded broadcast kernel and reorders
+    back: measured here 4-7x the time of the whole network with ReLU in their
+    place.  The rewritten ops are all MKLDNN-native (the add fuses into the second
+    convolution as a sum post-op) and quantise like any convolution.  The sum is
+    the PReLU's original name, so ``<name>_output`` still names the activation.
+    Arithmetic is unchanged up to float rounding; the ONNX export keeps PReLU."""
+    import mxnet as mx
+
+    g = _graph(sym)
+    arg = dict(arg_params)
+    nodes, out, remap = g["nodes"], [], {}
+    names = {n["name"] for n in nodes}
+
+    def add(node):
+        out.append(node)
+        return len(out) - 1
+
+    def fresh(name):
+        while name in names:
+            name += "_"
+        names.add(name)
+        return name
+
+    for i, node in enumerate(nodes):
+        node = dict(node)
+        node["inputs"] = [[remap[a][0], b if remap[a][1] is None else remap[a][1], c] for a, b, c in node["inputs"]]
+        attrs = node.get("attrs", {})
+        if node["op"] == "LeakyReLU" and attrs.get("act_type") == "prelu":
+            x, gin = node["inputs"][0], node["inputs"][1]
+            gname = out[gin[0]]["name"]
+            if out[gin[0]]["op"] != "null" or gname not in arg:
+                raise InputError(f"PReLU {node['name']}: slope {gname} is not a stored parameter")
+            a = arg[gname].asnumpy().astype(np.float32).reshape(-1)
+            c = int(a.size)
+            name = node["name"]
+            wa, wb = fresh(name + "_neg_weight"), fresh(name + "_pos_weight")
+            arg[wa] = mx.nd.array(a.reshape(c, 1, 1, 1))
+            arg[wb] = mx.nd.array((1.0 - a).reshape(c, 1, 1, 1))
+            dw = {"kernel": "(1, 1)", "num_filter": str(c), "num_group": str(c), "no_bias": "True"}
+            relu = add({"op": "Activation", "name": fresh(name + "_relu"), "attrs": {"act_type": "relu"},
+                        "inputs": [x]})
+            vb = add({"op": "null", "name": wb, "inputs": []})
+            pos = add({"op": "Convolution", "name": fresh(name + "_pos"), "attrs": dict(dw),
+                       "inputs": [[relu, 0, 0], [vb, 0, 0]]})
+            va = add({"op": "null", "name": wa, "inputs": []})
+            neg = add({"op": "Convolution", "name": fresh(name + "_lin"), "attrs": dict(dw),
+                       "inputs": [x, [va, 0, 0]]})
+            remap[i] = (add({"op": "elemwise_add", "name": name, "inputs": [[neg, 0, 0], [pos, 0, 0]]}), 0)
+            continue
+        remap[i] = (add(node), None)
+    used = {a for n in out for a, _, _ in n["inputs"]}
+    keep = [j for j, n in enumerate(out) if n["op"] != "null" or j in used or n["name"] == "data"]
+    idx = {j: k for k, j in enumerate(keep)}
+    final = []
+    for j in keep:
+        n = dict(out[j])
+        n["inputs"] = [[idx[a], b, c] for a, b, c in n["inputs"]]
+        final.append(n)
+    heads = [[idx[remap[a][0]], remap[a][1] if remap[a][1] is not None else b, c] for a, b, c in g["heads"]]
+    new = mx.sym.load_json(json.dumps({"nodes": final, "arg_nodes": [k for k, n in enumerate(final) if n["op"] == "null"],
+                                       "heads": heads, "attrs": g.get("attrs", {})}))
+    need = set(new.list_arguments())
+    return new, {k: v for k, v in arg.items() if k in need}
+
+
 def mkldnn_model(sym, arg_params, aux_params):
-    """MKLDNN-fused fp32 graph (conv+bn+act fusion, ``get_backend_symbol('MKLDNN')``)
-    of the deploy graph, with its parameters."""
+    """MKLDNN-fused fp32 graph (conv+bn+act(+sum) fusion,
+    ``get_backend_symbol('MKLDNN')``) of the deploy graph with PReLU in
+    MKLDNN-native ops (``prelu_as_mkldnn_ops``), with its parameters."""
     dsym = deploy_symbol(sym)
     arg, aux = deploy_params(dsym, arg_params, aux_params)
-    return dsym.get_backend_symbol("MKLDNN"), arg, aux
+    psym, parg = prelu_as_mkldnn_ops(dsym, arg)
+    return psym.get_backend_symbol("MKLDNN"), parg, aux
 
 
 def load_bin_checked(path, image_size):
@@ -384,32 +464,64 @@ def load_images(path, n=None, image_size=IMAGE_SIZE):
     return np.ascontiguousarray(images)
 
 
+def _fused_exclusions(fsym, sym, excluded):
+    """Names, in the MKLDNN_QUANTIZE-fused graph ``fsym``, of the nodes to keep in
+    fp32.  ``excluded=None``: the first convolution (it sees the normalised image,
+    whose three channels carry the most information per value) and the output
+    layers (every FullyConnected and every BatchNorm left unfused, i.e.
+    InsightFace's ``pre_fc1`` / ``fc1`` head) - the usual INT8 recipe of keeping the
+    first and last layers in float.  Otherwise ``excluded`` = names of layers of
+    the unfused graph; a fused node is kept in fp32 when it contains one."""
+    nodes = _graph(fsym)["nodes"]
+    if excluded is None:
+        first = next((n["name"] for n in _graph(sym)["nodes"] if n["op"] == "Convolution"), None)
+        want = {first} if first else set()
+        out_ops = ("FullyConnected", "_sg_mkldnn_fully_connected", "BatchNorm")
+        names = [n["name"] for n in nodes if n["op"] in out_ops]
+    else:
+        want, names = set(excluded), []
+    for n in nodes:
+        inner = {m["name"] for sg in n.get("subgraphs", []) for m in sg["nodes"]} | {n["name"]}
+        if inner & want and n["name"] not in names:
+            names.append(n["name"])
+    return names
+
+
 def quantize_int8(sym, arg_params, aux_params, calib_images, calib_mode="naive", granularity="channel-wise",
-                  batch_size=32, excluded=()):
-    """INT8 graph through ``quantize_model_mkldnn``: MKLDNN fusion, then quantised
-    conv/fc/bn with thresholds calibrated on ``calib_images`` (uint8 NHWC RGB):
-    ``naive`` = min/max of each layer output, ``entropy`` = KL-optimal clipping.
-    ``granularity='channel-wise'`` keeps one weight scale per output channel
-    (depthwise convolutions of MobileFaceNet lose much less accuracy that way)."""
+                  batch_size=32, excluded=None):
+    """INT8 graph the way ``quantize_model_mkldnn`` builds it (MKLDNN_QUANTIZE
+    fusion, ``quantize_model``, fusion again) on the deploy graph with PReLU in
+    MKLDNN-native ops: quantised conv/fc with thresholds calibrated on
+    ``calib_images`` (uint8 NHWC RGB): ``naive`` = min/max of each layer output,
+    ``entropy`` = KL-optimal clipping.  ``granularity='channel-wise'`` keeps one
+    weight scale per output channel (depthwise convolutions of MobileFaceNet lose
+    much less accuracy that way).  ``excluded``: see ``_fused_exclusions`` (default:
+    first conv and the fc head stay fp32; ``()`` quantises everything)."""
     import mxnet as mx
-    from mxnet.contrib.quantization import quantize_model_mkldnn
+    from mxnet.contrib.quantization import quantize_model
 
     if calib_mode not in ("naive", "entropy"):
         raise InputError(f"--calib-mode must be naive or entropy, got {calib_mode!r}")
     dsym = deploy_symbol(sym)
     arg, aux = deploy_params(dsym, arg_params, aux_params)
+    psym, parg = prelu_as_mkldnn_ops(dsym, arg)
+    # fused first so that the exclusions name the nodes quantize_model sees
+    fsym = psym.get_backend_symbol("MKLDNN_QUANTIZE")
+    names = _fused_exclusions(fsym, psym, excluded)
     x = np.ascontiguousarray(np.asarray(calib_images).transpose(0, 3, 1, 2), dtype=np.float32)
     bs = min(int(batch_size), len(x))
     n = (len(x) // bs) * bs
     it = mx.io.NDArrayIter(data=x[:n], batch_size=bs, data_name="data", label_name=None)
     t = time.time()
-    qsym, qarg, qaux = quantize_model_mkldnn(
-        dsym, arg, aux, data_names=("data",), label_names=None, ctx=mx.cpu(),
-        excluded_sym_names=list(excluded) or None, calib_mode=calib_mode, calib_data=it,
+    qsym, qarg, qaux = quantize_model(
+        fsym, parg, aux, data_names=("data",), label_names=None, ctx=mx.cpu(),
+        excluded_sym_names=names or None, calib_mode=calib_mode, calib_data=it,
         num_calib_examples=n, quantized_dtype="auto", quantize_mode="smart", quantize_granularity=granularity,
         logger=None,
     )
-    log.info("quantised to INT8 (%s calibration on %d images) in %.1f s", calib_mode, n, time.time() - t)
+    qsym = qsym.get_backend_symbol("MKLDNN_QUANTIZE")
+    log.info("quantised to INT8 (%s calibration on %d images, %d layers kept fp32) in %.1f s",
+             calib_mode, n, len(names), time.time() - t)
     return qsym, qarg, qaux
 
 

@@ -148,19 +148,66 @@ def mkldnn_safe(sym):
 
 
 # ------------------------------------------------------------------ freezing
-def freeze_symbol(sym):
+def freeze_symbol(sym, param_shapes=None):
     """A copy of ``sym`` for a frozen teacher: every BatchNorm uses its global
     (running) statistics in training mode too, and every Dropout becomes an
     identity, so the teacher's function is the same whether or not autograd
-    records in training mode.  Parameter names are unchanged."""
+    records in training mode.  Parameter names (and their order) are unchanged.
+
+    With ``param_shapes`` (name -> shape), every per-channel PReLU
+    (``LeakyReLU act_type='prelu'``, InsightFace's ``Act``) whose slope shape is
+    known is computed as ``relu(x) + g * min(x, 0)``, the product by a 1x1
+    depthwise convolution whose weight is the slope reshaped to (C, 1, 1, 1).
+    For a fixed slope this is the same function bit for bit (one of the two
+    terms is an exact zero) and so is its gradient to ``x``; MXNet 1.9.1's CPU
+    PReLU, a generic broadcast kernel with a generic-reduce backward, cost
+    several times a convolution of the same tensor and dominated the teacher
+    tails' backward (docs/benchmarks.md, bench_train).  The rewrite is for
+    frozen slopes only: it would sum a trainable slope's gradient in another order."""
     graph = json.loads(sym.tojson())
-    for node in graph["nodes"]:
-        if node["op"] == "BatchNorm":
-            node.setdefault("attrs", {})["use_global_stats"] = "True"
-        elif node["op"] == "Dropout":
+    shapes = dict(param_shapes or {})
+    nodes, new_nodes, remap = graph["nodes"], [], {}
+    for i, node in enumerate(nodes):
+        node = dict(node, inputs=[[remap[e[0]]] + list(e[1:]) for e in node["inputs"]])
+        op, attrs = node["op"], node.get("attrs", {})
+        if op == "BatchNorm":
+            node["attrs"] = dict(attrs, use_global_stats="True")
+        elif op == "Dropout":
             node["op"] = "_copy"
             node["attrs"] = {}
+        elif op == "LeakyReLU" and attrs.get("act_type") == "prelu" and len(node["inputs"]) == 2:
+            gamma = new_nodes[node["inputs"][1][0]]
+            shape = tuple(shapes.get(gamma["name"]) or ()) if gamma["op"] == "null" else ()
+            if len(shape) == 1 and shape[0] > 1:
+                remap[i] = _prelu_as_depthwise(new_nodes, node, int(shape[0]))
+                continue
+        remap[i] = len(new_nodes)
+        new_nodes.append(node)
+    graph["nodes"] = new_nodes
+    graph["arg_nodes"] = [remap[i] for i in graph["arg_nodes"]]
+    graph["heads"] = [[remap[h[0]]] + list(h[1:]) for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
     return mx.sym.load_json(json.dumps(graph))
+
+
+def _prelu_as_depthwise(new_nodes, node, channels):
+    """Append relu(x) + conv1x1_depthwise(min(x, 0), reshape(gamma)) for the PReLU ``node``
+    (inputs already remapped) to ``new_nodes``; returns the index of the sum, which keeps
+    the PReLU's name."""
+    data, gamma = node["inputs"]
+    name = node["name"]
+
+    def add(op, suffix, inputs, **attrs):
+        new_nodes.append({"op": op, "name": name + suffix, "attrs": {k: str(v) for k, v in attrs.items()},
+                          "inputs": inputs})
+        return [len(new_nodes) - 1, 0, 0]
+
+    pos = add("Activation", "_pos", [data], act_type="relu")
+    neg = add("_minimum_scalar", "_neg", [data], scalar="0.0")
+    weight = add("Reshape", "_slope", [gamma], shape="(-1, 1, 1, 1)")
+    scaled = add("Convolution", "_negscaled", [neg, weight], kernel="(1, 1)", num_filter=channels,
+                 num_group=channels, no_bias="True")
+    return add("elemwise_add", "", [pos, scaled])[0]
 
 
 # ------------------------------------------------------------------ blocks
@@ -299,7 +346,9 @@ def frozen_tail(teacher, stage_index):
     Eq. (6).  ``stage_index=None`` freezes the whole teacher (input: images).
     Parameters are the teacher's own ``Parameter`` objects (shared by name),
     set to ``grad_req='null'``; BatchNorm uses the global statistics and Dropout is
-    off, so the result does not depend on the autograd training flag.
+    off, so the result does not depend on the autograd training flag.  Per-channel
+    PReLUs run as ``freeze_symbol``'s exact depthwise form (the slopes' shapes come
+    from the teacher's parameters).
     """
     if not isinstance(teacher, EmbeddingNet) or teacher.split is None:
         raise ValueError("frozen_tail: the teacher must be an EmbeddingNet built from a network name")
@@ -310,7 +359,9 @@ def frozen_tail(teacher, stage_index):
             raise ValueError(f"frozen_tail: stage_index must be 0..3 or None, got {stage_index!r}")
         sym = teacher.split.tails[stage_index]
         var = mx.sym.var(teacher.split.tail_inputs[stage_index], dtype="float32")
-    tail = gluon.SymbolBlock(freeze_symbol(sym), var, params=teacher.collect_params())
+    params = teacher.collect_params()
+    shapes = {name: p.shape for name, p in params.items() if p.shape}
+    tail = gluon.SymbolBlock(freeze_symbol(sym, shapes), var, params=params)
     for param in tail.collect_params().values():
         param.grad_req = "null"
     return tail

@@ -386,6 +386,7 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
         amp.init_trainer(trainer)
 
     _materialize(method, loader, ctx_list, teacher_cache)
+    _default_layout(params)  # before a resume's set_data and before the kvstore first reads the weights
     prefix = cfg.out
     is_chief = job.rank == 0
     ckpt = Checkpointer(prefix, cfg.keep_last) if prefix else None
@@ -400,6 +401,8 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
             state[k] = prev[k]
         log.info("resumed from %s-%04d at epoch %d batch %d (step %d)", prefix, prev["checkpoint"],
                  prev["epoch"], prev["batch"], prev["step"])
+    # after a resume's set_data/load_states, so that rank 0 broadcasts the restored weights
+    sync_initial_params(trainer, job)
     saved_at = [state["step"] if resume else -1]
 
     def save():
@@ -497,6 +500,57 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
     summary["num_workers"] = job.num_workers
     summary["params_sha1"] = params_digest(method.trainable_params())
     return summary
+
+
+def sync_initial_params(trainer, job):
+    """Start the Trainer's kvstore and finish its initial broadcast *before* the first step.
+
+    Gluon's Trainer does this lazily, inside the first ``allreduce_grads()``:
+    ``kvstore.broadcast(i, weight)`` (``init`` by rank 0, then a ``pull`` of rank 0's
+    value into every worker's weight) immediately followed by ``pushpull(i, grad)`` on
+    the same key.  MXNet's dist kvstore orders a worker's requests on one key only
+    through the engine variable of the buffer it uses, and those differ here: the pull
+    lands in the weight (rank 0) or in a fresh receive buffer (other ranks), the
+    pushpull in the gradient.  With the threaded engine the two requests race, and when
+    the pushpull reaches the server first (once every worker's gradient is in, the
+    server's value for the key *becomes* the summed gradient) the late pull copies
+    that sum into the weight.  Measured with the 2-worker launch test: in 1 of 8 runs
+    rank 0's ``conv2d_weight``/``batchnorm_gamma`` equalled the reduced gradient after
+    step 1 while rank 1 held the true initial weight, and the two then trained on
+    apart; NaiveEngine runs every op in order and hid it.  Running the broadcast here
+    and waiting for it (``waitall`` returns only once every pull's answer is written)
+    means no gradient round can overtake it.  ``_init_kvstore``/``_init_params`` are
+    what ``Trainer.allreduce_grads``/``load_states`` call themselves; MXNet 1.x has no
+    public way to trigger them without a step."""
+    import mxnet as mx
+
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    # a parameter still waiting for its shape would be broadcast inside the first step again
+    pending = [p.name for p in trainer._params_to_init]
+    if pending and job.distributed:
+        raise RuntimeError(f"parameters without a shape before the first step: {', '.join(pending[:5])} "
+                           "(the dist kvstore would race their initial broadcast against the gradients)")
+    mx.nd.waitall()
+
+
+def _default_layout(params):
+    """Give every trainable CPU parameter fresh arrays in MXNet's plain (row-major) layout.
+
+    ``_materialize`` runs in predict mode, and MKLDNN's inference convolution then
+    re-lays its weight array out in place in its own blocked format (to skip the reorder
+    on later calls; a training-mode forward switches it back).  The dist kvstore reads
+    weights through ``NDArray::data()``, which refuses MKLDNN-laid-out arrays ("We can't
+    generate TBlob for MKLDNN data") on an engine thread: rank 0's initial push of the
+    first conv weight then never reaches the server, and a worker's pull of it aborts the
+    server ("init 2 first").  ``Parameter.reset_ctx`` copies each array into a newly
+    allocated plain one (the copy reorders; the values are unchanged bit for bit)."""
+    for p in params.values():
+        ctxs = p.list_ctx()
+        if ctxs and all(c.device_type == "cpu" for c in ctxs):
+            p.reset_ctx(ctxs)
 
 
 def _materialize(method, loader, ctx_list, teacher_cache):

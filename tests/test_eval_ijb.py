@@ -62,6 +62,115 @@ def test_pair_scores_and_tar_against_direct_numpy():
         ijb.pair_scores(tf, u, np.array([999999]), np.array([u[0]]), progress=False)
 
 
+def test_segment_sums_chunked_equal_sequential_row_sums():
+    rs = np.random.RandomState(3)
+    x = rs.randn(300, 5).astype(np.float32) * np.float32(1e3)
+    rows = rs.permutation(300)
+    counts = rs.randint(1, 9, 60)
+    counts = counts[np.cumsum(counts) <= 300]
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    sums, perm = ijb._segment_sums(x, rows, starts, counts, chunk=4)
+    for k, seg in enumerate(perm):
+        r = rows[starts[seg]:starts[seg] + counts[seg]]
+        acc = x[r[0]].copy()
+        for i in r[1:]:
+            acc += x[i]
+        np.testing.assert_array_equal(sums[k], acc)
+    assert list(counts[perm]) == sorted(counts, reverse=True)
+
+
+def _sk_roc(labels, scores):
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return fpr, tpr
+
+
+def test_fast_roc_equals_sklearn_with_ties_and_duplicates():
+    """_roc_curve rebuilds sklearn's curve (drop_intermediate included) from sorted negatives:
+    every element equal on random scores with ties, duplicates, +-0.0, float32 and label types;
+    TARs and AUC equal to the InsightFace loop that calls sklearn."""
+    ref = _ref()
+    rs = np.random.RandomState(4)
+    checked = 0
+    for trial in range(1500):
+        n = rs.randint(2, 200)
+        kind = trial % 6
+        if kind == 0:
+            s = rs.randn(n)
+        elif kind == 1:
+            s = rs.randint(0, 5, n) * 0.5 - 1.0          # heavy ties across both classes
+        elif kind == 2:
+            s = np.round(rs.randn(n), 1)
+        elif kind == 3:
+            s = rs.choice([-0.0, 0.0, 1.0, -1.0, 5e-324, -5e-324], n)
+        elif kind == 4:
+            s = (rs.randint(0, 20, n) / 7).astype(np.float32)
+        else:
+            s = np.repeat(rs.randn(n // 2 + 1), 2)[:n]  # every score duplicated
+        lab = (rs.rand(n) < rs.rand()).astype([np.int64, bool, np.float64][trial % 3])
+        if lab.all() or not lab.any():
+            continue
+        fpr, tpr = ijb._roc_curve(lab, s)
+        sk_fpr, sk_tpr = _sk_roc(lab, s)
+        np.testing.assert_array_equal(fpr, sk_fpr)
+        np.testing.assert_array_equal(tpr, sk_tpr)
+        tars, area, _ = ijb.tar_at_far(lab, s, fars=(0.01, 0.1, 0.3, 0.5))
+        ref_tars, ref_auc = ref.loop_tar_at_far(lab, s, x_labels=(0.01, 0.1, 0.3, 0.5))
+        assert tars == ref_tars and area == ref_auc
+        checked += 1
+    assert checked > 1400
+    # large: long runs of single negatives between positives, and a few tied negatives
+    s = rs.randn(300_000)
+    s[rs.choice(300_000, 3000)] = s[rs.choice(300_000, 3000)]
+    lab = rs.rand(300_000) < 0.003
+    fpr, tpr = ijb._roc_curve(lab, s)
+    sk_fpr, sk_tpr = _sk_roc(lab, s)
+    np.testing.assert_array_equal(fpr, sk_fpr)
+    np.testing.assert_array_equal(tpr, sk_tpr)
+    assert len(fpr) < 3 * lab.sum() + 3 * 3000  # the dropped points were dropped
+
+
+def test_fast_roc_hand_worked():
+    # scores desc 0.9 (pos), 0.8 (pos + neg), 0.3, 0.1 (neg): steps (0,1) (1,1) (1,0) (1,0);
+    # the point at 0.3 lies between two equal steps and is dropped
+    fpr, tpr = ijb._roc_curve(np.array([1, 0, 1, 0, 0]), np.array([0.9, 0.8, 0.8, 0.3, 0.1]))
+    np.testing.assert_array_equal(fpr, [0, 0, 1 / 3, 1])
+    np.testing.assert_array_equal(tpr, [0, 0.5, 1, 1])
+    tars, area, _ = ijb.tar_at_far([1, 0, 1, 0, 0], np.array([0.9, 0.8, 0.8, 0.3, 0.1]), fars=(0.1, 0.5))
+    # FAR 0.1: |fpr - 0.1| is 0.1 at fpr[0] and fpr[1]: the last one -> TPR 0.5;
+    # FAR 0.5: nearest fpr 1/3 -> TPR 1
+    assert tars == {"0.1": 0.5, "0.5": 1.0}
+    # AUC = P(pos > neg) + P(tie) / 2 = (3 + 2.5) / 6
+    assert area == pytest.approx(5.5 / 6, abs=1e-15)
+    # a tie among the negatives is a corner: (1,0) (2,0) (1,0) steps keep every point
+    fpr, _ = ijb._roc_curve(np.array([0, 0, 0, 0, 1]), np.array([0.9, 0.8, 0.8, 0.7, 0.1]))
+    np.testing.assert_array_equal(fpr, [0, 0.25, 0.75, 1, 1])
+    fpr, _ = ijb._roc_curve(np.array([0, 0, 0, 0, 1]), np.array([0.9, 0.8, 0.75, 0.7, 0.1]))
+    np.testing.assert_array_equal(fpr, [0, 0.25, 1, 1])
+    fpr, tpr = ijb._roc_curve(np.array([1, 0, 1, 0]), np.full(4, 0.5))
+    np.testing.assert_array_equal(fpr, [0, 1])
+    np.testing.assert_array_equal(tpr, [0, 1])
+
+
+def test_fast_roc_leaves_odd_inputs_to_sklearn():
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    lab = np.array([-1, 1, 1, -1, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.4])
+    for a, b in zip(ijb._roc_curve(lab, s), _sk_roc(lab, s)):
+        np.testing.assert_array_equal(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr = ijb._roc_curve(np.ones(3, int), np.array([0.2, 0.1, 0.3]))
+    # no negatives: sklearn warns, FPR NaN; equal steps (0, 1) leave the first and last points
+    assert np.isnan(fpr).all() and list(tpr) == [0, 1 / 3, 1]
+    with pytest.raises(ValueError):
+        ijb._roc_curve(np.array([0, 1, 0]), np.array([0.1, np.nan, 0.3]))
+
+
 def test_identification_1n_against_brute_force():
     rs = np.random.RandomState(2)
     n_sub = 20

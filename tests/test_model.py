@@ -229,6 +229,39 @@ def test_freeze_symbol_rewrites_bn_and_dropout():
     assert sym.list_arguments() == symbols.get_symbol("r18", EMB, **TINY["r18"]).list_arguments()
 
 
+@pytest.mark.parametrize("network", ["r18", "mfn"])
+def test_freeze_symbol_prelu_rewrite_is_exact(nets, network):
+    """With the slopes' shapes, freeze_symbol computes every PReLU as relu + depthwise conv
+    (no LeakyReLU left, same arguments); the output stays bit-equal to the PReLU graph and
+    the gradient to the input equal to float32 rounding (a speed fix for the teacher tails)."""
+    teacher = nets[network]
+    shapes = {n: p.shape for n, p in teacher.collect_params().items()}
+    out = teacher(images(2, seed=7))
+    r = mx.nd.array(np.random.RandomState(7).normal(size=(2, EMB)))
+    for i in (0, 2, None):
+        sym = teacher.split.full if i is None else teacher.split.tails[i]
+        name = "data" if i is None else teacher.split.tail_inputs[i]
+        fast, plain = freeze_symbol(sym, shapes), freeze_symbol(sym)
+        ops = [n["op"] for n in json.loads(fast.tojson())["nodes"]]
+        assert "LeakyReLU" not in ops and "LeakyReLU" in [n["op"] for n in json.loads(plain.tojson())["nodes"]]
+        assert fast.list_arguments() == plain.list_arguments() == sym.list_arguments()
+        x = images(2, seed=7) if i is None else out[i + 1]
+        res = []
+        for s in (fast, plain):
+            blk = gluon.SymbolBlock(s, mx.sym.var(name, dtype="float32"), params=teacher.collect_params())
+            blk.hybridize(static_alloc=True, static_shape=True)
+            feat = x.copy()
+            feat.attach_grad()
+            with autograd.record():
+                loss = (blk(feat) * r).sum()
+            loss.backward()
+            res.append((loss.asscalar(), feat.grad.asnumpy()))
+        assert res[0][0] == res[1][0], (network, i)
+        # the gradient kernels downstream may see another memory layout: float32 rounding only
+        assert_close(res[0][1], res[1][1], rel=1e-6)
+        assert np.abs(res[0][1]).max() > 0
+
+
 # --------------------------------------------------------------- checkpoints
 def random_params(sym, seed=0):
     rng = np.random.RandomState(seed)

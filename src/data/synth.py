@@ -44,6 +44,7 @@ log = get_logger(__name__)
 # Namespaces of identity draws: each benchmark gets its own individuals, so the
 # evaluation identities are disjoint from the training identities (open set).
 NS_TRAIN, NS_LFW, NS_CFP, NS_AGEDB, NS_IJB, NS_MF_PROBE, NS_MF_DISTRACTOR = 1, 2, 3, 4, 5, 6, 7
+
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = float(1 << _SHIFT)
 _SUPERSAMPLE = 2
