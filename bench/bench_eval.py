@@ -235,7 +235,9 @@ def write_docs(results, path):
     text = open(path).read() if os.path.isfile(path) else "# Benchmarks\n"
     start = text.find("## Evaluation")
     if start >= 0:
-        nxt = text.find("\n## ", start + 5)
+        # the section ends at the next heading or at another bench's <!-- marker -->
+        ends = [i for i in (text.find("\n## ", start + 5), text.find("\n<!-- ", start + 5)) if i >= 0]
+        nxt = min(ends) if ends else -1
         text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -64,6 +64,96 @@ def timed_run(cfg):
     return BATCH / float(np.median(np.diff(cpu[3:]))), BATCH / float(np.median(np.diff(wall[3:])))
 
 
+def breakdown(data, teacher, reps=5):
+    """CPU ms of the parts of one ShrinkTeaNet step (mfnr_stn, the bench's networks and batch):
+    the student, the teacher's full forward, each frozen tail forward and forward+backward
+    (gradient to its input only), as the method runs them; and, side by side, the tails and the
+    teacher forward in their earlier form (PReLU graph, tails recorded under predict_mode)."""
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    from shrinkteanet import config
+    from shrinkteanet.distill import build_method, build_networks
+    from shrinkteanet.model import freeze_symbol
+
+    cfg = config.config_by_name("mfnr_stn", common(data) + [f"teacher={teacher}", f"image_size={SIZE}"])
+    student, t, fc7 = build_networks(cfg)
+    method = build_method(cfg, student, t, num_classes=IDS, teacher_fc7=fc7)
+    method.hybridize(static_alloc=True, static_shape=True)
+    trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 1e-4, "momentum": 0.9})
+    rng = np.random.RandomState(0)
+    x = mx.nd.array(rng.uniform(0, 255, size=(BATCH, 3, SIZE, SIZE)))
+    label = mx.nd.array(rng.randint(0, IDS, size=BATCH))
+    with autograd.pause(train_mode=False):
+        temb = method._frozen.full(x).copy()
+        feats = {k: method.adapters[k](student(x)[k]).copy() for k in method._frozen.tails}
+
+    def cpu_ms(fn):
+        for _ in range(2):
+            fn()
+            mx.nd.waitall()
+        times = []
+        for _ in range(reps):
+            c = time.process_time()
+            fn()
+            mx.nd.waitall()
+            times.append(time.process_time() - c)
+        return 1000 * float(np.median(times))
+
+    def step(cached):
+        with autograd.record():
+            parts = method(x, label, temb) if cached else method(x, label)
+            total = mx.nd.add_n(*[v.sum() for v in parts.values()])
+        total.backward()
+        trainer.step(BATCH)
+
+    def fwd(blk, inp):
+        def run():
+            with autograd.pause(train_mode=False):
+                blk(inp)
+        return run
+
+    def fwd_bwd(blk, inp, predict=False):
+        inp = inp.copy()
+        inp.attach_grad()
+
+        def run():
+            with autograd.record(train_mode=not predict):
+                y = blk(inp)
+            y.backward()
+        return run
+
+    def student_fb():
+        with autograd.record():
+            out = student(x)
+            total = mx.nd.add_n(*[o.sum() for o in out])
+        total.backward()
+
+    rows = [("step, live teacher", cpu_ms(lambda: step(False)), ""),
+            ("step, teacher cache", cpu_ms(lambda: step(True)), ""),
+            ("student forward (recorded)", cpu_ms(lambda: _recorded(student, x)), ""),
+            ("student forward + backward (all its weights)", cpu_ms(student_fb), ""),
+            ("teacher full forward (inference)", cpu_ms(fwd(method._frozen.full, x)),
+             f"{cpu_ms(fwd(t, x)):.1f}")]
+    params = t.collect_params()
+    for k in sorted(method._frozen.tails):
+        tail = method._frozen.tails[k]
+        old = gluon.SymbolBlock(freeze_symbol(t.split.tails[k - 1]),
+                                mx.sym.var(t.split.tail_inputs[k - 1], dtype="float32"), params=params)
+        old.hybridize(static_alloc=True, static_shape=True)
+        rows.append((f"tail {k} forward", cpu_ms(fwd(tail, feats[k])), f"{cpu_ms(fwd(old, feats[k])):.1f}"))
+        rows.append((f"tail {k} forward + backward to its input", cpu_ms(fwd_bwd(tail, feats[k])),
+                     f"{cpu_ms(fwd_bwd(old, feats[k], predict=True)):.1f}"))
+    return rows
+
+
+def _recorded(block, x):
+    from mxnet import autograd
+
+    with autograd.record():
+        block(x)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=24)
@@ -101,6 +191,7 @@ def main():
             by_cpu, by_wall = timed_run(cfg)
             results[name].append(by_cpu)
             walls[name].append(by_wall)
+    parts = breakdown(data, teacher)
     load1 = os.getloadavg()[0]
     best = {k: max(v) for k, v in results.items()}
     live, cached = best[rows[2][0]], best[rows[3][0]]
@@ -121,14 +212,32 @@ def main():
     for name, _, _ in rows:
         lines.append(f"| {name} | {best[name]:.1f} | {best[name] / base:.2f}x | "
                      f"{', '.join(f'{v:.1f}' for v in results[name])} | {max(walls[name]):.1f} |")
+    ms = {name: v for name, v, _ in parts}
+    tails = [k for k in (1, 2, 3) if f"tail {k} forward" in ms]
+    tails_fb = sum(ms[f"tail {k} forward + backward to its input"] for k in tails)
+    rest = ms["step, teacher cache"] - ms["student forward + backward (all its weights)"] - tails_fb
     lines += ["", f"Teacher cache vs live teacher: **{cached / live:.2f}x** (target >= 1.2x).  Building the cache "
               f"({IDS * PER} images + mirrors) took {cache_s:.1f} s.",
               "With the cache the teacher's full forward pass is skipped; the frozen tails of stages 1-3 still run "
               "forward and backward (to reach the adapters), so the gain is the share of one teacher forward pass "
-              f"in a step.  Here that share is small: the L2 row (student + one teacher forward) costs "
-              f"{1 / best[rows[1][0]] - 1 / base:.4f} CPU-s per image more than self-studied, out of "
-              f"{1 / live:.4f} CPU-s per image for the ShrinkTeaNet step, whose teacher tails cost "
-              f"{1 / live - 1 / best[rows[1][0]]:.4f}.",
+              "in a step.",
+              "", "### Where a ShrinkTeaNet step goes (same networks and batch, CPU ms, median of 5)", "",
+              "The method as it runs now, and in the last column the earlier form of the same part: tails built "
+              "from the PReLU graph and recorded under `autograd.predict_mode()`, teacher forward through the "
+              "teacher block itself.  Same numbers either way (tests/test_model.py, tests/test_distill.py).", "",
+              "| part | CPU ms now | earlier form |", "| --- | ---: | ---: |"]
+    for name, value, before in parts:
+        lines.append(f"| {name} | {value:.1f} | {before} |")
+    lines += [f"| rest of the cached step (adapters, heads, losses, SGD update) | {rest:.1f} | |", "",
+              f"Tails 1-3: {sum(ms[f'tail {k} forward'] for k in tails):.1f} ms forward, {tails_fb:.1f} ms forward + "
+              f"backward = {tails_fb / ms['teacher full forward (inference)']:.2f}x one teacher forward.  "
+              "Two causes made them several times their size: (1) under `predict_mode` MXNet 1.9.1's MKLDNN "
+              "BatchNorm backward (the gradient through a frozen BN) ran ~100x slower than when recorded in "
+              "training mode, which the frozen graph (global statistics, no Dropout) does not need; (2) the CPU "
+              "PReLU (`LeakyReLU act_type='prelu'`, a generic broadcast kernel with a generic-reduce backward) cost "
+              "several times a convolution; `model.freeze_symbol` now computes it as relu + a 1x1 depthwise "
+              "convolution of min(x, 0), bit-equal forward.  The student's own PReLUs (trainable slopes) still "
+              "take the slow kernel: they are most of the student's forward + backward.",
               "", "GPU timings (mixed precision, 4-GPU data parallel) are not recorded: no GPU was available to "
               "this work.", END]
     text = "\n".join(lines)

@@ -385,7 +385,7 @@ def prelu_as_mkldnn_ops(sym, arg_params):
             a = arg[gname].asnumpy().astype(np.float32).reshape(-1)
             c = int(a.size)
             name = node["name"]
-            wa, wb = fresh(name + "_neg_weight"), fresh(name + "_pos_weight")
+            wa, wb = fresh(name + "_lin_weight"), fresh(name + "_pos_weight")
             arg[wa] = mx.nd.array(a.reshape(c, 1, 1, 1))
             arg[wb] = mx.nd.array((1.0 - a).reshape(c, 1, 1, 1))
             dw = {"kernel": "(1, 1)", "num_filter": str(c), "num_group": str(c), "no_bias": "True"}

@@ -159,7 +159,8 @@ def freeze_symbol(sym, param_shapes=None):
     known is computed as ``relu(x) + g * min(x, 0)``, the product by a 1x1
     depthwise convolution whose weight is the slope reshaped to (C, 1, 1, 1).
     For a fixed slope this is the same function bit for bit (one of the two
-    terms is an exact zero) and so is its gradient to ``x``; MXNet 1.9.1's CPU
+    terms is an exact zero) with the same gradient to ``x`` (up to float32
+    rounding where a later kernel sees another memory layout); MXNet 1.9.1's CPU
     PReLU, a generic broadcast kernel with a generic-reduce backward, cost
     several times a convolution of the same tensor and dominated the teacher
     tails' backward (docs/benchmarks.md, bench_train).  The rewrite is for
