@@ -236,8 +236,15 @@ def main():
               "training mode, which the frozen graph (global statistics, no Dropout) does not need; (2) the CPU "
               "PReLU (`LeakyReLU act_type='prelu'`, a generic broadcast kernel with a generic-reduce backward) cost "
               "several times a convolution; `model.freeze_symbol` now computes it as relu + a 1x1 depthwise "
-              "convolution of min(x, 0), bit-equal forward.  The student's own PReLUs (trainable slopes) still "
-              "take the slow kernel: they are most of the student's forward + backward.",
+              "convolution of min(x, 0), bit-equal forward (the teacher's full forward runs through the same "
+              "frozen graph, so it got faster too).",
+              f"The cache can save at most the teacher forward: {ms['teacher full forward (inference)']:.1f} of "
+              f"{ms['step, live teacher']:.1f} ms, i.e. {ms['step, live teacher'] / (ms['step, live teacher'] - "
+              f"ms['teacher full forward (inference)']):.2f}x.  What dominates the step now is the student's "
+              f"forward + backward ({ms['student forward + backward (all its weights)']:.1f} ms, "
+              f"{100 * ms['student forward + backward (all its weights)'] / ms['step, teacher cache']:.0f}% of the "
+              "cached step), most of it MXNet's slow CPU PReLU on the student's trainable slopes (left as is: a "
+              "depthwise form would sum the slopes' gradients in another order, i.e. change training numbers).",
               "", "GPU timings (mixed precision, 4-GPU data parallel) are not recorded: no GPU was available to "
               "this work.", END]
     text = "\n".join(lines)
