@@ -137,14 +137,12 @@ class MarginDistillationHead(MarginHead):
         return self._with_margin(F, self.cosines(F, emb, weight), label, m)
 
 
-class AngularDistillationLoss(HybridBlock):
-    """Angular Distillation Loss, Eq. 4 of ShrinkTeaNet: ``(1 - cos(s, t))**2`` per sample.
+class _PairLoss(HybridBlock):
+    """Per-sample loss between a student output and its teacher target.
 
-    ``loss(student_emb, teacher_emb) -> (batch,)``.  Both inputs are flattened per
-    sample, so the loss applies to embeddings and feature maps alike; the transforms
-    G are the identity (Sec. 3.1: only the direction of the teacher feature is
-    distilled, the magnitude is free).  ``detach_teacher`` (default) blocks the
-    gradient into the teacher side: the teacher is the target, never updated.
+    The teacher side is detached by default (it is the target, never updated) and
+    both sides are cast to ``compute_dtype`` so that fp16 networks still get float32
+    loss arithmetic.  Subclasses define ``pair(F, student, teacher) -> (batch,)``.
     """
 
     def __init__(self, detach_teacher=True, compute_dtype="float32", prefix=None, params=None):
@@ -155,65 +153,61 @@ class AngularDistillationLoss(HybridBlock):
     def hybrid_forward(self, F, student, teacher):
         if self.detach_teacher:
             teacher = F.stop_gradient(teacher)
-        s = _normalize_rows(F, F.cast(student, self.compute_dtype))
-        t = _normalize_rows(F, F.cast(teacher, self.compute_dtype))
+        return self.pair(F, F.cast(student, self.compute_dtype), F.cast(teacher, self.compute_dtype))
+
+    def pair(self, F, student, teacher):
+        raise NotImplementedError
+
+
+class AngularDistillationLoss(_PairLoss):
+    """Angular Distillation Loss, Eq. 4 of ShrinkTeaNet: ``(1 - cos(s, t))**2`` per sample.
+
+    ``loss(student_emb, teacher_emb) -> (batch,)``.  Both inputs are flattened per
+    sample, so the loss applies to embeddings and feature maps alike; the transforms
+    G are the identity (Sec. 3.1: only the direction of the teacher feature is
+    distilled, the magnitude is free).  ``detach_teacher`` (default) blocks the
+    gradient into the teacher side: the teacher is the target, never updated.
+    """
+
+    def pair(self, F, student, teacher):
+        s = _normalize_rows(F, student)
+        t = _normalize_rows(F, teacher)
         return F.square(1.0 - F.sum(s * t, axis=1))
 
 
-class L2EmbeddingLoss(HybridBlock):
+class L2EmbeddingLoss(_PairLoss):
     """Squared Euclidean distance ``||s - t||^2`` per sample (ShrinkTeaNet's "Student-1"
     baseline, Sec. 4.3, weighted 0.001 in the paper because the value is large)."""
 
-    def __init__(self, detach_teacher=True, compute_dtype="float32", prefix=None, params=None):
-        super().__init__(prefix=prefix, params=params)
-        self.detach_teacher = detach_teacher
-        self.compute_dtype = compute_dtype
-
-    def hybrid_forward(self, F, student, teacher):
-        if self.detach_teacher:
-            teacher = F.stop_gradient(teacher)
-        diff = F.reshape(F.cast(student, self.compute_dtype) - F.cast(teacher, self.compute_dtype),
-                         shape=(0, -1))
-        return F.sum(F.square(diff), axis=1)
+    def pair(self, F, student, teacher):
+        return F.sum(F.square(F.reshape(student - teacher, shape=(0, -1))), axis=1)
 
 
-class HintLoss(HybridBlock):
+class HintLoss(_PairLoss):
     """FitNets hint loss (Romero et al. 2015): mean squared difference per sample
     between the (adapted) student feature map and the teacher's.  The mean over
     elements, rather than FitNets' half sum, keeps stages of different size on one
     scale."""
 
-    def __init__(self, detach_teacher=True, compute_dtype="float32", prefix=None, params=None):
-        super().__init__(prefix=prefix, params=params)
-        self.detach_teacher = detach_teacher
-        self.compute_dtype = compute_dtype
-
-    def hybrid_forward(self, F, student, teacher):
-        if self.detach_teacher:
-            teacher = F.stop_gradient(teacher)
-        diff = F.reshape(F.cast(student, self.compute_dtype) - F.cast(teacher, self.compute_dtype),
-                         shape=(0, -1))
-        return F.mean(F.square(diff), axis=1)
+    def pair(self, F, student, teacher):
+        return F.mean(F.square(F.reshape(student - teacher, shape=(0, -1))), axis=1)
 
 
-class KDLoss(HybridBlock):
+class KDLoss(_PairLoss):
     """Hinton et al. 2015 knowledge distillation on logits, per sample:
     ``T^2 * KL(softmax(t/T) || softmax(s/T))``.  The ``T^2`` factor keeps the gradient
     scale independent of T (Hinton et al., Sec. 2)."""
 
     def __init__(self, temperature=4.0, detach_teacher=True, compute_dtype="float32", prefix=None,
                  params=None):
-        super().__init__(prefix=prefix, params=params)
+        super().__init__(detach_teacher=detach_teacher, compute_dtype=compute_dtype, prefix=prefix,
+                         params=params)
         self.temperature = float(temperature)
-        self.detach_teacher = detach_teacher
-        self.compute_dtype = compute_dtype
 
-    def hybrid_forward(self, F, student_logits, teacher_logits):
-        if self.detach_teacher:
-            teacher_logits = F.stop_gradient(teacher_logits)
+    def pair(self, F, student_logits, teacher_logits):
         inv_t = 1.0 / self.temperature
-        log_p_s = F.log_softmax(F.cast(student_logits, self.compute_dtype) * inv_t, axis=1)
-        log_p_t = F.log_softmax(F.cast(teacher_logits, self.compute_dtype) * inv_t, axis=1)
+        log_p_s = F.log_softmax(student_logits * inv_t, axis=1)
+        log_p_t = F.log_softmax(teacher_logits * inv_t, axis=1)
         kl = F.sum(F.exp(log_p_t) * (log_p_t - log_p_s), axis=1)
         return kl * (self.temperature ** 2)
 
