@@ -131,12 +131,16 @@ train-mv2-stn: install  ## MobileNetV2 with ShrinkTeaNet
 	$(call RECIPE,mv2_stn,mv2)
 train-mfn-margin: install  ## MarginDistillation, MobileFaceNet student
 	$(call RECIPE,mfn_margin,mfn)
-train-lowres-kt: install  ## low-resolution student (MobileFaceNet, LOWRES=56), knowledge transfer
+train-lowres-kt: install  ## low-resolution student (teacher's architecture at LOWRES=56; STUDENT=mfn..), knowledge transfer
 	$(call RECIPE,lowres_kt,lowres)
 train-lowres-kd: install  ## low-resolution student, knowledge distillation
 	$(call RECIPE,lowres_kd,lowres)
 train-lowres-ktkd: install  ## low-resolution student, KT + KD
 	$(call RECIPE,lowres_ktkd,lowres)
+
+BENCHES ?= loader synth distill train eval deploy mtcnn
+bench: install test-assets  ## run every benchmark (BENCHES="loader eval ..." for some) -> docs/benchmarks.md
+	@for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(PY) bench/bench_$$b.py || exit $$?; done
 
 clean:  ## remove build outputs and the demo work folder (keeps .venv)
 	rm -rf build dist *.egg-info src/*.egg-info $(OUT)
