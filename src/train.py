@@ -514,10 +514,11 @@ def sync_initial_params(trainer, job):
     pushpull in the gradient.  With the threaded engine the two requests race, and when
     the pushpull reaches the server first (once every worker's gradient is in, the
     server's value for the key *becomes* the summed gradient) the late pull copies
-    that sum into the weight.  Measured with the 2-worker launch test: in 1 of 8 runs
-    rank 0's ``conv2d_weight``/``batchnorm_gamma`` equalled the reduced gradient after
-    step 1 while rank 1 held the true initial weight, and the two then trained on
-    apart; NaiveEngine runs every op in order and hid it.  Running the broadcast here
+    that sum into the weight.  Measured with the 2-worker launch test (instrumented, 2
+    of 18 runs): after step 1 rank 0's ``res_5_block0_conv_sep_conv2d_weight`` and
+    ``..._batchnorm_gamma`` equalled the reduced gradient bit for bit while rank 1 held
+    the true initial weight, the reduced gradients themselves being equal on both; the
+    workers then trained on apart.  NaiveEngine runs every op in order and hid it.  Running the broadcast here
     and waiting for it (``waitall`` returns only once every pull's answer is written)
     means no gradient round can overtake it.  ``_init_kvstore``/``_init_params`` are
     what ``Trainer.allreduce_grads``/``load_states`` call themselves; MXNet 1.x has no
@@ -545,7 +546,7 @@ def _default_layout(params):
     weights through ``NDArray::data()``, which refuses MKLDNN-laid-out arrays ("We can't
     generate TBlob for MKLDNN data") on an engine thread: rank 0's initial push of the
     first conv weight then never reaches the server, and a worker's pull of it aborts the
-    server ("init 2 first").  ``Parameter.reset_ctx`` copies each array into a newly
+    server ("init 2 first"; gone with ``MXNET_MKLDNN_ENABLED=0``).  ``Parameter.reset_ctx`` copies each array into a newly
     allocated plain one (the copy reorders; the values are unchanged bit for bit)."""
     for p in params.values():
         ctxs = p.list_ctx()
