@@ -150,9 +150,10 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
     engines["onnxruntime"] = (lambda: sess.run(None, {"data": x1}), lambda: sess.run(None, {"data": x64}))
     # Interleaved rounds: every engine once per round, so that the load of a shared
     # machine hits all of them alike; per engine the median over rounds.
-    for f1, f64 in engines.values():
-        time_call(f1, 5, 0)
-        time_call(f64, 1, 0)
+    for f1, f64 in engines.values():  # warm-up: first forwards allocate and pick MKLDNN primitives
+        for _ in range(5):
+            f1()
+        f64()
     lat = {k: [] for k in engines}
     thr = {k: [] for k in engines}
     for _ in range(rounds):
@@ -177,7 +178,8 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
 def write_section(text):
     path = os.path.normpath(DOC)
     old = open(path, encoding="utf-8").read() if os.path.isfile(path) else "# Benchmarks\n"
-    pat = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |\Z)", re.S | re.M)
+    # the section ends at the next heading or at another section's <!-- marker --> line
+    pat = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
     new = pat.sub(lambda m: text, old) if pat.search(old) else old.rstrip("\n") + "\n\n" + text
     from shrinkteanet.utils import atomic_open
 

@@ -215,7 +215,9 @@ def main():
     ms = {name: v for name, v, _ in parts}
     tails = [k for k in (1, 2, 3) if f"tail {k} forward" in ms]
     tails_fb = sum(ms[f"tail {k} forward + backward to its input"] for k in tails)
-    rest = ms["step, teacher cache"] - ms["student forward + backward (all its weights)"] - tails_fb
+    s_fb, t_fwd = ms["student forward + backward (all its weights)"], ms["teacher full forward (inference)"]
+    step_live = ms["step, live teacher"]
+    rest = ms["step, teacher cache"] - s_fb - tails_fb
     lines += ["", f"Teacher cache vs live teacher: **{cached / live:.2f}x** (target >= 1.2x).  Building the cache "
               f"({IDS * PER} images + mirrors) took {cache_s:.1f} s.",
               "With the cache the teacher's full forward pass is skipped; the frozen tails of stages 1-3 still run "
@@ -238,11 +240,9 @@ def main():
               "several times a convolution; `model.freeze_symbol` now computes it as relu + a 1x1 depthwise "
               "convolution of min(x, 0), bit-equal forward (the teacher's full forward runs through the same "
               "frozen graph, so it got faster too).",
-              f"The cache can save at most the teacher forward: {ms['teacher full forward (inference)']:.1f} of "
-              f"{ms['step, live teacher']:.1f} ms, i.e. {ms['step, live teacher'] / (ms['step, live teacher'] - "
-              f"ms['teacher full forward (inference)']):.2f}x.  What dominates the step now is the student's "
-              f"forward + backward ({ms['student forward + backward (all its weights)']:.1f} ms, "
-              f"{100 * ms['student forward + backward (all its weights)'] / ms['step, teacher cache']:.0f}% of the "
+              f"The cache can save at most the teacher forward: {t_fwd:.1f} of {step_live:.1f} ms, i.e. "
+              f"{step_live / (step_live - t_fwd):.2f}x.  What dominates the step now is the student's "
+              f"forward + backward ({s_fb:.1f} ms, {100 * s_fb / ms['step, teacher cache']:.0f}% of the "
               "cached step), most of it MXNet's slow CPU PReLU on the student's trainable slopes (left as is: a "
               "depthwise form would sum the slopes' gradients in another order, i.e. change training numbers).",
               "", "GPU timings (mixed precision, 4-GPU data parallel) are not recorded: no GPU was available to "
