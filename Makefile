@@ -34,8 +34,9 @@ install: $(STAMP)  ## make .venv (Python 3.11) and install .[cpu,test] with -c c
 info: install  ## print package, mxnet features, versions and visible devices
 	$(CLI) info
 
-test: install test-assets  ## run the whole pytest suite (creates .venv first if needed)
-	$(BIN)/pytest -q tests
+TESTS ?= tests
+test: install test-assets  ## run the pytest suite, one process per file (creates .venv first if needed)
+	$(PY) tests/run_isolated.py $(TESTS)
 
 # Real photographs for the MTCNN tests: tests/test_images of the face_recognition 1.3.0
 # source archive on PyPI (checksum-pinned), unpacked into $(TEST_ASSETS)/face_recognition/.
