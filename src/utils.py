@@ -73,3 +73,17 @@ def get_contexts(gpus=None):
 
     ids = parse_gpus(gpus) if not isinstance(gpus, (list, tuple)) else list(gpus)
     return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
+
+
+def process_pool(workers, initializer=None):
+    """A ``multiprocessing.Pool`` whose workers start from a clean process.
+
+    ``fork`` copies the parent's thread pools (OpenCV's, OpenMP's) in whatever
+    state they are in; a child that then touches them can wait forever on a lock
+    held by a thread that does not exist in the child.  ``forkserver`` forks
+    from a fresh single-threaded server instead, so pools created after
+    OpenCV/MXNet work (as in the test suite, or after training) do not hang.
+    """
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver").Pool(workers, initializer=initializer)

@@ -17,7 +17,6 @@ per-process read-only memory map (reopened after ``fork``).  The tests check
 every byte against ``mx.recordio``.
 """
 import collections
-import multiprocessing
 import numbers
 import os
 import struct
@@ -405,7 +404,7 @@ def write_rec_set(
     """
     from tqdm import tqdm
 
-    from shrinkteanet.utils import atomic_write_bytes
+    from shrinkteanet.utils import atomic_write_bytes, process_pool
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -414,7 +413,7 @@ def write_rec_set(
     tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
     writer = RecordWriter(rec + tag, idx + tag)
     workers = max(1, (os.cpu_count() or 1) if workers is None else int(workers))
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = process_pool(workers) if workers > 1 else None
     ids = []  # (label, first key, last key + 1)
     key = 1
     last_label = None

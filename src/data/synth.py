@@ -37,6 +37,7 @@ import numpy as np
 from shrinkteanet.constants import ARCFACE_TEMPLATE, IMAGE_SIZE, MEGAFACE_SIZES
 from shrinkteanet.data.align import estimate_similarity, template
 from shrinkteanet.errors import InputError
+from shrinkteanet.utils import process_pool
 from shrinkteanet.logutil import get_logger
 
 log = get_logger(__name__)
@@ -696,9 +697,7 @@ class _Renderer:
 
     def __enter__(self):
         if self.workers > 1:
-            import multiprocessing
-
-            self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_worker_init)
+            self.pool = process_pool(self.workers, initializer=_worker_init)
         return self
 
     def __exit__(self, *exc):
