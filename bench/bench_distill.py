@@ -17,7 +17,6 @@ Run: ``.venv/bin/python bench/bench_distill.py`` (updates its section of docs/be
 """
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -33,30 +32,7 @@ import numpy as np  # noqa: E402
 from shrinkteanet import distill  # noqa: E402
 from shrinkteanet.config import generate_config  # noqa: E402
 from shrinkteanet.model import EmbeddingNet, save_checkpoint  # noqa: E402
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-START, END = "<!-- bench_distill:start -->", "<!-- bench_distill:end -->"
-
-
-def loadavg():
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def write_doc(text):
-    old = open(DOC).read() if os.path.isfile(DOC) else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + r".*?" + re.escape(END) + r"\n?", lambda m: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block
-    tmp = DOC + f".{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, DOC)
+from _common import loadavg, write_marked_section
 
 
 def make_teacher(prefix, network, emb, size, classes, opts):
@@ -226,7 +202,7 @@ def main(argv=None):
     text = "\n".join(lines)
     sys.stdout.write(text + "\n")
     if not args.no_doc:
-        write_doc(text)
+        write_marked_section("bench_distill", text)
     return 0
 
 

@@ -13,7 +13,6 @@ import datetime
 import os
 import platform
 import random
-import re
 import sys
 import tempfile
 import time
@@ -25,10 +24,7 @@ import numpy as np  # noqa: E402
 
 from shrinkteanet.data.loader import FaceLoader  # noqa: E402
 from shrinkteanet.data.recordio import RecordReader, unpack, write_rec_set  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-START, END = "<!-- bench_loader:start -->", "<!-- bench_loader:end -->"
+from _common import loadavg, write_marked_section
 
 
 def synth_images(n, seed=0):
@@ -122,33 +118,12 @@ def epoch_rate(loader, e):
     return n / wall, (sum(proc_cpu(p) for p in pids) - c0) / n
 
 
-def loadavg():
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
 def mem_gib():
     try:
         with open("/proc/meminfo") as f:
             return int(f.readline().split()[1]) / 2**20
     except (OSError, ValueError, IndexError):
         return float("nan")
-
-
-def write_doc(text):
-    os.makedirs(os.path.dirname(DOC), exist_ok=True)
-    old = open(DOC).read() if os.path.isfile(DOC) else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + r".*?" + re.escape(END) + r"\n?", lambda m: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block
-    tmp = DOC + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, DOC)
 
 
 def main(argv=None):
@@ -245,7 +220,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        write_doc(text)
+        write_marked_section("bench_loader", text)
     if tmp is not None:
         tmp.cleanup()
     return 0

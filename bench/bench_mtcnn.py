@@ -17,7 +17,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sys
 import time
 
@@ -28,11 +27,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shrinkteanet.data.mtcnn import MTCNN, detect_and_align  # noqa: E402
+from _common import loadavg, write_marked_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 ASSETS = os.path.join(os.environ.get("SHRINKTEANET_TEST_ASSETS", os.path.join(ROOT, "test-assets")), "face_recognition")
-START, END = "<!-- bench_mtcnn:start -->", "<!-- bench_mtcnn:end -->"
 NAMES = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
 
 
@@ -76,26 +74,6 @@ def stage_ms(det, photos, reps=3):
             det.stage3(norm, r2)
             tot += [t1 - t0, t2 - t1, time.perf_counter() - t2]
     return 1e3 * tot / (reps * len(photos))
-
-
-def loadavg():
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def write_doc(text):
-    old = open(DOC).read() if os.path.isfile(DOC) else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + r".*?" + re.escape(END) + r"\n?", lambda m: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block
-    tmp = DOC + f".{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, DOC)
 
 
 def main(argv=None):
@@ -151,7 +129,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        write_doc(text)
+        write_marked_section("bench_mtcnn", text)
     return 0
 
 
