@@ -22,7 +22,6 @@ import collections
 import mmap
 import multiprocessing
 import select
-import struct
 import weakref
 
 import numpy as np
@@ -36,10 +35,6 @@ Batch = collections.namedtuple("Batch", ["data", "label", "index", "flipped"])
 Batch.__doc__ = """One training batch: ``data`` float32 (B, 3, H, W) raw RGB 0-255,
 ``label`` int64 (B,), ``index`` int64 (B,) RecordIO keys, ``flipped`` bool (B,)."""
 
-# dmlc RecordIO framing (magic, cflag << 29 | length) followed by InsightFace's
-# IRHeader (flag, label, id, id2), as in recordio.pack / mx.recordio.pack.
-_REC_HEAD = struct.Struct("<IIIfQQ")
-_LREC_LEN = (1 << 29) - 1
 
 # Luma weights of mx.image's contrast/saturation jitter (ITU-R 601).
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -100,7 +95,7 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
     import cv2
     import simplejpeg
 
-    from shrinkteanet.data.recordio import MAGIC, class_of
+    from shrinkteanet.data.recordio import FRAMED_IR_HEADER, LREC_MASK, MAGIC, class_of
 
     n = len(keys)
     plan = _Plan(np.random.default_rng(seed), n, cfg)
@@ -128,8 +123,8 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
         pos = offset(key)
         magic = lrec = flag = length = 0
         if pos + 32 <= size_rec:
-            magic, lrec, flag, lab, _, _ = _REC_HEAD.unpack_from(mv, pos)
-            length = lrec & _LREC_LEN
+            magic, lrec, flag, lab, _, _ = FRAMED_IR_HEADER.unpack_from(mv, pos)
+            length = lrec & LREC_MASK
         if magic == MAGIC and flag == 0 and lrec >> 29 == 0 and 24 <= length and pos + 8 + length <= size_rec:
             payload = mv[pos + 32 : pos + 8 + length]
             labels[i] = int(lab)

@@ -40,6 +40,11 @@ _IR_SIZE = struct.calcsize(_IR_FORMAT)
 
 IRHeader = collections.namedtuple("IRHeader", ["flag", "label", "id", "id2"])
 
+#: A one-part record as it lies in the .rec: framing (magic, cflag << 29 | length) then the IRHeader,
+#: so that the loader's hot path parses the common record with one ``unpack_from``.
+FRAMED_IR_HEADER = struct.Struct("<II" + _IR_FORMAT[1:])
+LREC_MASK = _LREC_MASK
+
 
 # ----------------------------------------------------------------------------- header
 
