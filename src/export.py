@@ -70,36 +70,9 @@ def deploy_symbol(sym):
     """The deploy graph of ``sym``: explicit ``Flatten`` before each flattening
     ``FullyConnected`` (see the module docstring for the two bugs this avoids).
     Parameter names and values are those of ``sym``."""
-    import mxnet as mx
+    from shrinkteanet.model import insert_flatten
 
-    g = _graph(sym)
-    nodes, new_nodes, remap = g["nodes"], [], {}
-    names = {n["name"] for n in nodes}
-    for i, node in enumerate(nodes):
-        node = dict(node)
-        node["inputs"] = [[remap[a], b, c] for a, b, c in node["inputs"]]
-        attrs = dict(node.get("attrs", {}))
-        if node["op"] == "FullyConnected" and attrs.get("flatten", "True") in _TRUE:
-            src = node["inputs"][0]
-            producer = new_nodes[src[0]]
-            if producer["op"] != "Flatten":
-                fname = node["name"] + "_flatten"
-                while fname in names:
-                    fname += "_"
-                names.add(fname)
-                new_nodes.append({"op": "Flatten", "name": fname, "inputs": [src]})
-                node["inputs"] = [[len(new_nodes) - 1, 0, 0]] + node["inputs"][1:]
-            attrs["flatten"] = "True"
-            node["attrs"] = attrs
-        remap[i] = len(new_nodes)
-        new_nodes.append(node)
-    out = {
-        "nodes": new_nodes,
-        "arg_nodes": [i for i, n in enumerate(new_nodes) if n["op"] == "null"],
-        "heads": [[remap[a], b, c] for a, b, c in g["heads"]],
-        "attrs": g.get("attrs", {}),
-    }
-    return mx.sym.load_json(json.dumps(out))
+    return insert_flatten(sym)
 
 
 def deploy_params(sym, arg_params, aux_params):

@@ -118,6 +118,53 @@ def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
     return sym_path, params_path
 
 
+def rewrite_graph(sym, visit):
+    """Rebuild ``sym``'s graph node by node, in order.
+
+    ``visit(node, new_nodes)`` sees each node with its inputs already pointing into
+    ``new_nodes``; it may append nodes there and return the index that stands for
+    the node, or ``None`` to keep the (possibly edited) node as it is.  Argument
+    nodes and heads follow; parameter names are whatever the visitor leaves."""
+    graph = json.loads(sym.tojson())
+    new_nodes, remap = [], {}
+    for i, node in enumerate(graph["nodes"]):
+        node = dict(node, inputs=[[remap[e[0]]] + list(e[1:]) for e in node["inputs"]])
+        index = visit(node, new_nodes)
+        if index is None:
+            index = len(new_nodes)
+            new_nodes.append(node)
+        remap[i] = index
+    graph["nodes"] = new_nodes
+    graph["arg_nodes"] = [i for i, n in enumerate(new_nodes) if n["op"] == "null"]
+    graph["heads"] = [[remap[h[0]]] + list(h[1:]) for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
+    return mx.sym.load_json(json.dumps(graph))
+
+
+def insert_flatten(sym, before=lambda node, producer: True):
+    """``sym`` with an explicit ``Flatten`` in front of every flattening FullyConnected
+    for which ``before(node, producer)`` holds (and whose input is not a Flatten yet).
+    Neither results nor parameter names change."""
+    names = {n["name"] for n in json.loads(sym.tojson())["nodes"]}
+
+    def visit(node, new_nodes):
+        if node["op"] != "FullyConnected" or node.get("attrs", {}).get("flatten", "True") not in ("True", "true", "1"):
+            return None
+        src = node["inputs"][0]
+        producer = new_nodes[src[0]]
+        if producer["op"] == "Flatten" or not before(node, producer):
+            return None
+        fname = node["name"] + "_flatten_input"
+        while fname in names:
+            fname += "_"
+        names.add(fname)
+        new_nodes.append({"op": "Flatten", "name": fname, "inputs": [src]})
+        node["inputs"] = [[len(new_nodes) - 1, 0, 0]] + node["inputs"][1:]
+        return None
+
+    return rewrite_graph(sym, visit)
+
+
 def mkldnn_safe(sym):
     """``sym`` with a ``Flatten`` inserted wherever a FullyConnected reads a BatchNorm
     output directly (InsightFace's GDC head: ``conv_6dw7_7`` BN -> ``pre_fc1``).
@@ -125,26 +172,10 @@ def mkldnn_safe(sym):
     MXNet 1.9.1 with MKLDNN fails on the second forward of such a graph ("We can't
     generate TBlob for MKLDNN data"); the Flatten changes neither the result nor
     any parameter name.  Graphs without the pattern are returned unchanged."""
-    graph = json.loads(sym.tojson())
-    nodes = graph["nodes"]
-    targets = {i for i, n in enumerate(nodes)
-               if n["op"] == "FullyConnected" and nodes[n["inputs"][0][0]]["op"] == "BatchNorm"}
-    if not targets:
+    nodes = json.loads(sym.tojson())["nodes"]
+    if not any(n["op"] == "FullyConnected" and nodes[n["inputs"][0][0]]["op"] == "BatchNorm" for n in nodes):
         return sym
-    new_nodes, remap = [], {}
-    for i, node in enumerate(nodes):
-        node = dict(node, inputs=[[remap[e[0]]] + list(e[1:]) for e in node["inputs"]])
-        if i in targets:
-            src = node["inputs"][0]
-            new_nodes.append({"op": "Flatten", "name": node["name"] + "_flatten_input", "inputs": [src]})
-            node["inputs"][0] = [len(new_nodes) - 1, 0, 0]
-        remap[i] = len(new_nodes)
-        new_nodes.append(node)
-    graph["nodes"] = new_nodes
-    graph["arg_nodes"] = [remap[i] for i in graph["arg_nodes"]]
-    graph["heads"] = [[remap[h[0]]] + list(h[1:]) for h in graph["heads"]]
-    graph.pop("node_row_ptr", None)
-    return mx.sym.load_json(json.dumps(graph))
+    return insert_flatten(sym, lambda node, producer: producer["op"] == "BatchNorm")
 
 
 # ------------------------------------------------------------------ freezing
@@ -165,11 +196,9 @@ def freeze_symbol(sym, param_shapes=None):
     several times a convolution of the same tensor and dominated the teacher
     tails' backward (docs/benchmarks.md, bench_train).  The rewrite is for
     frozen slopes only: it would sum a trainable slope's gradient in another order."""
-    graph = json.loads(sym.tojson())
     shapes = dict(param_shapes or {})
-    nodes, new_nodes, remap = graph["nodes"], [], {}
-    for i, node in enumerate(nodes):
-        node = dict(node, inputs=[[remap[e[0]]] + list(e[1:]) for e in node["inputs"]])
+
+    def visit(node, new_nodes):
         op, attrs = node["op"], node.get("attrs", {})
         if op == "BatchNorm":
             node["attrs"] = dict(attrs, use_global_stats="True")
@@ -180,15 +209,10 @@ def freeze_symbol(sym, param_shapes=None):
             gamma = new_nodes[node["inputs"][1][0]]
             shape = tuple(shapes.get(gamma["name"]) or ()) if gamma["op"] == "null" else ()
             if len(shape) == 1 and shape[0] > 1:
-                remap[i] = _prelu_as_depthwise(new_nodes, node, int(shape[0]))
-                continue
-        remap[i] = len(new_nodes)
-        new_nodes.append(node)
-    graph["nodes"] = new_nodes
-    graph["arg_nodes"] = [remap[i] for i in graph["arg_nodes"]]
-    graph["heads"] = [[remap[h[0]]] + list(h[1:]) for h in graph["heads"]]
-    graph.pop("node_row_ptr", None)
-    return mx.sym.load_json(json.dumps(graph))
+                return _prelu_as_depthwise(new_nodes, node, int(shape[0]))
+        return None
+
+    return rewrite_graph(sym, visit)
 
 
 def _prelu_as_depthwise(new_nodes, node, channels):
