@@ -13,33 +13,12 @@ import pytest
 
 from shrinkteanet.cli import main
 from shrinkteanet.symbols import get_symbol
+from _params import random_params
 
 SIZE = 32
 EMB = 16
 IDS = 4
 PER_ID = 3
-
-
-def random_params(sym, size, seed=0):
-    rng = np.random.RandomState(seed)
-    a_shapes, _, x_shapes = sym.infer_shape(data=(1, 3, size, size))
-    arg, aux = {}, {}
-    for name, shape in zip(sym.list_arguments(), a_shapes):
-        if name == "data":
-            continue
-        if name.endswith("_weight"):
-            v = rng.normal(0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)
-        elif name.endswith("relu_gamma"):
-            v = np.full(shape, 0.25)
-        elif name.endswith("_gamma"):
-            v = rng.uniform(0.5, 1.5, shape)
-        else:
-            v = rng.normal(0, 0.1, shape)
-        arg[name] = mx.nd.array(v, dtype="float32")
-    for name, shape in zip(sym.list_auxiliary_states(), x_shapes):
-        v = rng.uniform(0.5, 1.5, shape) if name.endswith("var") else rng.normal(0, 0.1, shape)
-        aux[name] = mx.nd.array(v, dtype="float32")
-    return arg, aux
 
 
 def reference_embedding(ctx, faces):

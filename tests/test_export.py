@@ -18,35 +18,10 @@ from onnx import numpy_helper
 from shrinkteanet import export
 from shrinkteanet.cli import main
 from shrinkteanet.symbols import get_symbol
+from _params import random_params
 
 SIZE = 32
 EMB = 16
-
-
-def random_params(sym, size, seed=0):
-    """He-scaled weights and non-trivial BatchNorm statistics, so that every layer
-    matters; the fix_gamma ``fc1`` gamma is stored as 3 (MXNet computes with 1)."""
-    rng = np.random.RandomState(seed)
-    a_shapes, _, x_shapes = sym.infer_shape(data=(1, 3, size, size))
-    arg, aux = {}, {}
-    for name, shape in zip(sym.list_arguments(), a_shapes):
-        if name == "data":
-            continue
-        if name.endswith("_weight"):
-            fan_in = int(np.prod(shape[1:]))
-            v = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
-        elif name.endswith("relu_gamma"):
-            v = np.full(shape, 0.25)
-        elif name.endswith("_gamma"):
-            v = rng.uniform(0.5, 1.5, shape)
-        else:
-            v = rng.normal(0, 0.1, shape)
-        arg[name] = mx.nd.array(v, dtype="float32")
-    arg["fc1_gamma"] = mx.nd.full(arg["fc1_gamma"].shape, 3.0)
-    for name, shape in zip(sym.list_auxiliary_states(), x_shapes):
-        v = rng.uniform(0.5, 1.5, shape) if name.endswith("var") else rng.normal(0, 0.1, shape)
-        aux[name] = mx.nd.array(v, dtype="float32")
-    return arg, aux
 
 
 def without_flatten(sym):
@@ -89,7 +64,7 @@ def tiny(tmp_path_factory):
     sym = without_flatten(
         get_symbol("mfn", emb_size=EMB, blocks=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32), image_size=SIZE))
     assert "Flatten" not in {n["op"] for n in json.loads(sym.tojson())["nodes"]}
-    arg, aux = random_params(sym, SIZE)
+    arg, aux = random_params(sym, SIZE, fc1_gamma=3.0)
     prefix = str(d / "tiny")
     mx.model.save_checkpoint(prefix, 3, sym, arg, aux)
     rng = np.random.RandomState(1)
