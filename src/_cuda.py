@@ -8,7 +8,6 @@ resolve to them.  Without those folders, or with the CPU wheel, it does nothing.
 """
 import ctypes
 import glob
-import importlib.metadata
 import os
 import sys
 
@@ -27,6 +26,8 @@ def _lib_dirs():
 
 
 def _cuda_mxnet():
+    import importlib.metadata  # only reached where nvidia/*/lib folders exist: keeps CPU start-up light
+
     for dist in ("mxnet-cu112", "mxnet-cu110", "mxnet-cu117"):
         try:
             importlib.metadata.distribution(dist)
