@@ -268,11 +268,13 @@ def render(out, meta):
     s = meta["schedule"]
     lines.append(f"- data: `shrinkteanet data synth` with {json.dumps(meta['synth'])}, {meta['image_size']}x"
                  f"{meta['image_size']}")
-    lines.append(f"- teacher: `teacher_r90` config (LResNet-E-IR, ArcFace) with net_opts {meta['teacher']['opts']}, "
+    head = meta.get("head") or "loss=arcface"
+    lines.append(f"- margin head of every network: `{head}` (the same for the teacher and all three methods)")
+    lines.append(f"- teacher: `teacher_r90` config (LResNet-E-IR) with net_opts {meta['teacher']['opts']}, "
                  f"{meta['emb_size']}-d, {s['teacher_epochs']} epochs")
     for net, o in meta["student_opts"].items():
         lines.append(f"- student {net}: net_opts {o}, {meta['emb_size']}-d, {s['student_epochs']} epochs; "
-                     f"`{net}_self` (ArcFace only), `{net}_l2` (+ L2 embedding loss), `{net}_stn` (+ angular "
+                     f"`{net}_self` (margin head only), `{net}_l2` (+ L2 embedding loss), `{net}_stn` (+ angular "
                      f"distillation at the 4 stages through the frozen teacher tails, Eq. 4-6)")
     lines.append(f"- schedule: batch {s['batch_size']}, lr {s['lr']} (momentum 0.9, step decay x0.1), same seed "
                  f"and schedule for the three methods")
