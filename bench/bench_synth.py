@@ -9,7 +9,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -20,11 +19,8 @@ import numpy as np  # noqa: E402
 
 from shrinkteanet.data import load_bin, synth  # noqa: E402
 from shrinkteanet.eval.verification import evaluate  # noqa: E402
-from shrinkteanet.utils import atomic_open  # noqa: E402
+from _common import write_marked_section  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-START, END = "<!-- bench_synth:start -->", "<!-- bench_synth:end -->"
 TARGETS = ("lfw", "cfp_fp", "agedb_30")
 
 
@@ -56,7 +52,6 @@ def main():
     load1 = os.getloadavg()[0]
     n = res["num_rendered"]
     lines = [
-        START,
         "## Synthetic faces (issue 5: `bench/bench_synth.py`)",
         "",
         f"Date {datetime.date.today().isoformat()}; machine: 2-core CPU, Python {platform.python_version()}, "
@@ -75,17 +70,10 @@ def main():
     for d, acc in rows:
         tag = " (default)" if d == synth.DEFAULT_DIFFICULTY else ""
         lines.append(f"| {d:g}{tag} | " + " | ".join(f"{acc[k]:.4f}" for k in TARGETS) + " |")
-    lines.append(END)
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        doc = open(DOC).read() if os.path.isfile(DOC) else "# Benchmarks\n"
-        if START in doc:
-            doc = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: text, doc, flags=re.S)
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-        with atomic_open(DOC, "w") as f:
-            f.write(doc)
+        write_marked_section("bench_synth", text)
     return 0
 
 

@@ -12,7 +12,6 @@ docs/benchmarks.md.
 import argparse
 import datetime
 import os
-import re
 import sys
 import tempfile
 import time
@@ -23,10 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
 import numpy as np  # noqa: E402
+from _common import write_marked_section  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
 
 STUDENT = "net_opts={'blocks':[1,2,2,1],'filters':[16,32,64,128,128]}"
 # The teacher is wider than the student, as in the paper (ResNet-90, 63.7M parameters, teaching students of
@@ -198,7 +195,7 @@ def main():
     load1 = os.getloadavg()[0]
     best = {k: max(v) for k, v in results.items()}
     live, cached = best[rows[2][0]], best[rows[3][0]]
-    lines = [START, "## Training engine (issue 7: `bench/bench_train.py`)", "",
+    lines = ["## Training engine (issue 7: `bench/bench_train.py`)", "",
              f"Date {datetime.date.today().isoformat()}; machine 2-core CPU, 24 GiB, Python 3.11, mxnet "
              f"{mx.__version__} (MKLDNN); OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}.  "
              f"MXNET_CPU_WORKER_NTHREADS={os.environ['MXNET_CPU_WORKER_NTHREADS']}, loader in-process.  "
@@ -250,18 +247,11 @@ def main():
               "cached step), most of it MXNet's slow CPU PReLU on the student's trainable slopes (left as is: a "
               "depthwise form would sum the slopes' gradients in another order, i.e. change training numbers).",
               "", "GPU timings (mixed precision, 4-GPU data parallel) are not recorded: no GPU was available to "
-              "this work.", END]
+              "this work."]
     text = "\n".join(lines)
     print(text)
     if not args.no_doc:
-        doc = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
-        if START in doc:
-            doc = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: text, doc, flags=re.S)
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-        from shrinkteanet.utils import atomic_write_bytes
-
-        atomic_write_bytes(DOC, doc.encode())
+        write_marked_section("bench_train", text)
     return 0
 
 
