@@ -78,13 +78,15 @@ eval-ijbc: install  ## IJB-C 1:1 (and 1:N) on DATA/IJBC -> $(OUT)/eval/ijbc
 
 # Demo and reproduction (issue 9): every stage is a real `shrinkteanet` command; see docs/reproduction.md.
 DEMO_SCALE ?=
+JOBS ?=
 DEMO_FLAGS = $(if $(DEMO_SCALE),--scale $(DEMO_SCALE))
+STUDY_FLAGS = $(DEMO_FLAGS) $(if $(JOBS),--jobs $(JOBS))
 .PHONY: reproduce-small small-data
-demo: install  ## synthetic data -> small teacher -> mfn/mfnr students (self, L2, ShrinkTeaNet) -> all evals -> $(OUT)/demo/REPORT.md
-	$(CLI) demo --out $(OUT)/demo $(DEMO_FLAGS)
+demo: install  ## synthetic data -> teacher -> MFN-R self-studied vs distilled -> all evals -> $(OUT)/demo/REPORT.md, study.json (JOBS=N)
+	$(CLI) demo --out $(OUT)/demo $(STUDY_FLAGS)
 
-reproduce-small: install  ## the demo with seeds 0,1,2: mean, std, does ShrinkTeaNet > L2 > self hold -> $(OUT)/reproduce-small/REPORT.md
-	$(CLI) reproduce --out $(OUT)/reproduce-small $(DEMO_FLAGS)
+reproduce-small: install  ## the decisive study: converged runs, 6 methods x 3 seeds, paired 95% intervals, verdicts -> $(OUT)/reproduce-small/
+	$(CLI) reproduce --out $(OUT)/reproduce-small $(STUDY_FLAGS)
 
 small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the train-* targets' data when DATA is unset
 	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS)

@@ -462,7 +462,9 @@ def run(embedder, root, target="IJBC", flip=True, norm_score=True, detector_scor
     feats, ok, missing = image_features(embedder, paths["images"], names, lmks, flip, allow_missing=allow_missing)
     x = input_features(feats[ok], faceness[ok], norm_score, detector_score)
     fields, curves = verify_11(x, templates[ok], medias[ok], t1, t2, labels, progress=progress)
-    fields = {"target": target.upper(), **fields}
+    labels = np.asarray(labels)
+    fields = {"target": target.upper(), **fields, "num_pairs": int(labels.size),
+              "num_genuine": int((labels == 1).sum())}
     extra = None
     if all(os.path.isfile(paths[k]) for k in ("gallery1", "gallery2", "probe")):
         g1 = read_template_subjects(paths["gallery1"])

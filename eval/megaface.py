@@ -406,6 +406,7 @@ def evaluate_generated(gen, far=1e-6, block=8192, progress=True):
         result["rank1"][str(s)] = by_size[s]
     result["tar_at_far_1e-06"] = last["tar_at_far"]
     result["num_probes"] = last["num_probes"]
+    result["num_trials"] = int(last["num_trials"])  # ordered same-identity probe pairs at the largest set
     result["num_distractors"] = int(sizes[-1])
     curves = {"sizes": sizes, "rank1": [by_size[s] for s in sizes], "cmc": last["cmc"],
               "num_trials": last["num_trials"], "threshold": last["threshold"]}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Paper row: MobileFaceNet (MFN) "Student-1": ArcFace + lambda * L2 between final embeddings,
-# lambda = 0.001 (Sec. 4.2), Table 2.
+# Paper row: MobileFaceNet (MFN) "Student-1" (Sec. 4.3): ArcFace + Eq. 7 with the l2 distance at all
+# four stages, lambda_4 = 0.001 and lambda_i = lambda_{i+1}/2 (Sec. 4.2), Table 2.
 source "$(dirname "$0")/_common.sh"
 need_teacher
 train_row mfn_l2 mfn_l2 l2_lambda=0.001

@@ -1,45 +1,57 @@
-"""`make demo` and `make reproduce-small`: the whole ShrinkTeaNet pipeline at a size a CPU runs.
+"""`make demo` and `make reproduce-small`: the whole ShrinkTeaNet study at a size a CPU runs.
 
-Every stage is a real user command, run as a child process ``python -m shrinkteanet ...``
-with its output passed through (so progress is visible the whole time):
+Every stage is a real user command, run as a child process ``python -m shrinkteanet ...`` by
+``study.Scheduler`` (``jobs`` at a time, one per core by default, each with its own threads):
 
 1. ``data synth``   - synthetic training set, LFW/CFP-FP/AgeDB ``.bin``, IJB-C and MegaFace trees;
 2. ``train``        - a small LResNet-E-IR teacher (the r90 family with few units and narrow stages);
 3. ``train``        - small MobileFaceNet-family students (``mfn``, and ``mfnr`` whose stage widths equal
-   the teacher's, ShrinkTeaNet Sec. 4), each self-studied, with the L2 embedding loss ("Student-1")
-   and with ShrinkTeaNet's angular distillation (Eq. 4-6), same seed and schedule for the three;
-4. ``eval verification|megaface|ijb`` for the teacher and every student;
-5. ``REPORT.md`` laid out like the paper's Table 2 (``shrinkteanet.report_table``).
+   the teacher's, ShrinkTeaNet Sec. 4), one run per method of ``METHODS`` and seed, every method on
+   the same data order, seed and schedule (paired); self-studied runs need no teacher and run beside it;
+4. ``eval verification|megaface|ijb`` for the teacher and every student (one stage per run);
+5. ``REPORT.md`` (``shrinkteanet.report_table``: the paper's Table 2 layout, paired differences to
+   the self-studied student with 95% t intervals, verdicts, the weight ablation, convergence per run)
+   and ``study.json`` beside it.
 
-A stage whose outputs exist and whose command line is unchanged is not run again
-(``<run>/.<stage>.cmd`` holds the command), so an interrupted run continues where it
+A stage whose outputs exist and whose command lines are unchanged is not run again
+(``<folder>/.<stage>.cmd`` holds the commands), so an interrupted run continues where it
 stopped; ``force=True`` reruns everything.
 
 Layout of ``out`` (the Makefile's ``eval-*`` targets default to ``student/`` and ``synth/``)::
 
     synth/                        data synth output
     teacher/model-*.params        teacher checkpoint; teacher/train.json; teacher/eval/{verification,megaface,ijbc}.json
-    <net>_<method>[_s<seed>]/     the same for each student run (method: self, l2, stn)
-    student/model-0001.params     copy of the headline student (the last network's ShrinkTeaNet run)
-    REPORT.md, demo.json, *.png
+    <net>_<method>[_s<seed>]/     the same for each student run (method: a key of METHODS)
+    student/model-0001.params     copy of the headline student (the scale's ``headline`` run)
+    REPORT.md, study.json, demo.json, *.png
 """
 import copy
 import json
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 
 from shrinkteanet.errors import InputError
 from shrinkteanet.logutil import get_logger
+from shrinkteanet.study import CheckpointOf, Scheduler, Stage
 from shrinkteanet.utils import write_json
 
 log = get_logger(__name__)
 
-#: student methods, in the paper's Table 2 order; value = (config suffix, overrides of the method)
-METHODS = {"self": "self", "l2": "l2", "stn": "stn"}
+#: The study's methods, in report order: key -> (config suffix of ``<network>_<suffix>``, extra
+#: overrides).  The keys are the method names of REPORT.md and study.json.  ``*_w10``: the
+#: distillation weight ablation (``distill_weight`` 10 instead of the paper's lambda_n = 1).
+METHODS = {
+    "self": ("self", ()),
+    "l2": ("l2", ()),
+    "l2_final": ("l2_final", ()),
+    "stn_final": ("stn_final", ()),
+    "stn": ("stn", ()),
+    "kd": ("kd", ()),
+    "margin": ("margin", ()),
+    "stn_final_w10": ("stn_final", ("distill_weight=10",)),
+    "stn_w10": ("stn", ("distill_weight=10",)),
+}
 
 #: Demo sizes.  ``synth``: keyword arguments of ``data synth`` (flags with ``-`` for ``_``);
 #: ``teacher``/``students``: config overrides; ``student_opts``: per-network ``net_opts``.
@@ -61,7 +73,8 @@ SCALES = {
                           mv1=dict(multiplier=0.25, blocks=(1, 1, 1, 1)),
                           mv2=dict(multiplier=0.25, blocks=(1, 1, 1, 1, 1, 1, 1), last_channels=64)),
         emb_size=32, students=("mfnr",), batch_size=24, teacher_epochs=2, student_epochs=1, lr=0.05,
-        eval_batch=32, head=SMALL_HEAD,
+        eval_batch=32, head=SMALL_HEAD, frequent=1, methods=("self", "l2", "stn"), seeds=(0,),
+        headline=("mfnr", "stn"),
     ),
     "small": dict(
         image_size=64,
@@ -73,7 +86,20 @@ SCALES = {
                           mv1=dict(multiplier=0.25, blocks=(1, 1, 1, 1)),
                           mv2=dict(multiplier=0.25, blocks=(1, 1, 1, 1, 1, 1, 1), last_channels=128)),
         emb_size=128, students=("mfn", "mfnr"), batch_size=64, teacher_epochs=8, student_epochs=4, lr=0.1,
-        eval_batch=64, head=SMALL_HEAD,
+        eval_batch=64, head=SMALL_HEAD, frequent=10, methods=("self", "stn_w10"), seeds=(0,),
+        headline=("mfnr", "stn_w10"),
+    ),
+    "study": dict(
+        image_size=32,
+        synth=dict(identities=500, images_per_id=16, test_identities=300, pairs=3000, ijb_templates=600,
+                   megaface_probes=80, megaface_probe_images=5, megaface_distractors=5000, difficulty=1.0),
+        teacher_opts=dict(units=(2, 3, 4, 2), filters=(16, 16, 32, 64, 128)),
+        student_opts=dict(mfn=dict(blocks=(1, 1, 2, 1), filters=(16, 16, 32, 32, 128)),
+                          mfnr=dict(blocks=(1, 1, 2, 1), filters=(16, 32, 64, 128, 128))),
+        emb_size=128, students=("mfnr",), batch_size=64, teacher_epochs=16, student_epochs=8, lr=0.1,
+        eval_batch=128, head=SMALL_HEAD, frequent=10,
+        methods=("self", "l2", "stn_final", "stn", "kd", "margin", "stn_w10"), seeds=(0, 1, 2),
+        headline=("mfnr", "stn_w10"),
     ),
 }
 
@@ -113,7 +139,7 @@ def teacher_overrides(scale):
     return [f"net_opts={_opts_text(scale['teacher_opts'])}", f"emb_size={scale['emb_size']}",
             f"image_size={scale['image_size']}", f"batch_size={scale['batch_size']}", f"lr={scale['lr']}",
             f"num_epochs={scale['teacher_epochs']}", "lr_step_unit=epoch",
-            f"lr_steps={_lr_steps(scale['teacher_epochs'])}", "verbose=0", "frequent=10", "workers=1",
+            f"lr_steps={_lr_steps(scale['teacher_epochs'])}", "verbose=0", f"frequent={scale['frequent']}", "workers=1",
             *scale["head"]]
 
 
@@ -128,7 +154,7 @@ def student_overrides(scale, network, seed=0):
             f"teacher_net_opts={_opts_text(scale['teacher_opts'])}", f"teacher_emb_size={scale['emb_size']}",
             f"batch_size={scale['batch_size']}", f"lr={scale['lr']}", f"num_epochs={scale['student_epochs']}",
             "lr_step_unit=epoch", f"lr_steps={_lr_steps(scale['student_epochs'])}", f"seed={seed}", "verbose=0",
-            "frequent=10", "workers=1", *scale["head"]]
+            f"frequent={scale['frequent']}", "workers=1", *scale["head"]]
 
 
 def recipe_extra(scale, network):
@@ -149,147 +175,134 @@ def synth_command(scale, out_dir, seed=0):
     cmd = ["data", "synth", out_dir, "--seed", str(seed), "--image-size", str(scale["image_size"])]
     for k, v in scale["synth"].items():
         cmd += ["--" + k.replace("_", "-"), str(v)]
-    return cmd
+    # the set sizes (pairs, genuine pairs, probes) that the report's standard errors use
+    return cmd + ["--json", os.path.join(out_dir, SYNTH_SUMMARY)]
 
 
-class Runner:
-    """Runs ``python -m shrinkteanet ARGS`` child processes, skipping a stage whose
-    outputs exist and whose command file matches; records each stage's wall time."""
-
-    def __init__(self, python=None, force=False, dry_run=False):
-        self.python = python or sys.executable
-        self.force = force
-        self.dry_run = dry_run
-        self.times = []  # (stage name, seconds, skipped)
-
-    def run(self, name, args, outputs, stamp):
-        cmd = [self.python, "-m", "shrinkteanet"] + [str(a) for a in args]
-        text = " ".join(shlex.quote(c) for c in ["shrinkteanet"] + cmd[3:])
-        if not self.force and all(os.path.exists(p) for p in outputs) and os.path.isfile(stamp):
-            with open(stamp) as f:
-                if f.read().strip() == text:
-                    log.info("[%s] up to date, skipped: %s", name, text)
-                    self.times.append((name, 0.0, True))
-                    return
-        log.info("[%s] %s", name, text)
-        if self.dry_run:
-            self.times.append((name, 0.0, True))
-            return
-        if os.path.exists(stamp):
-            os.remove(stamp)
-        t0 = time.time()
-        proc = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        dt = time.time() - t0
-        if proc.returncode != 0:
-            raise InputError(f"demo stage {name!r} failed (exit {proc.returncode}): {text}")
-        missing = [p for p in outputs if not os.path.exists(p)]
-        if missing:
-            raise InputError(f"demo stage {name!r} finished but did not write {missing[0]}")
-        os.makedirs(os.path.dirname(stamp) or ".", exist_ok=True)
-        with open(stamp, "w") as f:
-            f.write(text + "\n")
-        self.times.append((name, dt, False))
-        log.info("[%s] done in %.1f s", name, dt)
+SYNTH_SUMMARY = "synth.json"
 
 
-def _trained_model(run_dir):
-    """``PREFIX,EPOCH`` of a finished training run from its ``train.json``."""
-    with open(os.path.join(run_dir, "train.json")) as f:
-        s = json.load(f)
-    if not s.get("checkpoint"):
-        raise InputError(f"{run_dir}/train.json: the run saved no checkpoint")
-    return f"{s['prefix']},{s['checkpoint']}"
-
-
-def evaluate_all(runner, name, run_dir, data_dir, scale):
-    """The three protocols of the paper on one checkpoint, written to ``run_dir/eval``."""
-    model = _trained_model(run_dir)
+def eval_commands(run_dir, data_dir, scale):
+    """The three protocols of the paper on the run's final checkpoint, into ``run_dir/eval``."""
     ev = os.path.join(run_dir, "eval")
-    common = ["--model", model, "--image-size", str(scale["image_size"]), "--batch-size", str(scale["eval_batch"])]
-    runner.run(f"{name}: eval verification", ["eval", "verification", "--data-dir", data_dir,
-                                               "--targets", "lfw,cfp_fp,agedb_30", *common,
-                                               "--out", os.path.join(ev, "verification"),
-                                               "--json", os.path.join(ev, "verification.json")],
-               [os.path.join(ev, "verification.json")], os.path.join(ev, ".verification.cmd"))
-    runner.run(f"{name}: eval megaface", ["eval", "megaface", "--megaface-root", os.path.join(data_dir, "megaface"),
-                                           *common, "--out", os.path.join(ev, "megaface"),
-                                           "--json", os.path.join(ev, "megaface.json")],
-               [os.path.join(ev, "megaface.json")], os.path.join(ev, ".megaface.cmd"))
-    runner.run(f"{name}: eval ijb", ["eval", "ijb", "--image-path", os.path.join(data_dir, "IJBC"), "--target", "IJBC",
-                                      *common, "--out", os.path.join(ev, "ijbc"),
-                                      "--json", os.path.join(ev, "ijbc.json")],
-               [os.path.join(ev, "ijbc.json")], os.path.join(ev, ".ijbc.cmd"))
+    common = ["--model", CheckpointOf(os.path.join(run_dir, "train.json")), "--image-size", str(scale["image_size"]),
+              "--batch-size", str(scale["eval_batch"])]
+    return [["eval", "verification", "--data-dir", data_dir, "--targets", "lfw,cfp_fp,agedb_30", *common,
+             "--out", os.path.join(ev, "verification"), "--json", os.path.join(ev, "verification.json")],
+            ["eval", "megaface", "--megaface-root", os.path.join(data_dir, "megaface"), *common,
+             "--out", os.path.join(ev, "megaface"), "--json", os.path.join(ev, "megaface.json")],
+            ["eval", "ijb", "--image-path", os.path.join(data_dir, "IJBC"), "--target", "IJBC", *common,
+             "--out", os.path.join(ev, "ijbc"), "--json", os.path.join(ev, "ijbc.json")]]
+
+
+EVAL_FILES = ("verification.json", "megaface.json", "ijbc.json")
 
 
 def run_name(network, method, seed, seeds):
     return f"{network}_{method}" + (f"_s{seed}" if len(seeds) > 1 else "")
 
 
-def prepare_data(out, scale=None, runner=None, seed=0):
+def data_stage(out, scale, seed=0):
+    data = os.path.join(out, "synth")
+    return Stage("synthetic data", [synth_command(scale, data, seed)],
+                 [os.path.join(data, f) for f in ("train.rec", "lfw.bin", "cfp_fp.bin", "agedb_30.bin",
+                                                  "IJBC", "megaface", SYNTH_SUMMARY)],
+                 folder=data, stamp=os.path.join(out, ".synth.cmd"))
+
+
+def prepare_data(out, scale=None, scheduler=None, seed=0):
     """Stage 1 only: the synthetic set in ``out/synth`` (the train-* targets' small data)."""
     scale = scale if isinstance(scale, dict) else get_scale(scale)
-    runner = runner or Runner()
-    data = os.path.join(out, "synth")
-    runner.run("synthetic data", synth_command(scale, data, seed),
-               [os.path.join(data, f) for f in ("train.rec", "lfw.bin", "cfp_fp.bin", "agedb_30.bin",
-                                                "IJBC", "megaface")],
-               os.path.join(out, ".synth.cmd"))
-    return data
+    (scheduler or Scheduler()).run([data_stage(out, scale, seed)])
+    return os.path.join(out, "synth")
 
 
-def run_demo(out, scale=None, seeds=(0,), students=None, methods=tuple(METHODS), force=False, dry_run=False,
-             python=None, title="ShrinkTeaNet demo"):
-    """Run the whole pipeline into ``out`` and write ``out/REPORT.md``; returns the report path.
+def _train_and_eval(name, run_dir, train_args, data, scale, after):
+    """The train stage of one run (writes ``run_dir``) and its evaluation stage (``run_dir/eval``)."""
+    train = Stage(f"{name}: train", [["train", *train_args, "--data", data, "--out", run_dir,
+                                      "--json", os.path.join(run_dir, "train.json")]],
+                  [os.path.join(run_dir, "train.json")], folder=run_dir, after=tuple(after))
+    ev = Stage(f"{name}: eval", eval_commands(run_dir, data, scale),
+               [os.path.join(run_dir, "eval", f) for f in EVAL_FILES], folder=os.path.join(run_dir, "eval"),
+               after=(train.name,))
+    return [train, ev]
 
-    ``seeds``: one student run per seed and method (the teacher and data use seed 0);
-    ``students``: networks (default: the scale's ``mfn``/``mfnr``)."""
-    scale = scale if isinstance(scale, dict) else get_scale(scale)
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise InputError("demo: give at least one seed")
-    students = tuple(students or scale["students"])
+
+def check_methods(methods):
     for m in methods:
         if m not in METHODS:
             raise InputError(f"demo: method {m!r} unknown; choose from {', '.join(METHODS)}")
-    os.makedirs(out, exist_ok=True)
-    runner = Runner(python=python, force=force, dry_run=dry_run)
-    t_start = time.time()
-    data = prepare_data(out, scale, runner)
 
+
+def plan(out, scale, seeds=None, students=None, methods=None):
+    """``(stages, runs)`` of the whole study in priority order: data, the teacher (the critical
+    path), the self-studied runs (no teacher needed: they fill the other cores meanwhile), then
+    every distilled run; each train stage is followed by its evaluation stage."""
+    methods = tuple(methods or scale["methods"])
+    check_methods(methods)
+    students = tuple(students or scale["students"])
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else scale["seeds"]))
+    data_st = data_stage(out, scale)
+    data = data_st.folder
     teacher_dir = os.path.join(out, "teacher")
-    runner.run("teacher: train", ["train", "--config", "teacher_r90", "--data", data, "--out", teacher_dir,
-                                  *teacher_overrides(scale), "seed=0", "--json",
-                                  os.path.join(teacher_dir, "train.json")],
-               [os.path.join(teacher_dir, "train.json")], os.path.join(teacher_dir, ".train.cmd"))
-    if dry_run:
-        log.info("dry run: stopping before the evaluations (no checkpoints)")
-        return None
-    evaluate_all(runner, "teacher", teacher_dir, data, scale)
-    teacher = _trained_model(teacher_dir)
-
+    stages = [data_st]
+    stages += _train_and_eval("teacher", teacher_dir, ["--config", "teacher_r90", *teacher_overrides(scale), "seed=0"],
+                              data, scale, after=(data_st.name,))
     runs = []
-    for seed in seeds:
-        for net in students:
-            for method in methods:
+    order = sorted(methods, key=lambda m: METHODS[m][0] != "self")  # self-studied first: no teacher to wait for
+    for method in order:
+        suffix, extra = METHODS[method]
+        for seed in seeds:
+            for net in students:
                 name = run_name(net, method, seed, seeds)
-                rdir = os.path.join(out, name)
-                runner.run(f"{name}: train", ["train", "--config", f"{net}_{METHODS[method]}", "--data", data,
-                                              "--out", rdir, "--teacher", teacher,
-                                              *student_overrides(scale, net, seed),
-                                              "--json", os.path.join(rdir, "train.json")],
-                           [os.path.join(rdir, "train.json")], os.path.join(rdir, ".train.cmd"))
-                evaluate_all(runner, name, rdir, data, scale)
-                runs.append(dict(network=net, method=method, seed=seed, dir=name))
+                args = ["--config", f"{net}_{suffix}", *student_overrides(scale, net, seed), *extra]
+                after = [data_st.name]
+                if suffix != "self":
+                    args += ["--teacher", CheckpointOf(os.path.join(teacher_dir, "train.json"))]
+                    after.append("teacher: train")
+                stages += _train_and_eval(name, os.path.join(out, name), args, data, scale, after)
+                runs.append(dict(network=net, method=method, seed=int(seed), dir=name))
+    runs.sort(key=lambda r: (students.index(r["network"]), methods.index(r["method"]), r["seed"]))
+    return stages, runs
 
-    _publish_student(out, runs[-1]["dir"], scale)
+
+def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=False, dry_run=False,
+             python=None, title="ShrinkTeaNet demo", jobs=None, threads=0):
+    """Run the whole study into ``out`` and write ``out/REPORT.md`` and ``out/study.json``;
+    returns the report path (None for a dry run).
+
+    ``seeds``: one student run per seed and method (teacher and data use seed 0; default the
+    scale's); ``students``/``methods``: default the scale's; ``jobs``: stages side by side
+    (default one per core); ``threads``: OpenMP threads per stage (default cores // jobs)."""
+    scale = scale if isinstance(scale, dict) else get_scale(scale)
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else scale["seeds"]))
+    if not seeds:
+        raise InputError("demo: give at least one seed")
+    students = tuple(students or scale["students"])
+    methods = tuple(methods or scale["methods"])
+    check_methods(methods)
+    stages, runs = plan(out, scale, seeds, students, methods)
+    os.makedirs(out, exist_ok=True)
+    sched = Scheduler(jobs=jobs or os.cpu_count() or 1, threads=threads, python=python, force=force,
+                      dry_run=dry_run)
+    t_start = time.time()
+    sched.run(stages)
+    if dry_run:
+        log.info("dry run: nothing trained")
+        return None
+    headline = scale.get("headline") or (students[-1], methods[-1])
+    head_run = next((r for r in runs if (r["network"], r["method"]) == tuple(headline)), runs[-1])
+    _publish_student(out, head_run["dir"], scale)
     from shrinkteanet import report_table
 
     elapsed = time.time() - t_start
     meta = dict(title=title, scale=scale["name"], image_size=scale["image_size"], seeds=list(seeds),
-                students=list(students), methods=list(methods), elapsed_s=elapsed,
-                stages=[dict(name=n, seconds=s, skipped=k) for n, s, k in runner.times],
+                students=list(students), methods=list(methods), elapsed_s=elapsed, jobs=sched.jobs,
+                threads=sched.threads,
+                stages=[dict(name=t.name, seconds=t.seconds, skipped=t.skipped) for t in sched.times],
                 teacher=dict(dir="teacher", network="r90", opts=scale["teacher_opts"]),
                 student_opts={n: scale["student_opts"][n] for n in students},
+                method_overrides={m: list(METHODS[m][1]) for m in methods},
                 synth=scale["synth"], emb_size=scale["emb_size"], head=" ".join(scale["head"]),
                 schedule=dict(batch_size=scale["batch_size"], lr=scale["lr"],
                               teacher_epochs=scale["teacher_epochs"], student_epochs=scale["student_epochs"]),
@@ -303,7 +316,7 @@ def run_demo(out, scale=None, seeds=(0,), students=None, methods=tuple(METHODS),
 def _publish_student(out, run_dir, scale):
     """Copy the headline student to ``out/student/model-{symbol.json,0001.params}``, where the
     Makefile's eval-* targets look by default, with its input size in ``image_size``."""
-    prefix, epoch = _trained_model(os.path.join(out, run_dir)).rsplit(",", 1)
+    prefix, epoch = CheckpointOf(os.path.join(out, run_dir, "train.json")).resolve().rsplit(",", 1)
     dst = os.path.join(out, "student")
     os.makedirs(dst, exist_ok=True)
     shutil.copyfile(f"{prefix}-symbol.json", os.path.join(dst, "model-symbol.json.tmp"))
@@ -316,7 +329,7 @@ def _publish_student(out, run_dir, scale):
         f.write(f"{prefix},{epoch}\n")
 
 
-def reproduce_small(out, scale=None, seeds=(0, 1, 2), **kw):
-    """``make reproduce-small``: the demo with several seeds per method; the report adds
-    mean and std over seeds and whether ShrinkTeaNet > L2 > self-studied on every protocol."""
-    return run_demo(out, scale=scale, seeds=seeds, title="ShrinkTeaNet reproduce-small", **kw)
+def reproduce_small(out, scale="study", **kw):
+    """``make reproduce-small``: the decisive study (scale ``study``: converged runs, several
+    seeds per method, paired intervals and verdicts in REPORT.md and study.json)."""
+    return run_demo(out, scale=scale, title="ShrinkTeaNet reproduce-small", **kw)

@@ -7,20 +7,23 @@ per-sample loss parts; their sum is the training objective.  ``cfg.distill`` sel
 =============  =================================================================================
 ``none``       self-studied student: ``softmax`` (the margin head of ``cfg.loss``).
 ``stn``        ShrinkTeaNet (Duong et al. 2019, Eq. 7): ``softmax`` + ``angular_i`` for i in
-               ``cfg.distill_stages``.  ``angular_4`` is Eq. 4/5 on the final embeddings;
+               ``cfg.distill_stages`` (config ``*_stn``: all four; ``*_stn_final``: stage 4 only, Eq. 5).
+               ``angular_4`` is Eq. 4/5 on the final embeddings;
                ``angular_i`` (i < 4) is Eq. 6: student stage i -> adapter H_i (1x1 conv + BN to
                the teacher's channels) -> the teacher's frozen blocks after stage i -> angular
                loss against the teacher's final embedding of the same image
                ([T_{i+1} o .. o T_n](F_i^t) *is* that embedding).  Weights
-               ``distill_weight * lambda_i`` with lambda_4 = 1, lambda_i = lambda_{i+1}/2
-               (Sec. 4.2; ``config.distill_lambdas``).
-``l2``         "Student-1" (Sec. 4.3): ``softmax`` + ``l2`` = 0.001 * ||s - t||^2 of the final
-               embeddings.  ``distill_stages`` may add ``l2_i`` through the teacher tails, as
-               Eq. 7 with the l2 distance; weights ``l2_lambda * lambda_i``.
-``kd``         Hinton et al. 2015 on the margin logits: ``softmax`` + ``kd`` =
-               ``kd_lambda * T^2 KL(softmax(z_t/T) || softmax(z_s/T))``, z_t from the teacher's
-               embedding and its own ``fc7_weight`` with the same margin as the student head
-               (the "margin based with T" method of the MarginDistillation code).
+               ``distill_weight * lambda_i`` with lambda_4 = 1, lambda_i = lambda_{i+1}/2 by stage
+               number (Sec. 4.2; ``config.distill_lambdas``).
+``l2``         "Student-1" (Sec. 4.3): Eq. 7 with the l2 distance: ``softmax`` + ``l2`` =
+               0.001 * ||s - t||^2 of the final embeddings + ``l2_i`` (i = 1..3) through the
+               adapters and teacher tails, weights ``l2_lambda * lambda_i`` (config ``*_l2``);
+               ``*_l2_final`` keeps only the final-embedding term.
+``kd``         Hinton et al. 2015 ("Distilling the knowledge in a neural network") applied to the
+               margin logits: ``softmax`` + ``kd`` = ``kd_lambda * T^2 KL(softmax(z_t/T) ||
+               softmax(z_s/T))``, z_t from the teacher's embedding and its own ``fc7_weight`` with
+               the same margin as the student head.  (The MarginDistillation authors' code
+               compares with a "margin based with T" baseline that uses hard labels; this is not it.)
 ``hint``       FitNets-style hints (ablation): ``softmax`` + ``hint_i`` =
                ``hint_lambda * lambda_i * mean((H_i(F_i^s) - F_i^t)^2)``.
 ``margin``     MarginDistillation (Svitov & Alyamkin 2020): ``margin`` = softmax cross-entropy
@@ -374,6 +377,27 @@ class Method(gluon.Block):
         return parts
 
 
+def stage_cosines(method, data):
+    """Mean cosine, over the images of ``data``, between the teacher's final embedding and the
+    student's at the end of training: stage 4 = the student's own embedding; stage i < 4 (where
+    the method has the adapter H_i and the teacher tail) = ``[T_{i+1} o .. o T_n](H_i(F_i^s))``,
+    the quantity whose angle Eq. 6 penalises.  Inference mode (running BatchNorm statistics).
+    Returns ``{stage: cosine}`` or ``{}`` for a method without a teacher embedding."""
+    spec, fr = method.spec, method._frozen
+    if not (spec.get("emb") and fr.teacher is not None):
+        return {}
+    with autograd.pause(train_mode=False):
+        out = method.student(method.student_input(data))
+        emb, taps = (out[0], list(out[1:])) if isinstance(out, (list, tuple)) else (out, None)
+        t_emb, _ = method.teacher_forward(data)
+        views = {4: emb}
+        for stage in sorted(fr.tails):
+            views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]))
+        t = mx.nd.L2Normalization(t_emb.astype("float32"))
+        return {stage: float(mx.nd.sum(mx.nd.L2Normalization(v.astype("float32")) * t, axis=1).mean().asscalar())
+                for stage, v in sorted(views.items())}
+
+
 def _frozen_full(teacher):
     """The teacher's whole embedding graph as ``model.frozen_tail(teacher, None)``, or None for
     a teacher not built by network name.  Same numbers as ``teacher(data)`` in inference mode
@@ -475,6 +499,7 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     student_opts = dict(cfg.net_opts)
     student_opts["image_size"] = student_image_size(cfg)
     student = EmbeddingNet(cfg.network, emb_size=int(cfg.emb_size), with_taps=_stage_needs_taps(cfg, spec),
+                           prelu_as_conv=bool(cfg.get("prelu_as_conv", True)),
                            **student_opts)
     student.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
     materialize(student, student_opts["image_size"], ctx[0])

@@ -205,14 +205,33 @@ def freeze_symbol(sym, param_shapes=None):
         elif op == "Dropout":
             node["op"] = "_copy"
             node["attrs"] = {}
-        elif op == "LeakyReLU" and attrs.get("act_type") == "prelu" and len(node["inputs"]) == 2:
-            gamma = new_nodes[node["inputs"][1][0]]
-            shape = tuple(shapes.get(gamma["name"]) or ()) if gamma["op"] == "null" else ()
-            if len(shape) == 1 and shape[0] > 1:
-                return _prelu_as_depthwise(new_nodes, node, int(shape[0]))
+        else:
+            return _visit_prelu(node, new_nodes, shapes)
         return None
 
     return rewrite_graph(sym, visit)
+
+
+def prelu_as_depthwise(sym, param_shapes):
+    """``sym`` with every per-channel PReLU whose slope shape is in ``param_shapes`` computed as
+    ``relu(x) + g * min(x, 0)`` through a 1x1 depthwise convolution (see ``freeze_symbol``), for
+    a *trainable* network.  The forward is the same bit for bit; the slope's gradient is the
+    same sum in another order (float32 rounding).  Why: MXNet 1.9.1's CPU PReLU backward reduces
+    the slope gradient with a generic kernel that cost 3-4x the whole rest of a MobileFaceNet
+    training step at 32x32 (docs/benchmarks.md, profile section); MKLDNN's depthwise weight
+    gradient does the same sum fast.  Parameter names and shapes are unchanged, so checkpoints
+    keep InsightFace's symbol."""
+    shapes = dict(param_shapes)
+    return rewrite_graph(sym, lambda node, new_nodes: _visit_prelu(node, new_nodes, shapes))
+
+
+def _visit_prelu(node, new_nodes, shapes):
+    if node["op"] == "LeakyReLU" and node.get("attrs", {}).get("act_type") == "prelu" and len(node["inputs"]) == 2:
+        gamma = new_nodes[node["inputs"][1][0]]
+        shape = tuple(shapes.get(gamma["name"]) or ()) if gamma["op"] == "null" else ()
+        if len(shape) == 1 and shape[0] > 1:
+            return _prelu_as_depthwise(new_nodes, node, int(shape[0]))
+    return None
 
 
 def _prelu_as_depthwise(new_nodes, node, channels):
@@ -272,7 +291,8 @@ class EmbeddingNet(gluon.SymbolBlock):
     ``set_params(arg_params, aux_params)``.
     """
 
-    def __init__(self, network_or_symbol, emb_size=512, with_taps=False, dtype="float32", tap_outputs=None, **opts):
+    def __init__(self, network_or_symbol, emb_size=512, with_taps=False, dtype="float32", tap_outputs=None,
+                 prelu_as_conv=False, **opts):
         self.split = None
         if isinstance(network_or_symbol, str):
             self.split = symbols.get_stages(network_or_symbol, emb_size, dtype=dtype, **opts)
@@ -298,13 +318,18 @@ class EmbeddingNet(gluon.SymbolBlock):
         self.with_taps = bool(with_taps)
         self.dtype = np.dtype(dtype).name
         self.embedding_symbol = embedding
-        outputs = [embedding] + list(taps) if with_taps else embedding
-        super().__init__(outputs, mx.sym.var("data", dtype="float32"))
-        set_default_inits(self.collect_params())
+        outputs = mx.sym.Group([embedding] + list(taps)) if with_taps else embedding
+        known = {}
         if self.split is not None:
-            # shapes known now: ``initialize`` allocates at once, no forward pass needed
             arg_shapes, aux_shapes = symbols.param_shapes(embedding, opts.get("image_size", 112))
             known = dict(arg_shapes, **aux_shapes)
+            if prelu_as_conv:
+                # the computed graph only; ``embedding_symbol`` (checkpoints) keeps the PReLUs
+                outputs = prelu_as_depthwise(outputs, known)
+        super().__init__(outputs, mx.sym.var("data", dtype="float32"))
+        set_default_inits(self.collect_params())
+        if known:
+            # shapes known now: ``initialize`` allocates at once, no forward pass needed
             for name, param in self.collect_params().items():
                 if name in known:
                     param.shape = known[name]

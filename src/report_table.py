@@ -24,10 +24,21 @@ log = get_logger(__name__)
 #: (column key, heading) of Table 2's layout plus the MegaFace and IJB-C columns
 PROTOCOLS = (("lfw", "LFW"), ("cfp_fp", "CFP-FP"), ("agedb_30", "AgeDB-30"),
              ("megaface", "MegaFace rank-1"), ("ijbc", "IJB-C TAR@FAR=1e-4"))
-METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet"}
+METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet",
+                "l2_final": "L2, final embedding only", "stn_final": "ShrinkTeaNet, final stage only (Eq. 5)",
+                "kd": "Hinton KD", "margin": "MarginDistillation",
+                "stn_w10": "ShrinkTeaNet, weight 10", "stn_final_w10": "ShrinkTeaNet final only, weight 10"}
+#: the distillation-weight ablation: (method at the paper's weight, the same at a larger weight)
+WEIGHT_ABLATION = (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
 NET_NAMES = {"r90": "LResNet-E-IR (r90 family)", "mfn": "MobileFaceNet", "mfnr": "MobileFaceNet-R",
              "mv1": "MobileNetV1", "mv2": "MobileNetV2"}
 IJB_FAR_KEY = "0.0001"
+
+
+def _config_suffix(method):
+    from shrinkteanet.demo import METHODS
+
+    return METHODS[method][0] if method in METHODS else method
 
 
 def _load(path):
@@ -246,6 +257,8 @@ def render(out, meta):
                  f"at the highest impostor score, so the column is coarse; TAR at every FAR is in each run's "
                  f"`eval/ijbc.json`).\n")
 
+    lines.extend(_study_sections(out, meta))
+
     order = ordering(rows)
     lines.append("## Does the paper's ordering hold here?\n")
     lines.append(_ordering_text(order) if order else "Not checked: a method is missing.\n")
@@ -273,11 +286,14 @@ def render(out, meta):
     lines.append(f"- teacher: `teacher_r90` config (LResNet-E-IR) with net_opts {meta['teacher']['opts']}, "
                  f"{meta['emb_size']}-d, {s['teacher_epochs']} epochs")
     for net, o in meta["student_opts"].items():
-        lines.append(f"- student {net}: net_opts {o}, {meta['emb_size']}-d, {s['student_epochs']} epochs; "
-                     f"`{net}_self` (margin head only), `{net}_l2` (+ L2 embedding loss), `{net}_stn` (+ angular "
-                     f"distillation at the 4 stages through the frozen teacher tails, Eq. 4-6)")
-    lines.append(f"- schedule: batch {s['batch_size']}, lr {s['lr']} (momentum 0.9, step decay x0.1), same seed "
-                 f"and schedule for the three methods")
+        lines.append(f"- student {net}: net_opts {o}, {meta['emb_size']}-d, {s['student_epochs']} epochs")
+    for m in meta["methods"]:
+        extra = " ".join(meta.get("method_overrides", {}).get(m, []))
+        lines.append(f"- method `{m}` ({METHOD_NAMES.get(m, m)}): config `<network>_{_config_suffix(m)}`"
+                     + (f" with `{extra}`" if extra else ""))
+    lines.append(f"- schedule: batch {s['batch_size']}, lr {s['lr']} (momentum 0.9, step decay x0.1 at 60% and "
+                 f"85% of the epochs), the same seeds, data order and schedule for every method; "
+                 f"{meta.get('jobs', 1)} stage(s) side by side, {meta.get('threads', 1)} OpenMP thread(s) each")
     lines.append("")
     lines.append("## Stages\n")
     lines.append("| stage | seconds |")
@@ -287,6 +303,21 @@ def render(out, meta):
         lines.append(f"| {st['name']} | {took} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _study_sections(out, meta):
+    """The sections that judge the methods (``study_report``); also writes ``out/study.json``."""
+    from shrinkteanet import study_report as sr
+
+    study = sr.build_study(out, meta, os.path.join(out, "synth"))
+    sr.write_study_json(out, study)
+    curves = sr.loss_curve_plot(out, study, METHOD_NAMES)
+    return ["## Paired differences to the self-studied student\n", sr.paired_section(study, METHOD_NAMES, NET_NAMES),
+            "## Distillation weight ablation\n", sr.ablation_section(study, WEIGHT_ABLATION, METHOD_NAMES),
+            "## Student-teacher cosine per stage at the end of training\n", sr.cosine_section(study, METHOD_NAMES),
+            "## Convergence\n", sr.convergence_section(study, METHOD_NAMES)
+            + (f"\n![loss curves]({curves})\n" if curves else ""),
+            "## Standard errors of the protocols\n", sr.se_section(study)]
 
 
 def write_report(out, meta):

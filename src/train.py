@@ -399,6 +399,7 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
         _restore(prev, prefix, method, student, trainer)
         for k in ("epoch", "batch", "step", "checkpoint", "kept", "best", "nonfinite_skipped"):
             state[k] = prev[k]
+        state["curve"] = [p for p in prev.get("curve", []) if p["step"] <= prev["step"]]
         log.info("resumed from %s-%04d at epoch %d batch %d (step %d)", prefix, prev["checkpoint"],
                  prev["epoch"], prev["batch"], prev["step"])
     # after a resume's set_data/load_states, so that rank 0 broadcasts the restored weights
@@ -463,6 +464,8 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
                 speed_imgs += n * job.num_workers
                 speed_time += dt
                 monitor.step(state["step"], lr, values, n * job.num_workers / max(dt, 1e-9), guard.skipped)
+                if state["step"] % monitor.frequent == 0:
+                    record_curve_point(state, window, lr)
                 info = {"epoch": epoch, "batch": b, "step": state["step"], "lr": lr, "losses": values, "ok": ok,
                         "trainer": trainer, "method": method}
                 for cb in callbacks:
@@ -499,7 +502,20 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
     summary["rank"] = job.rank
     summary["num_workers"] = job.num_workers
     summary["params_sha1"] = params_digest(method.trainable_params())
+    summary["curve"] = state.get("curve", [])
     return summary
+
+
+def record_curve_point(state, window, lr):
+    """Append the loss curve's point at ``state['step']``: the mean of each loss part over the
+    last ``frequent`` good steps (the ``window``) and the lr.  Kept in the run state, so a
+    resumed run continues the same curve (``summary['curve']``, the study's convergence test)."""
+    if not window:
+        return
+    point = {"step": int(state["step"]), "lr": float(lr)}
+    for k in window[-1]:
+        point[k] = float(np.mean([w[k] for w in window]))
+    state.setdefault("curve", []).append(point)
 
 
 def sync_initial_params(trainer, job):
@@ -797,9 +813,27 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
     verify = make_verifier(cfg, image_size, ctx_list[0]) if cfg.verbose and job.rank == 0 else None
     sym = student.embedding_symbol
     try:
-        return fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
-                   resume=resume, callbacks=callbacks,
-                   verify=(lambda arg, aux: verify(sym, arg, aux)) if verify else None)
+        summary = fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
+                      resume=resume, callbacks=callbacks,
+                      verify=(lambda arg, aux: verify(sym, arg, aux)) if verify else None)
+        if job.rank == 0:
+            summary["stage_cosines"] = final_stage_cosines(method, loader, ctx_list[0])
+        return summary
     finally:
         if hasattr(loader, "close"):
             loader.close()
+
+
+def final_stage_cosines(method, loader, ctx):
+    """``distill.stage_cosines`` on the first batch of epoch 0 (keys are stage numbers as strings)."""
+    import mxnet as mx
+
+    from shrinkteanet.distill import stage_cosines
+
+    if not hasattr(loader, "epoch"):
+        return {}
+    batch = next(iter(loader.epoch(0)), None)
+    if batch is None:
+        return {}
+    data = mx.nd.array(batch.data, ctx=ctx)
+    return {str(k): v for k, v in stage_cosines(method, data).items()}

@@ -57,9 +57,13 @@ def test_report_has_every_section_filled_from_real_runs(demo_run):
     # every stage was a real command that ran (the first run skips nothing)
     meta = json.loads((out / "demo.json").read_text())
     names = [s["name"] for s in meta["stages"]]
-    assert names[:2] == ["synthetic data", "teacher: train"] and not any(s["skipped"] for s in meta["stages"])
-    assert len(names) == 2 + 3 + 3 * 4  # data, teacher, its 3 evals, 3 students x (train + 3 evals)
-    assert "[mfnr_stn: eval ijb] shrinkteanet eval ijb" in log  # progress shows each command
+    assert names[0] == "synthetic data" and not any(s["skipped"] for s in meta["stages"])
+    # data, then teacher and 3 students, each a train stage and one stage of its 3 evaluations
+    assert sorted(names[1:]) == sorted(f"{r}: {k}" for r in ("teacher", "mfnr_self", "mfnr_l2", "mfnr_stn")
+                                       for k in ("train", "eval"))
+    ev = next(ln for ln in log.splitlines() if "[mfnr_stn: eval] start: " in ln)  # progress shows each command
+    assert all(f"shrinkteanet eval {p} " in ev for p in ("verification", "megaface", "ijb"))
+    assert meta["jobs"] == os.cpu_count()  # one stage per core by default
     verdict = text.split("## Does the paper's ordering hold here?", 1)[1]
     assert "In this run the paper's ordering (ShrinkTeaNet > L2 > self-studied) **" in verdict
 
@@ -185,8 +189,8 @@ def test_ordering_verdict_by_hand():
 def test_bad_input():
     with pytest.raises(InputError, match="scale 'huge'"):
         demo.get_scale("huge")
-    with pytest.raises(InputError, match="method 'kd'"):
-        demo.run_demo("/nonexistent/x", scale="tiny", methods=("kd",))
+    with pytest.raises(InputError, match="method 'bogus'"):
+        demo.run_demo("/nonexistent/x", scale="tiny", methods=("bogus",))
     with pytest.raises(InputError, match="no small options for network 'r50'"):
         demo.student_overrides(demo.get_scale("tiny"), "r50")
     r = subprocess.run([sys.executable, "-m", "shrinkteanet", "demo", "--seeds", "1,x"], capture_output=True,
@@ -201,3 +205,31 @@ def test_dry_run_prints_commands_and_writes_nothing(tmp_path):
     assert "shrinkteanet data synth" in r.stderr and "--image-size 32" in r.stderr
     assert "shrinkteanet train --config teacher_r90" in r.stderr
     assert not (tmp_path / "d" / "synth").exists()
+
+
+def test_study_json_has_the_contract_fields(demo_run):
+    """study.json (CONTRACTS "Study results"): per run network, method, seed, steps, final loss
+    parts and each protocol's metric with its count; the paired summary per method and protocol."""
+    out, _ = demo_run
+    s = json.loads((out / "study.json").read_text())
+    assert {"teacher", "runs", "paired"} <= set(s)
+    assert {r["method"] for r in s["runs"]} == {"self", "l2", "stn"}
+    for r in s["runs"]:
+        assert {"network", "method", "seed", "steps", "losses", "convergence", "stage_cosines"} <= set(r)
+        summary = json.loads((out / r["dir"] / "train.json").read_text())
+        assert r["steps"] == summary["steps"] > 0 and r["losses"] == summary["losses"]
+        ver = json.loads((out / r["dir"] / "eval" / "verification.json").read_text())
+        for t in ("lfw", "cfp_fp", "agedb_30"):
+            assert r[t] == {"accuracy": ver[t]["accuracy"], "pairs": 40}  # the tiny sets have 40 pairs
+        assert r["megaface"]["probes"] == 6 and r["megaface"]["trials"] == 6
+        assert r["ijbc"]["pairs"] > r["ijbc"]["genuine_pairs"] > 0
+    # distilled runs report the student-teacher cosine per stage: all four for the stage methods
+    assert set(next(r for r in s["runs"] if r["method"] == "stn")["stage_cosines"]) == {"1", "2", "3", "4"}
+    assert next(r for r in s["runs"] if r["method"] == "self")["stage_cosines"] == {}
+    paired = {(p["method"], p["protocol"]): p for p in s["paired"]}
+    assert set(paired) == {(m, p) for m in ("l2", "stn") for p in ("lfw", "cfp_fp", "agedb_30", "megaface", "ijbc")}
+    by = {r["method"]: r for r in s["runs"]}
+    p = paired[("stn", "lfw")]
+    assert p["n"] == 1 and p["ci95"] is None and p["verdict"] == "one seed"
+    assert p["mean_diff"] == pytest.approx(by["stn"]["lfw"]["accuracy"] - by["self"]["lfw"]["accuracy"])
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -84,14 +84,22 @@ def test_presets_select_every_method():
         assert distill.method_spec(cfg) == distill.SPECS[name]
     with pytest.raises(InputError, match="distill='bogus'"):
         distill.method_spec(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
+    # Sec. 4.3: "Student-1" is Eq. 7 with the l2 distance, i.e. at all four stages
     l2 = generate_config("mfn", "synth", "arcface", "l2")
-    assert l2.distill_stages == [4] and l2.l2_lambda == 0.001
+    assert l2.distill_stages == [1, 2, 3, 4] and l2.l2_lambda == 0.001
+    l2_final = generate_config("mfn", "synth", "arcface", "l2_final")
+    assert (l2_final.distill, l2_final.distill_stages, l2_final.l2_lambda) == ("l2", [4], 0.001)
+    stn_final = generate_config("mfn", "synth", "arcface", "stn_final")
+    assert (stn_final.distill, stn_final.distill_stages) == ("stn", [4])
 
 
 @pytest.mark.parametrize("stages,lambdas,want", [
     ([1, 2, 3, 4], [], {"angular_1": 0.125, "angular_2": 0.25, "angular_3": 0.5, "angular_4": 1.0}),
-    ([2, 4], [], {"angular_2": 0.5, "angular_4": 1.0}),
-    ([3], [], {"angular_3": 1.0}),
+    ([2, 4], [], {"angular_2": 0.25, "angular_4": 1.0}),
+    # the weight follows the stage number, not the position in distill_stages (Eq. 7: lambda_i = lambda_{i+1}/2)
+    ([3], [], {"angular_3": 0.5}),
+    ([4, 1], [], {"angular_4": 1.0, "angular_1": 0.125}),
+    ([2, 3], [], {"angular_2": 0.25, "angular_3": 0.5}),
     ([1, 4], [0.3, 2.0], {"angular_1": 0.3, "angular_4": 2.0}),
 ])
 def test_lambda_schedule(teacher_ckpt, stages, lambdas, want):
@@ -111,6 +119,8 @@ def test_lambda_schedule(teacher_ckpt, stages, lambdas, want):
 
 def test_l2_and_hint_weights(teacher_ckpt):
     _, m = build("l2", teacher_ckpt)
+    assert m.loss_weights == {"softmax": 1.0, "l2_1": 0.000125, "l2_2": 0.00025, "l2_3": 0.0005, "l2": 0.001}
+    _, m = build("l2_final", teacher_ckpt)
     assert m.loss_weights == {"softmax": 1.0, "l2": 0.001}
     _, m = build("l2", teacher_ckpt, "distill_stages=[3,4]")
     assert m.loss_weights == {"softmax": 1.0, "l2_3": 0.0005, "l2": 0.001}

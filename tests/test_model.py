@@ -423,3 +423,43 @@ def test_gdc_networks_survive_repeated_module_forward(network):
     arg, aux = random_params(sym)
     outs = module_forward_three_times(sym, arg, aux)
     assert all(o.shape == (2, EMB) and np.isfinite(o).all() for o in outs)
+
+
+def test_prelu_as_conv_same_function_names_and_gradients():
+    """The training graph's PReLU rewrite (model.prelu_as_depthwise): the same forward bit for bit,
+    the same parameter names, the same gradients up to float32 summation order, and the checkpoint
+    symbol keeps InsightFace's LeakyReLU(prelu) nodes.  The reference is the stock PReLU graph
+    *without* taps: with the taps as extra outputs, MXNet 1.9.1's PReLU gives wrong slope
+    gradients at the tapped layers (found while checking this rewrite against finite differences;
+    docs/benchmarks.md), which the rewrite does not share."""
+    opts = dict(blocks=(1, 1, 1, 1), filters=(8, 16, 16, 32, 32), image_size=32)
+    ref = EmbeddingNet("mfnr", 16, with_taps=False, prelu_as_conv=False, **opts)
+    fast = EmbeddingNet("mfnr", 16, with_taps=True, prelu_as_conv=True, **opts)
+    assert list(ref.collect_params().keys()) == list(fast.collect_params().keys())
+    ref.initialize(mx.init.Xavier())
+    arg, aux = ref.get_params()
+    rng = np.random.RandomState(3)
+    arg = {k: mx.nd.array(rng.uniform(0.05, 0.5, v.shape)) if k.endswith("relu_gamma") else v
+           for k, v in arg.items()}  # slopes of their own per channel
+    ref.set_params(arg, aux)
+    fast.set_params(arg, aux)
+    x = mx.nd.array(rng.uniform(0, 255, (4, 3, 32, 32)))
+    outs, grads = [], []
+    for net in (ref, fast):
+        xi = x.copy()
+        xi.attach_grad()
+        with autograd.record():
+            out = net(xi)
+            emb = out[0] if isinstance(out, (list, tuple)) else out
+            loss = (emb * emb).sum()
+        loss.backward()
+        outs.append(emb.asnumpy())
+        grads.append((xi.grad.asnumpy(), {k: p.grad().asnumpy() for k, p in net.collect_params().items()
+                                         if k.endswith("relu_gamma")}))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-3, atol=1e-5 * np.abs(grads[0][0]).max())
+    assert len(grads[0][1]) > 5 and set(grads[0][1]) == set(grads[1][1])
+    for k in grads[0][1]:
+        np.testing.assert_allclose(grads[0][1][k], grads[1][1][k], rtol=1e-3, atol=1e-4 * np.abs(grads[0][1][k]).max())
+    ops = {n["op"] for n in json.loads(fast.embedding_symbol.tojson())["nodes"]}
+    assert "LeakyReLU" in ops  # the checkpoint symbol is still InsightFace's

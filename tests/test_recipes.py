@@ -71,7 +71,8 @@ def test_dry_run_resolves_the_paper_config(row, tmp_path):
         # Eq. 6: lambda_4 = 1 and each earlier stage half the next
         assert cfg["distill_stages"] == [1, 2, 3, 4] and config.distill_lambdas(EasyDict(cfg)) == [0.125, 0.25, 0.5, 1]
     if distill == "l2":
-        assert cfg["distill_stages"] == [4] and cfg["l2_lambda"] == 0.001
+        # Student-1 (Sec. 4.3): Eq. 7 with the l2 distance at all four stages
+        assert cfg["distill_stages"] == [1, 2, 3, 4] and cfg["l2_lambda"] == 0.001
     if row.startswith("lowres"):
         assert cfg["lowres_size"] == 56
 

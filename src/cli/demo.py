@@ -1,5 +1,6 @@
-"""`shrinkteanet demo` and `shrinkteanet reproduce`: the whole method end to end on this machine
-(synthetic data -> teacher -> students self/L2/ShrinkTeaNet -> all evaluations -> REPORT.md)."""
+"""`shrinkteanet demo` and `shrinkteanet reproduce`: the whole study end to end on this machine
+(synthetic data -> teacher -> students of every method and seed -> all evaluations -> REPORT.md
+and study.json), stages side by side on every core."""
 from shrinkteanet.cli import add_json_arg
 
 ORDER = 60
@@ -17,21 +18,37 @@ def _seeds(text):
     return seeds
 
 
-def _common(p, out_default, seeds_default):
+def _jobs(text):
+    from shrinkteanet.errors import InputError
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise InputError(f"--jobs must be a positive integer, got {text!r}") from None
+    if n < 1:
+        raise InputError(f"--jobs must be a positive integer, got {text!r}")
+    return n
+
+
+def _common(p, out_default, scale_default):
     p.add_argument("--out", default=out_default, metavar="DIR", help=f"work folder (default {out_default})")
     p.add_argument("--scale", default=None,
-                   help="tiny | small (default: $SHRINKTEANET_DEMO_SCALE or small)")
-    p.add_argument("--seeds", default=seeds_default, help=f"student seeds, comma-separated (default {seeds_default})")
-    p.add_argument("--students", default=None, help="student networks, comma-separated (default: the scale's mfn,mfnr)")
+                   help=f"tiny | small | study (default: $SHRINKTEANET_DEMO_SCALE or {scale_default})")
+    p.add_argument("--seeds", default=None, help="student seeds, comma-separated (default: the scale's)")
+    p.add_argument("--students", default=None, help="student networks, comma-separated (default: the scale's)")
+    p.add_argument("--methods", default=None, help="methods, comma-separated (default: the scale's; "
+                                                   "names as in shrinkteanet.demo.METHODS)")
+    p.add_argument("--jobs", default=None, type=str, help="stages side by side (default: one per core)")
+    p.add_argument("--threads", default=0, type=int, help="OpenMP threads per stage (default: cores // jobs)")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
-    p.add_argument("--dry-run", action="store_true", help="print the commands of data and teacher stages only")
+    p.add_argument("--dry-run", action="store_true", help="print every stage's commands and run nothing")
     add_json_arg(p)
 
 
 def register(sub):
     p = sub.add_parser("demo", help="synthetic data -> teacher -> students (self, L2, ShrinkTeaNet) -> "
                                     "all evaluations -> REPORT.md")
-    _common(p, "work/demo", "0")
+    _common(p, "work/demo", "small")
     p.add_argument("--only-data", action="store_true", help="only make the synthetic set (OUT/synth)")
     p.add_argument("--recipe-extra", default=None, metavar="NETWORK",
                    help="print the key=value overrides that run a recipe of NETWORK (r90, mfn, mfnr, mv1, mv2, "
@@ -39,7 +56,7 @@ def register(sub):
     p.set_defaults(func=run_demo)
     r = sub.add_parser("reproduce", help="the demo with several seeds per method: mean, std and whether the "
                                          "paper's ordering holds")
-    _common(r, "work/reproduce-small", "0,1,2")
+    _common(r, "work/reproduce-small", "study")
     r.set_defaults(func=run_reproduce)
 
 
@@ -50,11 +67,12 @@ def _run(args, reproduce):
     from shrinkteanet import demo
     from shrinkteanet.utils import write_json
 
-    scale = demo.get_scale(args.scale)
-    students = [s.strip() for s in args.students.split(",") if s.strip()] if args.students else None
+    scale = demo.get_scale(args.scale or (None if not reproduce or os.environ.get(demo.SCALE_ENV) else "study"))
+    students = _names(args.students)
     fn = demo.reproduce_small if reproduce else demo.run_demo
-    path = fn(args.out, scale=scale, seeds=_seeds(args.seeds), students=students, force=args.force,
-              dry_run=args.dry_run)
+    path = fn(args.out, scale=scale, seeds=_seeds(args.seeds) if args.seeds else None, students=students,
+              methods=_names(args.methods), force=args.force, dry_run=args.dry_run,
+              jobs=_jobs(args.jobs) if args.jobs else None, threads=args.threads)
     if path is None:
         print("dry run: nothing trained")
         return 0
@@ -64,13 +82,17 @@ def _run(args, reproduce):
           f"{meta['elapsed_s'] / 60:.1f} min")
     with open(path) as f:
         text = f.read()
-    # the table and the ordering verdict are the summary a person reads first
+    # the table, the paired differences and the verdicts are the summary a person reads first
     start = text.find("## Table 2 layout")
-    print(text[start:text.find("## Plots")].strip())
+    print(text[start:text.find("## Distillation weight ablation")].strip())
     print(f"report: {path}")
     if args.json:
         write_json(args.json, dict(meta, report=path))
     return 0
+
+
+def _names(text):
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
 def run_demo(args):
