@@ -73,7 +73,10 @@ def read_feature(path):
 
 
 def feature_path(root, rel, algo):
-    return os.path.join(root, f"{rel}_{algo}.bin")
+    """``root/<rel>_<algo>.bin``; a list entry that leads outside ``root`` is an ``InputError``."""
+    from shrinkteanet.utils import path_inside
+
+    return path_inside(root, f"{rel}_{algo}.bin", f"MegaFace list entry {rel!r}")
 
 
 # ---------------------------------------------------------------- lists
@@ -340,6 +343,11 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
     lists = {s: read_distractor_list(p) for s, p in lists.items()}
     order, sets = plan_distractors(lists)
 
+    raw, clean = os.path.join(out, "features"), os.path.join(out, "features_clean")
+    # before any embedding: every feature file stays inside --out
+    for kind, rels in (("facescrub", fs_paths), ("megaface", order)):
+        for rel in rels:
+            feature_path(os.path.join(raw, kind), rel, algo)
     fs_files = [os.path.join(root, "facescrub_images", p) for p in fs_paths]
     mf_files = [os.path.join(root, "megaface_images", p) for p in order]
     fs_feats, miss_fs = _embed_normalised(embedder, fs_files, image_size, chunk, allow_missing, "facescrub")
@@ -359,7 +367,6 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
     fs_noisy = np.array([(p in fs_noise) or (os.path.basename(p) in fs_noise) for p in fs_paths], bool)
     mf_noisy = np.array([p in mf_noise for p in order], bool)
 
-    raw, clean = os.path.join(out, "features"), os.path.join(out, "features_clean")
     fs_clean = clean_probes(fs_feats, fs_ids, fs_noisy & fs_ok, seed) if (fs_noisy & fs_ok).any() else fs_feats
     for i, rel in enumerate(fs_paths):
         if fs_ok[i]:

@@ -27,6 +27,18 @@ def atomic_open(path, mode="wb"):
         raise
 
 
+def path_inside(folder, rel, what):
+    """``folder/rel``, refused unless it resolves (``..``, absolute paths and symbolic links
+    followed) inside ``folder``: an output path taken from a list never escapes its output
+    folder.  ``what`` names the list entry in the ``InputError``."""
+    root = os.path.realpath(folder)
+    path = os.path.join(folder, rel)
+    real = os.path.realpath(path)
+    if os.path.isabs(rel) or os.path.commonpath([root, real]) != root:
+        raise InputError(f"{what}: path {rel!r} leads outside the output folder {folder}")
+    return path
+
+
 def atomic_write_bytes(path, data):
     with atomic_open(path, "wb") as f:
         f.write(data)
