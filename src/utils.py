@@ -80,11 +80,43 @@ def parse_gpus(text):
 
 
 def get_contexts(gpus=None):
-    """MXNet contexts for ``--gpus``; CPU when none given."""
+    """MXNet contexts for ``--gpus``; CPU when none given.  A GPU id this MXNet build or
+    machine does not have is an ``InputError`` (MXNet itself fails later, deep inside)."""
     import mxnet as mx
 
     ids = parse_gpus(gpus) if not isinstance(gpus, (list, tuple)) else list(gpus)
+    if ids:
+        check_gpus(ids)
     return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
+
+
+def check_gpus(ids):
+    """``--gpus`` must name GPUs that exist and an MXNet built with CUDA."""
+    import mxnet as mx
+
+    if not mx.runtime.Features().is_enabled("CUDA"):
+        raise InputError(f"--gpus {','.join(map(str, ids))}: this MXNet is a CPU build (install .[cu112] for GPUs, "
+                         "or leave --gpus out)")
+    try:
+        count = mx.context.num_gpus()
+    except mx.base.MXNetError as e:
+        raise InputError(f"--gpus: no usable GPU ({mxnet_reason(e)})") from None
+    bad = [i for i in ids if not 0 <= i < count]
+    if bad:
+        raise InputError(f"--gpus {','.join(map(str, ids))}: GPU {bad[0]} does not exist ({count} visible)")
+
+
+def mxnet_reason(exc):
+    """The line of an ``MXNetError`` that says what went wrong (MXNet often starts its message
+    with a C++ stack trace, so the first line is "Traceback (most recent call last):")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    skip = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
+    useful = [ln for ln in lines if not ln.startswith(skip) and not ln[:1].isdigit()]
+    text = (useful[-1] if useful else (lines[-1] if lines else type(exc).__name__))
+    for prefix in ("mxnet.base.MXNetError: ", "MXNetError: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text[:300]
 
 
 def process_pool(workers, initializer=None):
