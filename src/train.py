@@ -725,22 +725,59 @@ def _restore(prev, prefix, method, student, trainer):
     for f in (pfile, hfile, sfile):
         if not os.path.exists(f):
             raise InputError(f"--resume: checkpoint file {f} is missing")
-    blob = mx.nd.load(pfile)
-    flat = {k.split(":", 1)[1]: v for k, v in blob.items()}
-    head = mx.nd.load(hfile)
+    blob = _load_checkpoint_file(pfile)
+    if not isinstance(blob, dict):
+        raise InputError(f"--resume: {pfile} holds no named parameters")
+    flat = {k.split(":", 1)[-1]: v for k, v in blob.items()}
+    head = _load_checkpoint_file(hfile)
     flat.update(head if isinstance(head, dict) else {})  # mx.nd.load gives [] for an empty dict
     own = method.collect_params()
     for name, p in own.items():
         if name not in flat:
             raise InputError(f"{pfile}: parameter {name} is missing")
-        if name in flat:
-            p.set_data(flat[name])
-    trainer.load_states(sfile)
+        if tuple(flat[name].shape) != tuple(p.shape):
+            raise InputError(f"--resume: {pfile}: parameter {name} is {flat[name].shape}, the network wants {p.shape}")
+        p.set_data(flat[name])
+    try:
+        trainer.load_states(sfile)
+    except Exception as e:  # truncated or foreign: pickle, EOF or MXNet errors
+        raise InputError(f"--resume: {sfile}: unreadable optimizer state ({_reason(e)})") from None
+
+
+def _load_checkpoint_file(path):
+    """``mx.nd.load`` with a one-line ``InputError`` naming the file (truncated, not MXNet)."""
+    import mxnet as mx
+
+    try:
+        return mx.nd.load(path)
+    except (mx.base.MXNetError, ValueError) as e:
+        raise InputError(f"--resume: {path}: unreadable checkpoint file ({_reason(e)})") from None
+
+
+def _reason(exc):
+    from shrinkteanet.utils import mxnet_reason
+
+    return mxnet_reason(exc)
 
 
 # ---------------------------------------------------------------------------------------------
 # building a run from a config
 # ---------------------------------------------------------------------------------------------
+def _build_networks_or_explain(cfg, build_networks, ctx_list):
+    """``build_networks`` with an unknown or mismatched network option as one ``InputError``
+    naming ``net_opts``/``teacher_net_opts`` (the symbols raise ValueError, MXNet asserts)."""
+    try:
+        return build_networks(cfg, ctx=ctx_list)
+    except InputError:
+        raise
+    except (ValueError, AssertionError) as e:
+        opts = f"network={cfg.network} net_opts={dict(cfg.net_opts)}"
+        if cfg.get("teacher"):
+            opts += f" / teacher={cfg.teacher} teacher_network={cfg.teacher_network} " \
+                    f"teacher_net_opts={dict(cfg.teacher_net_opts)}"
+        raise InputError(f"config {opts}: {_reason(e) if str(e) else type(e).__name__}") from None
+
+
 def initialize_params(params, ctx_list):
     """InsightFace's initialiser for everything not loaded: Xavier (gaussian, 'out', 2) for
     weights; each parameter's own ``init`` (zeros/ones for BN, the head's normal) wins."""
@@ -783,6 +820,32 @@ def make_verifier(cfg, image_size, ctx):
     return verify
 
 
+#: key -> (test, what it must be): the numbers a typo or a sign slip makes meaningless.
+_HYPERPARAMETER_RULES = {
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
+    "wd": (lambda v: v >= 0, "a finite number >= 0"),
+    "lr_factor": (lambda v: 0 < v <= 1, "a finite number in (0, 1]"),
+    "lr_min": (lambda v: v >= 0, "a finite number >= 0"),
+    "emb_size": (lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    "batch_size": (lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    "warmup_batches": (lambda v: v >= 0, "a whole number >= 0"),
+    "fc7_lr_mult": (lambda v: v >= 0, "a finite number >= 0"),
+    "fc7_wd_mult": (lambda v: v >= 0, "a finite number >= 0"),
+}
+
+
+def check_hyperparameters(cfg):
+    """``InputError`` naming the key for a NaN/inf or out-of-range optimiser or network number
+    (MXNet would fail deep inside, or, for ``lr=-1`` and ``momentum=5``, train on silently)."""
+    for key, (ok, what) in _HYPERPARAMETER_RULES.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise InputError(f"config {key}={value!r}: must be {what}")
+
+
 def _num_classes_chosen(cfg):
     """Whether ``num_classes`` was chosen for this data: set by the user, or the dataset row's
     own count while training on that row's own folder.  A preset's count (85742 for emore)
@@ -814,6 +877,7 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None, overwrite
     ctx_list = list(ctx_list or [mx.cpu()])
     if not cfg.data_dir:
         raise InputError("config data_dir is empty: --data DIR")
+    check_hyperparameters(cfg)
     kv = make_kvstore(cfg.kvstore)
     job = Context(ctx_list, None if isinstance(kv, str) else kv)
     job.kvstore = kv
@@ -874,7 +938,7 @@ def _train_locked(cfg, ctx_list, job, resume, callbacks, loader):
         from mxnet.contrib import amp
 
         amp.init()
-    student, teacher, teacher_fc7 = build_networks(cfg, ctx=ctx_list)
+    student, teacher, teacher_fc7 = _build_networks_or_explain(cfg, build_networks, ctx_list)
     method = build_method(cfg, student, teacher, num_classes=num_classes, teacher_fc7=teacher_fc7, ctx=ctx_list)
     initialize_params(method.collect_params(), ctx_list)
     if cfg.get("hybridize", True):
