@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import socket
 import time
 
@@ -34,6 +35,7 @@ RESUME_FREE_KEYS = frozenset({
 })
 
 _RUN_FILE = re.compile(r"-(\d{4}\.(params|head\.params|states)|state\.json|symbol\.json)$")
+_NUMBERED = re.compile(r"-(\d{4})\.(params|head\.params|states)$")
 
 
 class RunLock:
@@ -47,7 +49,10 @@ class RunLock:
     def acquire(self):
         """Take the lock or raise ``InputError`` naming the process that holds it."""
         _check_folder(self.folder)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise InputError(f"--out {self.folder}: not writable ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,6 +88,20 @@ def _check_folder(folder):
         raise InputError(f"--out {folder}: cannot create the folder ({e.strerror})") from None
 
 
+def check_free_space(folder, checkpoint_bytes):
+    """Refuse to start when ``folder`` cannot hold two checkpoints (the next one is written
+    beside the last before the last is pruned); the message gives the estimate."""
+    free = shutil.disk_usage(folder).free
+    needed = 2 * int(checkpoint_bytes)
+    if free < needed:
+        raise InputError(f"--out {folder}: {_mb(free)} free, but a checkpoint needs about {_mb(checkpoint_bytes)} "
+                         f"(two must fit while the older is replaced); free space or choose another --out")
+
+
+def _mb(n):
+    return f"{n / 2 ** 20:.1f} MiB"
+
+
 def _read_holder(fd):
     try:
         text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
@@ -95,6 +114,23 @@ def run_files(prefix):
     """The files of the run at ``prefix``: state, symbol and numbered checkpoints."""
     base = glob.escape(prefix)
     return sorted(p for p in glob.glob(base + "-*") if _RUN_FILE.search(p[len(prefix):]))
+
+
+def stray_files(prefix, keep):
+    """Numbered checkpoint files of ``prefix`` whose number is not in ``keep``, and the temp
+    files of its atomic writes (``.NAME.tmp``, ``.NAME.PID.tmp``, ``NAME.XXXX.tmp``)."""
+    keep = {int(k) for k in keep}
+    folder, base = os.path.split(os.path.abspath(prefix))
+    out = []
+    for name in os.listdir(folder):
+        if name.endswith(".tmp") and (name.startswith(base + "-") or name.startswith(f".{base}-")):
+            out.append(os.path.join(folder, name))
+            continue
+        if name.startswith(base + "-"):
+            m = _NUMBERED.fullmatch(name[len(base):])
+            if m and int(m.group(1)) not in keep:
+                out.append(os.path.join(folder, name))
+    return sorted(out)
 
 
 def prepare_fresh_run(prefix, overwrite=False):

@@ -211,15 +211,20 @@ class Checkpointer:
         # the state moves on first: a crash while pruning leaves files too many, never a state
         # that names a checkpoint already deleted
         write_json(self.prefix + STATE_SUFFIX, state)
-        self.prune(drop)
+        self.prune(state["kept"])
         log.info("checkpoint %s-%04d (epoch %d, batch %d)", self.prefix, number, state["epoch"], state["batch"])
 
-    def prune(self, numbers):
-        """Delete the files of checkpoints ``numbers`` (called only once no state names them)."""
-        for old in numbers:
-            for path in self.paths(old):
-                if os.path.exists(path):
-                    os.unlink(path)
+    def prune(self, keep):
+        """Delete every checkpoint file of the prefix whose number ``keep`` does not list, and
+        temp files: those pruned now and any an earlier crash left (called once the state names
+        ``keep``; the run lock guarantees no other writer)."""
+        from shrinkteanet.run_folder import stray_files
+
+        for path in stray_files(self.prefix, keep):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,6 +768,22 @@ def _reason(exc):
 # ---------------------------------------------------------------------------------------------
 # building a run from a config
 # ---------------------------------------------------------------------------------------------
+def checkpoint_bytes(method):
+    """About the size of one checkpoint: every parameter that is not the frozen teacher's
+    (``.params`` + ``.head.params``) plus one momentum array per trainable one (``.states``),
+    float32, with 10% for headers and the symbol."""
+    teacher = getattr(method, "teacher", None)
+    frozen = set(teacher.collect_params().keys()) if teacher is not None else set()
+    trainable = set(method.trainable_params().keys())
+    total = 0
+    for name, p in method.collect_params().items():
+        if name in frozen or p.shape is None or any(d <= 0 for d in p.shape):
+            continue
+        n = int(np.prod(p.shape))
+        total += 4 * n * (2 if name in trainable else 1)
+    return int(total * 1.1) + 65536
+
+
 def _build_networks_or_explain(cfg, build_networks, ctx_list):
     """``build_networks`` with an unknown or mismatched network option as one ``InputError``
     naming ``net_opts``/``teacher_net_opts`` (the symbols raise ValueError, MXNet asserts)."""
@@ -953,6 +974,10 @@ def _train_locked(cfg, ctx_list, job, resume, callbacks, loader):
             raise InputError("--teacher-cache holds embeddings of un-jittered images: set color_jitter=0")
         cache = TeacherCache(cfg.teacher_cache)
         cache.check_covers(loader.keys)
+    if cfg.out and job.rank == 0:
+        from shrinkteanet.run_folder import check_free_space
+
+        check_free_space(os.path.dirname(os.path.abspath(cfg.out)), checkpoint_bytes(method))
     verify = make_verifier(cfg, image_size, ctx_list[0]) if cfg.verbose and job.rank == 0 else None
     sym = student.embedding_symbol
     try:

@@ -178,15 +178,25 @@ def test_a_crash_while_saving_leaves_a_state_that_names_a_complete_checkpoint(da
 def test_a_crash_while_pruning_loses_nothing(data, tmp_path, monkeypatch):
     out = tmp_path / "run" / "model"
 
-    def crash(numbers):
-        if numbers:
-            raise OSError("simulated crash while pruning")
+    real, calls = train.Checkpointer.prune, []
 
-    monkeypatch.setattr(train.Checkpointer, "prune", lambda self, numbers: crash(numbers))
+    def crash_on_second(self, keep):
+        calls.append(list(keep))
+        if len(calls) == 2:
+            raise OSError("simulated crash while pruning")
+        return real(self, keep)
+
+    monkeypatch.setattr(train.Checkpointer, "prune", crash_on_second)
     with pytest.raises(OSError, match="simulated"):
         train.train(_cfg(data, out, "max_batches=6", "ckpt_every=2", "keep_last=1"))
     state = _assert_state_names_a_complete_checkpoint(out)
     assert state["checkpoint"] == 2 and state["kept"] == [2]
+    assert _checkpoints_on_disk(out.parent) == [1, 2]  # one too many, never one too few
+    monkeypatch.setattr(train.Checkpointer, "prune", real)
+    (out.parent / ".model-0003.states.tmp").write_bytes(b"half")  # what a kill mid-write leaves
+    assert train.train(_cfg(data, out, "max_batches=6", "ckpt_every=2", "keep_last=1"), resume=True)["steps"] == 6
+    # the next prune also removed what the crash left behind
+    assert _checkpoints_on_disk(out.parent) == [3] and not list(out.parent.glob("*.tmp"))
 
 
 # --- defect 11 ------------------------------------------------------------------------------
@@ -203,3 +213,30 @@ def test_no_num_classes_warning_unless_the_config_sets_it(data, tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="shrinkteanet"):
         train.train(cfg)
     assert [r for r in caplog.records if "num_classes=5" in r.getMessage() and r.levelno == logging.WARNING]
+
+
+# --- also: free space and writability --------------------------------------------------------
+def test_too_little_space_is_refused_before_training_with_the_estimate(data, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from shrinkteanet import run_folder
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 4096, 4096))
+    steps = []
+    out = tmp_path / "run" / "model"
+    with pytest.raises(InputError, match=r"--out .*run: 0\.0 MiB free, but a checkpoint needs about \d+\.\d MiB"):
+        train.train(_cfg(data, out, "max_batches=2"), callbacks=[steps.append])
+    assert steps == [] and not list(out.parent.glob("model-*"))
+    monkeypatch.undo()
+    methods = []
+    summary = train.train(_cfg(data, out, "max_batches=1"), callbacks=[lambda info: methods.append(info["method"])])
+    assert summary["checkpoint"] == 1
+    # the estimate is of the right size: the real checkpoint (params, head, states) and a little more
+    on_disk = sum(p.stat().st_size for p in out.parent.glob("model-0001.*"))
+    assert on_disk <= train.checkpoint_bytes(methods[0]) <= 2 * on_disk + 65536
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line(data):
+    with pytest.raises(InputError, match=r"--out /proc/shrinkteanet-test: cannot create the folder"):
+        train.train(_cfg(data, "/proc/shrinkteanet-test/model", "max_batches=1"))
