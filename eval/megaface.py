@@ -82,12 +82,16 @@ def feature_path(root, rel, algo):
 # ---------------------------------------------------------------- lists
 def _read_json(path):
     try:
-        with open(path, "r") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except FileNotFoundError:
         raise InputError(f"{path}: list not found") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 JSON (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
 
 
 def read_facescrub_list(path):
@@ -126,15 +130,16 @@ def read_noise_list(path, kind):
         return keys
     if not os.path.isfile(path):
         raise InputError(f"{path}: {kind} noise list not found")
-    with open(path, "r") as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split("\t")
-            keys.add(parts[1] if len(parts) > 1 else line)
+    from shrinkteanet.utils import text_lines
+
+    for _, line in text_lines(path):
+        if line.startswith("#"):
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split("\t")
+        keys.add(parts[1] if len(parts) > 1 else line)
     return keys
 
 

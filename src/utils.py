@@ -39,6 +39,18 @@ def path_inside(folder, rel, what):
     return path
 
 
+def text_lines(path):
+    """``(line number, line)`` of a UTF-8 text file; another encoding is an ``InputError``
+    naming the file, line and byte (lists written by hand or by other tools)."""
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                yield no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{no}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") \
+                    from None
+
+
 def atomic_write_bytes(path, data):
     with atomic_open(path, "wb") as f:
         f.write(data)
