@@ -153,9 +153,10 @@ def _plain(value):
 
 def changed_run_keys(saved_cfg, cfg):
     """Keys whose values differ between ``saved_cfg`` (from state.json) and ``cfg``,
-    except those in ``RESUME_FREE_KEYS``; sorted."""
+    except those in ``RESUME_FREE_KEYS``; sorted.  Only keys both know are compared: a run
+    saved by an older version predates keys added since (they keep their defaults)."""
     old, new = _plain(dict(saved_cfg)), _plain(dict(cfg))
-    keys = (set(old) | set(new)) - RESUME_FREE_KEYS
+    keys = (set(old) & set(new)) - RESUME_FREE_KEYS
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 

@@ -240,3 +240,14 @@ def test_too_little_space_is_refused_before_training_with_the_estimate(data, tmp
 def test_an_output_folder_that_cannot_be_created_is_one_line(data):
     with pytest.raises(InputError, match=r"--out /proc/shrinkteanet-test: cannot create the folder"):
         train.train(_cfg(data, "/proc/shrinkteanet-test/model", "max_batches=1"))
+
+
+def test_resume_compares_only_keys_both_configs_know():
+    from shrinkteanet.run_folder import changed_run_keys
+
+    saved = {"lr": 0.1, "network": "mfnr", "workers": 2}
+    assert changed_run_keys(saved, {"lr": 0.1, "network": "mfnr", "workers": 0, "new_key": 1}) == []
+    assert changed_run_keys(saved, {"lr": 0.2, "network": "mfn"}) == ["lr", "network"]
+    # tuples and EasyDicts compare equal to what state.json gave back
+    assert changed_run_keys({"lr_steps": [5, 9], "net_opts": {"a": [1]}},
+                            {"lr_steps": (5, 9), "net_opts": {"a": (1,)}}) == []
