@@ -99,6 +99,11 @@ def test_a_held_output_folder_is_refused_at_once_naming_the_holder(data, tmp_pat
             train.train(_cfg(data, folder / "model", "max_batches=2"))
         assert time.time() - t0 < 10
         assert not list(folder.glob("model-*"))  # nothing of the second run was written
+        r = subprocess.run([sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--out",
+                            str(folder), *overrides(data, None, "max_batches=2")], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+            f"shrinkteanet: error: {folder}: another training holds this output folder (pid {holder.pid} ")
+        assert not list(folder.glob("model-*"))  # not even the log
     finally:
         holder.kill()
         holder.wait()

@@ -105,6 +105,11 @@ def run(args):
 
     ctx = get_contexts(args.gpus)
     rank = int(os.environ.get("DMLC_TASK_ID", "0")) if role == "worker" else 0
+    if cfg.out and rank == 0:
+        from shrinkteanet.run_folder import RunLock
+
+        # fail on a held folder before its log gets our lines; train() then takes the lock for the run
+        RunLock(os.path.dirname(os.path.abspath(cfg.out))).acquire().release()
     _log_file(cfg, rank)
     try:
         from shrinkteanet import train

@@ -354,7 +354,8 @@ def read_property(path):
         if min(vals) <= 0:
             raise ValueError
     except ValueError:
-        raise InputError(f"{path}: expected 'num_classes,height,width' (positive integers), got {text[:60]!r}") from None
+        raise InputError(f"{path}: expected 'num_classes,height,width' (positive integers), "
+                         f"got {text[:60]!r}") from None
     return tuple(vals)
 
 
