@@ -28,8 +28,10 @@ TAR@FAR=1e-3 is unstable under ties: ``far_train`` holds long runs of equal valu
 the interpolation reads the two sorted neighbours of 1e-3, so the order the sort leaves
 inside a run decides the threshold.  ``tie_order='legacy'`` (default) is SciPy < 1.6,
 InsightFace's own era (NumPy's non-stable quicksort); ``tie_order='stable'`` is SciPy
-1.6-1.8 (a stable sort).  On a well-separated 600-pair set the two give TAR 0.070 and
-1.000 (``docs/reliability.md``); the report field ``tar_tie_order`` says which was used.
+1.6-1.8 (a stable sort).  On well-separated 600-pair sets (accuracy 1.0) the two differ
+widely: 0.070 vs 1.000 in issue 16's example, 0.527 vs 1.000 in
+``tests/test_reliability_inputs.py`` (``docs/reliability.md``); the report field
+``tar_tie_order`` says which was used.
 """
 import os
 
