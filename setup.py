@@ -43,7 +43,7 @@ setup(
         "cpu": ["mxnet==1.9.1"],
         "cu112": ["mxnet-cu112==1.9.1"],
         "onnx": ["onnx==1.15.0", "onnxruntime", "protobuf"],
-        "test": ["pytest", "wheel", "onnx==1.15.0", "onnxruntime", "protobuf", "psutil"],
+        "test": ["pytest", "wheel", "onnx==1.15.0", "onnxruntime", "protobuf", "psutil", "hypothesis>=6.100,<7"],
     },
     entry_points={"console_scripts": ["shrinkteanet=shrinkteanet.cli:main"]},
 )

@@ -69,7 +69,23 @@ class Embedder:
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
         self.mkldnn = bool(mkldnn) and mx.runtime.Features().is_enabled("MKLDNN") and self.ctx.device_type == "cpu"
+        self._check_input_size()
         self._build(self.mkldnn)
+
+    def _check_input_size(self):
+        """The model must take ``image_size`` x ``image_size`` inputs (its E/GDC head fixes the
+        size it was trained at); a mismatch is an ``InputError`` naming ``--image-size``."""
+        import mxnet as mx
+
+        from shrinkteanet.utils import mxnet_reason
+
+        s = self.image_size
+        shapes = {k: v.shape for k, v in list(self.arg.items()) + list(self.aux.items())}
+        try:
+            self.sym.infer_shape(data=(1, 3, s, s), **shapes)
+        except mx.base.MXNetError as e:
+            raise InputError(f"--image-size {s}: the model does not take {s}x{s} faces ({mxnet_reason(e)}); "
+                             "give the size it was trained at") from None
 
     def _build(self, mkldnn):
         import mxnet as mx

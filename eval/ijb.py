@@ -40,11 +40,12 @@ log = get_logger(__name__)
 def _lines(path):
     if not os.path.isfile(path):
         raise InputError(f"{path}: IJB meta file not found")
-    with open(path, "r") as f:
-        for no, line in enumerate(f, 1):
-            s = line.strip()
-            if s:
-                yield no, s
+    from shrinkteanet.utils import text_lines
+
+    for no, line in text_lines(path):
+        s = line.strip()
+        if s:
+            yield no, s
 
 
 def read_template_media(path):

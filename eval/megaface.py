@@ -73,18 +73,25 @@ def read_feature(path):
 
 
 def feature_path(root, rel, algo):
-    return os.path.join(root, f"{rel}_{algo}.bin")
+    """``root/<rel>_<algo>.bin``; a list entry that leads outside ``root`` is an ``InputError``."""
+    from shrinkteanet.utils import path_inside
+
+    return path_inside(root, f"{rel}_{algo}.bin", f"MegaFace list entry {rel!r}")
 
 
 # ---------------------------------------------------------------- lists
 def _read_json(path):
     try:
-        with open(path, "r") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except FileNotFoundError:
         raise InputError(f"{path}: list not found") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 JSON (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
 
 
 def read_facescrub_list(path):
@@ -123,15 +130,16 @@ def read_noise_list(path, kind):
         return keys
     if not os.path.isfile(path):
         raise InputError(f"{path}: {kind} noise list not found")
-    with open(path, "r") as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split("\t")
-            keys.add(parts[1] if len(parts) > 1 else line)
+    from shrinkteanet.utils import text_lines
+
+    for _, line in text_lines(path):
+        if line.startswith("#"):
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split("\t")
+        keys.add(parts[1] if len(parts) > 1 else line)
     return keys
 
 
@@ -340,6 +348,11 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
     lists = {s: read_distractor_list(p) for s, p in lists.items()}
     order, sets = plan_distractors(lists)
 
+    raw, clean = os.path.join(out, "features"), os.path.join(out, "features_clean")
+    # before any embedding: every feature file stays inside --out
+    for kind, rels in (("facescrub", fs_paths), ("megaface", order)):
+        for rel in rels:
+            feature_path(os.path.join(raw, kind), rel, algo)
     fs_files = [os.path.join(root, "facescrub_images", p) for p in fs_paths]
     mf_files = [os.path.join(root, "megaface_images", p) for p in order]
     fs_feats, miss_fs = _embed_normalised(embedder, fs_files, image_size, chunk, allow_missing, "facescrub")
@@ -359,7 +372,6 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
     fs_noisy = np.array([(p in fs_noise) or (os.path.basename(p) in fs_noise) for p in fs_paths], bool)
     mf_noisy = np.array([p in mf_noise for p in order], bool)
 
-    raw, clean = os.path.join(out, "features"), os.path.join(out, "features_clean")
     fs_clean = clean_probes(fs_feats, fs_ids, fs_noisy & fs_ok, seed) if (fs_noisy & fs_ok).any() else fs_feats
     for i, rel in enumerate(fs_paths):
         if fs_ok[i]:

@@ -23,6 +23,15 @@ computes (``test()`` + ``evaluate()``), vectorised over thresholds:
   network outputs of every image and every mirror image;
 * ``threshold`` (not reported by InsightFace): the mean over folds of the
   training-fold best accuracy threshold (squared L2 on normalised embeddings).
+
+TAR@FAR=1e-3 is unstable under ties: ``far_train`` holds long runs of equal values and
+the interpolation reads the two sorted neighbours of 1e-3, so the order the sort leaves
+inside a run decides the threshold.  ``tie_order='legacy'`` (default) is SciPy < 1.6,
+InsightFace's own era (NumPy's non-stable quicksort); ``tie_order='stable'`` is SciPy
+1.6-1.8 (a stable sort).  On well-separated 600-pair sets (accuracy 1.0) the two differ
+widely: 0.070 vs 1.000 in issue 16's example, 0.527 vs 1.000 in
+``tests/test_reliability_inputs.py`` (``docs/reliability.md``); the report field
+``tar_tie_order`` says which was used.
 """
 import os
 
@@ -48,6 +57,8 @@ log = get_logger(__name__)
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 FAR_TARGET = 1e-3
+#: ``tie_order`` -> the argsort kind SciPy's ``interp1d`` used in that era.
+TIE_ORDERS = {"legacy": "quicksort", "stable": "stable"}
 
 
 def kfold_bounds(n, nrof_folds=10):
@@ -69,7 +80,7 @@ def _less_counts(values, thresholds):
     return np.searchsorted(np.sort(values), thresholds, side="left").astype(np.int64)
 
 
-def legacy_slinear_interp(x, y, x_new):
+def legacy_slinear_interp(x, y, x_new, sort_kind="quicksort"):
     """``scipy.interpolate.interp1d(x, y, kind='slinear')(x_new)`` as SciPy 1.0-1.4 computed it.
 
     InsightFace calls it on ``far_train``, which has many repeated values; SciPy >= 1.5
@@ -84,10 +95,11 @@ def legacy_slinear_interp(x, y, x_new):
     are done in the same order as SciPy's ``_deBoor_D`` so the result is bit-identical.
     NumPy's quicksort argsort of float64 is the same introsort from NumPy 1.x up to the
     pinned 1.23.5; a NumPy with AVX-512 sorting (>= 1.25) may order ties differently.
+    ``sort_kind='stable'`` gives SciPy 1.6-1.8's order (equal x keep their input order).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    ind = np.argsort(x, kind="quicksort")
+    ind = np.argsort(x, kind=sort_kind)
     xs, ys = x[ind], y[ind]
     n = xs.shape[0]
     if n < 2:
@@ -147,7 +159,7 @@ def _roc_folds(dist, issame, bounds, thresholds):
     return tprs.mean(0), fprs.mean(0), accuracy, best
 
 
-def _val_folds(dist, issame, bounds, thresholds, far_target):
+def _val_folds(dist, issame, bounds, thresholds, far_target, sort_kind="quicksort"):
     """InsightFace's ``calculate_val`` without a loop over thresholds."""
     neg_all = _less_counts(dist[~issame], thresholds)
     n_neg_all = int((~issame).sum())
@@ -164,7 +176,7 @@ def _val_folds(dist, issame, bounds, thresholds, far_target):
         with np.errstate(divide="ignore", invalid="ignore"):
             far_train = fa_tr.astype(np.float64) / float(n_diff_tr)
         if np.max(far_train) >= far_target:
-            threshold = legacy_slinear_interp(far_train, thresholds, far_target)
+            threshold = legacy_slinear_interp(far_train, thresholds, far_target, sort_kind)
         else:
             threshold = 0.0
         n_same, n_diff = int(s.sum()), int((~s).sum())
@@ -176,9 +188,17 @@ def _val_folds(dist, issame, bounds, thresholds, far_target):
     return val, far
 
 
-def evaluate_full(embeddings, issame, nrof_folds=10, xnorm=None):
+def check_tie_order(tie_order):
+    """``'legacy'`` or ``'stable'`` (see the module docstring); anything else is an ``InputError``."""
+    if tie_order not in TIE_ORDERS:
+        raise InputError(f"tie_order={tie_order!r}: expected one of {', '.join(TIE_ORDERS)}")
+    return TIE_ORDERS[tie_order]
+
+
+def evaluate_full(embeddings, issame, nrof_folds=10, xnorm=None, tie_order="legacy"):
     """:func:`evaluate` plus the mean test-fold ROC on the 0.01 grid: ``(fields, curves)``,
     ``curves = {"thresholds", "tpr", "fpr", "accuracy_folds", "tar_folds", "far_folds"}``."""
+    sort_kind = check_tie_order(tie_order)
     emb = np.asarray(embeddings)
     issame = np.asarray(issame, dtype=bool).reshape(-1)
     if emb.ndim != 2 or emb.shape[0] % 2:
@@ -190,7 +210,7 @@ def evaluate_full(embeddings, issame, nrof_folds=10, xnorm=None):
     dist = pair_distances(emb)
     bounds = kfold_bounds(len(dist), nrof_folds)
     tpr, fpr, accuracy, best = _roc_folds(dist, issame, bounds, ACC_THRESHOLDS)
-    val, far = _val_folds(dist, issame, bounds, VAL_THRESHOLDS, FAR_TARGET)
+    val, far = _val_folds(dist, issame, bounds, VAL_THRESHOLDS, FAR_TARGET, sort_kind)
     fields = {
         "accuracy": float(np.mean(accuracy)),
         "accuracy_std": float(np.std(accuracy)),
@@ -212,13 +232,14 @@ def evaluate_full(embeddings, issame, nrof_folds=10, xnorm=None):
     return fields, curves
 
 
-def evaluate(embeddings, issame, nrof_folds=10, xnorm=None):
+def evaluate(embeddings, issame, nrof_folds=10, xnorm=None, tie_order="legacy"):
     """CONTRACTS ``evaluate``: flip-fused embeddings (2P, D) and issame (P,) ->
     ``{accuracy, accuracy_std, tar, tar_std, far, threshold, xnorm}`` (unrounded).
 
     ``xnorm`` defaults to the mean norm of the given rows; pass InsightFace's figure
-    (mean norm over unfused image and mirror outputs) when you have it."""
-    return evaluate_full(embeddings, issame, nrof_folds, xnorm)[0]
+    (mean norm over unfused image and mirror outputs) when you have it.  ``tie_order``:
+    ``'legacy'`` (SciPy < 1.6, default) or ``'stable'`` (SciPy 1.6-1.8) for TAR@FAR."""
+    return evaluate_full(embeddings, issame, nrof_folds, xnorm, tie_order)[0]
 
 
 def xnorm_of(parts):
@@ -227,8 +248,9 @@ def xnorm_of(parts):
     return float(np.mean(np.concatenate(norms)))
 
 
-def run_targets(embedder, data_dir, targets, nrof_folds=10):
-    """Embed and evaluate each ``DATA_DIR/<target>.bin``; returns ``{target: (fields, curves)}``."""
+def run_targets(embedder, data_dir, targets, nrof_folds=10, tie_order="legacy"):
+    """Embed and evaluate each ``DATA_DIR/<target>.bin``; returns ``{target: (fields, curves)}``,
+    ``fields`` with ``tar_tie_order`` beside the ``evaluate`` figures."""
     out = {}
     for target in targets:
         path = os.path.join(data_dir, f"{target}.bin")
@@ -238,7 +260,9 @@ def run_targets(embedder, data_dir, targets, nrof_folds=10):
         images, issame = load_bin(path, image_size=(size, size))
         log.info("%s: %d pairs, embedding %d images (+ mirrors)", target, len(issame), len(images))
         emb, emb_flip = embedder.embed_parts(images)
-        fields, curves = evaluate_full(emb + emb_flip, issame, nrof_folds, xnorm=xnorm_of((emb, emb_flip)))
+        fields, curves = evaluate_full(emb + emb_flip, issame, nrof_folds, xnorm=xnorm_of((emb, emb_flip)),
+                                       tie_order=tie_order)
+        fields["tar_tie_order"] = tie_order  # the report says which order the TAR figures follow
         log.info("%s: accuracy %.5f+-%.5f, TAR %.5f@FAR %.5f", target, fields["accuracy"],
                  fields["accuracy_std"], fields["tar"], fields["far"])
         out[target] = (fields, curves)

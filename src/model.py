@@ -26,7 +26,7 @@ from mxnet import gluon
 from shrinkteanet import symbols
 from shrinkteanet.errors import InputError
 from shrinkteanet.logutil import get_logger
-from shrinkteanet.utils import atomic_open
+from shrinkteanet.utils import atomic_open, mxnet_reason
 
 log = get_logger(__name__)
 
@@ -61,12 +61,12 @@ def load_checkpoint(prefix, epoch, keep_extra=False):
             raise InputError(f"{path}: checkpoint file not found (--model PREFIX,EPOCH)")
     try:
         sym = mx.sym.load(sym_path)
-    except mx.base.MXNetError as e:
-        raise InputError(f"{sym_path}: not an MXNet symbol file ({str(e).splitlines()[0]})") from None
+    except (mx.base.MXNetError, ValueError) as e:  # a truncated file can fail to decode as UTF-8
+        raise InputError(f"{sym_path}: not an MXNet symbol file ({mxnet_reason(e)})") from None
     try:
         saved = mx.nd.load(params_path)
-    except mx.base.MXNetError as e:
-        raise InputError(f"{params_path}: not an MXNet parameter file ({str(e).splitlines()[0]})") from None
+    except (mx.base.MXNetError, ValueError) as e:
+        raise InputError(f"{params_path}: not an MXNet parameter file ({mxnet_reason(e)})") from None
     if not isinstance(saved, dict):
         raise InputError(f"{params_path}: parameters are not saved by name (arg:/aux: keys expected)")
     arg_params, aux_params = {}, {}

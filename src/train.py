@@ -134,7 +134,17 @@ def _save_nd_atomic(path, arrays):
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     mx.nd.save(tmp, arrays)
+    _fsync_path(tmp)
     os.replace(tmp, path)
+
+
+def _fsync_path(path):
+    """Flush a file that a library wrote by name to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_embedding_checkpoint(prefix, number, sym, arg_params, aux_params):
@@ -190,20 +200,31 @@ class Checkpointer:
         states = "%s-%04d.states" % (self.prefix, number)
         tmp = os.path.join(os.path.dirname(os.path.abspath(states)), f".{os.path.basename(states)}.tmp")
         trainer.save_states(tmp)
+        _fsync_path(tmp)
         os.replace(tmp, states)
         kept = [k for k in state["kept"] if k != number] + [number]
         drop = kept[:-self.keep_last]
         best = state.get("best", {}).get("checkpoint")
-        for old in drop:
-            if old == best:
-                continue
-            for path in self.paths(old):
-                if os.path.exists(path):
-                    os.unlink(path)
-        state["kept"] = [k for k in kept if k not in drop or k == best]
+        drop = [k for k in drop if k != best]
+        state["kept"] = [k for k in kept if k not in drop]
         state["checkpoint"] = number
+        # the state moves on first: a crash while pruning leaves files too many, never a state
+        # that names a checkpoint already deleted
         write_json(self.prefix + STATE_SUFFIX, state)
+        self.prune(state["kept"])
         log.info("checkpoint %s-%04d (epoch %d, batch %d)", self.prefix, number, state["epoch"], state["batch"])
+
+    def prune(self, keep):
+        """Delete every checkpoint file of the prefix whose number ``keep`` does not list, and
+        temp files: those pruned now and any an earlier crash left (called once the state names
+        ``keep``; the run lock guarantees no other writer)."""
+        from shrinkteanet.run_folder import stray_files
+
+        for path in stray_files(self.prefix, keep):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,12 +239,14 @@ class NonFiniteGuard:
         self.in_a_row = 0
         self.skipped = 0
 
-    def check(self, part_values, grads_finite):
+    def check(self, part_values, grads_finite, stats_finite=True):
+        """True for a good step; ``stats_finite``: the BatchNorm running statistics after the
+        forward pass (they can overflow while loss and gradients stay finite)."""
         bad = [k for k, v in part_values.items() if not math.isfinite(v)]
-        if not bad and grads_finite:
+        if not bad and grads_finite and stats_finite:
             self.in_a_row = 0
             return True
-        term = bad[0] if bad else "gradient"
+        term = bad[0] if bad else ("gradient" if not grads_finite else "running statistics")
         self.in_a_row += 1
         self.skipped += 1
         log.warning("non-finite %s: update skipped (%d in a row, %d in all)", term, self.in_a_row, self.skipped)
@@ -236,15 +259,27 @@ class NonFiniteGuard:
 
 def grads_all_finite(params):
     """One fused check over every gradient of the first context (after the reduction)."""
+    return arrays_all_finite([p.list_grad()[0] for p in params if p.grad_req != "null"])
+
+
+def arrays_all_finite(arrays):
+    """True when no element of any NDArray is NaN or inf (fused ``multi_all_finite``)."""
     import mxnet as mx
 
-    grads = [p.list_grad()[0] for p in params if p.grad_req != "null"]
+    arrays = [a for a in arrays if a.dtype in (np.float16, np.float32, np.float64)]
     ok = True
-    for i in range(0, len(grads), 128):  # keep the variadic op's input count modest
-        chunk = grads[i:i + 128]
+    for i in range(0, len(arrays), 128):  # keep the variadic op's input count modest
+        chunk = arrays[i:i + 128]
         flag = mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True)
         ok = ok and bool(flag.asscalar())
     return ok
+
+
+def nonfinite_names(named_arrays):
+    """Names of the arrays holding any NaN or inf (empty when the checkpoint is clean)."""
+    if arrays_all_finite(list(named_arrays.values())):
+        return []
+    return sorted(k for k, v in named_arrays.items() if not arrays_all_finite([v]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +431,9 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
         prev = read_state(prefix) if prefix else None
         if prev is None:
             raise InputError(f"--resume: no {prefix}{STATE_SUFFIX} to resume from")
+        from shrinkteanet.run_folder import check_resume_config
+
+        check_resume_config(prefix + STATE_SUFFIX, prev.get("config"), state["config"])
         _restore(prev, prefix, method, student, trainer)
         for k in ("epoch", "batch", "step", "checkpoint", "kept", "best", "nonfinite_skipped"):
             state[k] = prev[k]
@@ -409,8 +447,10 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
     def save():
         if ckpt is None or not is_chief or saved_at[0] == state["step"]:
             return
-        state["checkpoint"] += 1
         arg, aux, head = _checkpoint_params(method, student, student_symbol)
+        if not checkpoint_is_finite(arg, aux, head, state):
+            return
+        state["checkpoint"] += 1
         ckpt.save(state["checkpoint"], student_symbol, arg, aux, head, trainer, state)
         saved_at[0] = state["step"]
 
@@ -623,8 +663,9 @@ def _step(method, trainer, batch, ctx_list, teacher_cache, fp16, guard, job, par
     values = OrderedDict((k, float(sum(x.asscalar() for x in v)) / n) for k, v in part_sums.items())
     # AMP's dynamic loss scaling deals with fp16 gradient overflow itself
     finite = True if fp16 else grads_all_finite(params.values())
-    # in data-parallel runs only the reduced gradients are the same on every worker
-    ok = guard.check({} if job.distributed else values, finite)
+    # running statistics are per worker: in data-parallel runs only the reduced gradients agree
+    stats_ok = job.distributed or arrays_all_finite([p.list_data()[0] for p, _ in backup])
+    ok = guard.check({} if job.distributed else values, finite, stats_ok)
     if ok:
         trainer.update(global_batch)
     else:
@@ -633,6 +674,19 @@ def _step(method, trainer, batch, ctx_list, teacher_cache, fp16, guard, job, par
                 src.copyto(dst)
     mx.nd.waitall()
     return ok, values, n
+
+
+def checkpoint_is_finite(arg, aux, head, state):
+    """A checkpoint with any NaN/inf parameter or running statistic is never written (so it
+    can neither be counted as good nor push the last clean one out of ``keep_last``)."""
+    bad = nonfinite_names({**arg, **{f"aux:{k}": v for k, v in aux.items()}, **head})
+    if not bad:
+        return True
+    last = state["checkpoint"]
+    log.warning("step %d: checkpoint not written, non-finite %s%s; the last clean checkpoint is %s",
+                state["step"], ", ".join(bad[:3]), " ..." if len(bad) > 3 else "",
+                "%04d" % last if last else "none")
+    return False
 
 
 def params_digest(params):
@@ -692,22 +746,75 @@ def _restore(prev, prefix, method, student, trainer):
     for f in (pfile, hfile, sfile):
         if not os.path.exists(f):
             raise InputError(f"--resume: checkpoint file {f} is missing")
-    blob = mx.nd.load(pfile)
-    flat = {k.split(":", 1)[1]: v for k, v in blob.items()}
-    head = mx.nd.load(hfile)
+    blob = _load_checkpoint_file(pfile)
+    if not isinstance(blob, dict):
+        raise InputError(f"--resume: {pfile} holds no named parameters")
+    flat = {k.split(":", 1)[-1]: v for k, v in blob.items()}
+    head = _load_checkpoint_file(hfile)
     flat.update(head if isinstance(head, dict) else {})  # mx.nd.load gives [] for an empty dict
     own = method.collect_params()
     for name, p in own.items():
         if name not in flat:
             raise InputError(f"{pfile}: parameter {name} is missing")
-        if name in flat:
-            p.set_data(flat[name])
-    trainer.load_states(sfile)
+        if tuple(flat[name].shape) != tuple(p.shape):
+            raise InputError(f"--resume: {pfile}: parameter {name} is {flat[name].shape}, the network wants {p.shape}")
+        p.set_data(flat[name])
+    try:
+        trainer.load_states(sfile)
+    except Exception as e:  # truncated or foreign: pickle, EOF or MXNet errors
+        raise InputError(f"--resume: {sfile}: unreadable optimizer state ({_reason(e)})") from None
+
+
+def _load_checkpoint_file(path):
+    """``mx.nd.load`` with a one-line ``InputError`` naming the file (truncated, not MXNet)."""
+    import mxnet as mx
+
+    try:
+        return mx.nd.load(path)
+    except (mx.base.MXNetError, ValueError) as e:
+        raise InputError(f"--resume: {path}: unreadable checkpoint file ({_reason(e)})") from None
+
+
+def _reason(exc):
+    from shrinkteanet.utils import mxnet_reason
+
+    return mxnet_reason(exc)
 
 
 # ---------------------------------------------------------------------------------------------
 # building a run from a config
 # ---------------------------------------------------------------------------------------------
+def checkpoint_bytes(method):
+    """About the size of one checkpoint: every parameter that is not the frozen teacher's
+    (``.params`` + ``.head.params``) plus one momentum array per trainable one (``.states``),
+    float32, with 10% for headers and the symbol."""
+    teacher = getattr(method, "teacher", None)
+    frozen = set(teacher.collect_params().keys()) if teacher is not None else set()
+    trainable = set(method.trainable_params().keys())
+    total = 0
+    for name, p in method.collect_params().items():
+        if name in frozen or p.shape is None or any(d <= 0 for d in p.shape):
+            continue
+        n = int(np.prod(p.shape))
+        total += 4 * n * (2 if name in trainable else 1)
+    return int(total * 1.1) + 65536
+
+
+def _build_networks_or_explain(cfg, build_networks, ctx_list):
+    """``build_networks`` with an unknown or mismatched network option as one ``InputError``
+    naming ``net_opts``/``teacher_net_opts`` (the symbols raise ValueError, MXNet asserts)."""
+    try:
+        return build_networks(cfg, ctx=ctx_list)
+    except InputError:
+        raise
+    except (ValueError, AssertionError) as e:
+        opts = f"network={cfg.network} net_opts={dict(cfg.net_opts)}"
+        if cfg.get("teacher"):
+            opts += f" / teacher={cfg.teacher} teacher_network={cfg.teacher_network} " \
+                    f"teacher_net_opts={dict(cfg.teacher_net_opts)}"
+        raise InputError(f"config {opts}: {_reason(e) if str(e) else type(e).__name__}") from None
+
+
 def initialize_params(params, ctx_list):
     """InsightFace's initialiser for everything not loaded: Xavier (gaussian, 'out', 2) for
     weights; each parameter's own ``init`` (zeros/ones for BN, the head's normal) wins."""
@@ -750,8 +857,53 @@ def make_verifier(cfg, image_size, ctx):
     return verify
 
 
-def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
+#: key -> (test, what it must be): the numbers a typo or a sign slip makes meaningless.
+_HYPERPARAMETER_RULES = {
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
+    "wd": (lambda v: v >= 0, "a finite number >= 0"),
+    "lr_factor": (lambda v: 0 < v <= 1, "a finite number in (0, 1]"),
+    "lr_min": (lambda v: v >= 0, "a finite number >= 0"),
+    "emb_size": (lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    "batch_size": (lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
+    "warmup_batches": (lambda v: v >= 0, "a whole number >= 0"),
+    "fc7_lr_mult": (lambda v: v >= 0, "a finite number >= 0"),
+    "fc7_wd_mult": (lambda v: v >= 0, "a finite number >= 0"),
+}
+
+
+def check_hyperparameters(cfg):
+    """``InputError`` naming the key for a NaN/inf or out-of-range optimiser or network number
+    (MXNet would fail deep inside, or, for ``lr=-1`` and ``momentum=5``, train on silently)."""
+    for key, (ok, what) in _HYPERPARAMETER_RULES.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise InputError(f"config {key}={value!r}: must be {what}")
+
+
+def _num_classes_chosen(cfg):
+    """Whether ``num_classes`` was chosen for this data: set by the user, or the dataset row's
+    own count while training on that row's own folder.  A preset's count (85742 for emore)
+    carried over to another ``data_dir`` was not, and the data's count replaces it silently."""
+    from shrinkteanet import config
+
+    name = cfg.get("config_name")
+    if name not in config.CONFIGS:
+        return True
+    row = config.DATASETS.get(cfg.get("dataset"), {})
+    preset = row.get("num_classes", config.DEFAULT.get("num_classes"))
+    if int(cfg.num_classes) != int(preset or 0):
+        return True  # an override
+    return os.path.normpath(str(cfg.data_dir)) == os.path.normpath(str(row.get("data_dir", "")))
+
+
+def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None, overwrite=False):
     """Train ``cfg`` (a ``shrinkteanet.config`` EasyDict) and return the summary.
+
+    The output folder is locked for the run (``shrinkteanet.run_folder``); a new run over an
+    existing one is refused unless ``overwrite`` (which removes the old run's files).
 
     Builds the kvstore (rank, workers), the loader over this worker's shard, the
     student (and the teacher from ``cfg.teacher``), the method of ``cfg.distill``
@@ -759,12 +911,10 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
     ``cfg.teacher_cache`` is set, and the verifier; then runs ``fit``."""
     import mxnet as mx
 
-    from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.distill import build_method, build_networks, loader_lowres_size, needs_teacher_embedding
-
     ctx_list = list(ctx_list or [mx.cpu()])
     if not cfg.data_dir:
         raise InputError("config data_dir is empty: --data DIR")
+    check_hyperparameters(cfg)
     kv = make_kvstore(cfg.kvstore)
     job = Context(ctx_list, None if isinstance(kv, str) else kv)
     job.kvstore = kv
@@ -773,6 +923,36 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
     if cfg.batch_size % (job.num_workers * len(ctx_list)):
         raise InputError(f"config batch_size={cfg.batch_size} is not divisible by {job.num_workers} worker(s) x "
                          f"{len(ctx_list)} context(s)")
+    lock = claim_output(cfg.out, job.rank, resume, overwrite)
+    try:
+        return _train_locked(cfg, ctx_list, job, resume, callbacks, loader)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_output(prefix, rank, resume, overwrite):
+    """Lock the folder of ``prefix`` (worker 0 only: it alone writes) and refuse a new run over
+    an old one unless ``overwrite``.  Returns the held ``RunLock`` or None."""
+    if not prefix or rank != 0:
+        return None
+    from shrinkteanet.run_folder import RunLock, prepare_fresh_run
+
+    lock = RunLock(os.path.dirname(os.path.abspath(prefix))).acquire()
+    try:
+        if not resume:
+            prepare_fresh_run(prefix, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _train_locked(cfg, ctx_list, job, resume, callbacks, loader):
+    """``train`` once the output folder is held."""
+    from shrinkteanet.data.loader import FaceLoader
+    from shrinkteanet.distill import build_method, build_networks, loader_lowres_size, needs_teacher_embedding
+
     if loader is None:
         loader = FaceLoader(cfg.data_dir, cfg.batch_size // job.num_workers, seed=cfg.seed, workers=cfg.workers,
                             mirror=cfg.mirror, color_jitter=cfg.color_jitter,
@@ -783,7 +963,7 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
         log.info("data are %dx%d; config image_size=%d follows the data", image_size, image_size, cfg.image_size)
         cfg.image_size = image_size
     num_classes = int(loader.num_classes)
-    if cfg.num_classes and int(cfg.num_classes) != num_classes:
+    if cfg.num_classes and int(cfg.num_classes) != num_classes and _num_classes_chosen(cfg):
         log.warning("config num_classes=%d but %s has %d; using the data's", cfg.num_classes, cfg.data_dir,
                     num_classes)
     cfg.num_classes = num_classes
@@ -795,7 +975,7 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
         from mxnet.contrib import amp
 
         amp.init()
-    student, teacher, teacher_fc7 = build_networks(cfg, ctx=ctx_list)
+    student, teacher, teacher_fc7 = _build_networks_or_explain(cfg, build_networks, ctx_list)
     method = build_method(cfg, student, teacher, num_classes=num_classes, teacher_fc7=teacher_fc7, ctx=ctx_list)
     initialize_params(method.collect_params(), ctx_list)
     if cfg.get("hybridize", True):
@@ -810,6 +990,10 @@ def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None):
             raise InputError("--teacher-cache holds embeddings of un-jittered images: set color_jitter=0")
         cache = TeacherCache(cfg.teacher_cache)
         cache.check_covers(loader.keys)
+    if cfg.out and job.rank == 0:
+        from shrinkteanet.run_folder import check_free_space
+
+        check_free_space(os.path.dirname(os.path.abspath(cfg.out)), checkpoint_bytes(method))
     verify = make_verifier(cfg, image_size, ctx_list[0]) if cfg.verbose and job.rank == 0 else None
     sym = student.embedding_symbol
     try:

@@ -27,6 +27,30 @@ def atomic_open(path, mode="wb"):
         raise
 
 
+def path_inside(folder, rel, what):
+    """``folder/rel``, refused unless it resolves (``..``, absolute paths and symbolic links
+    followed) inside ``folder``: an output path taken from a list never escapes its output
+    folder.  ``what`` names the list entry in the ``InputError``."""
+    root = os.path.realpath(folder)
+    path = os.path.join(folder, rel)
+    real = os.path.realpath(path)
+    if os.path.isabs(rel) or os.path.commonpath([root, real]) != root:
+        raise InputError(f"{what}: path {rel!r} leads outside the output folder {folder}")
+    return path
+
+
+def text_lines(path):
+    """``(line number, line)`` of a UTF-8 text file; another encoding is an ``InputError``
+    naming the file, line and byte (lists written by hand or by other tools)."""
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                yield no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{no}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") \
+                    from None
+
+
 def atomic_write_bytes(path, data):
     with atomic_open(path, "wb") as f:
         f.write(data)
@@ -68,11 +92,43 @@ def parse_gpus(text):
 
 
 def get_contexts(gpus=None):
-    """MXNet contexts for ``--gpus``; CPU when none given."""
+    """MXNet contexts for ``--gpus``; CPU when none given.  A GPU id this MXNet build or
+    machine does not have is an ``InputError`` (MXNet itself fails later, deep inside)."""
     import mxnet as mx
 
     ids = parse_gpus(gpus) if not isinstance(gpus, (list, tuple)) else list(gpus)
+    if ids:
+        check_gpus(ids)
     return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
+
+
+def check_gpus(ids):
+    """``--gpus`` must name GPUs that exist and an MXNet built with CUDA."""
+    import mxnet as mx
+
+    if not mx.runtime.Features().is_enabled("CUDA"):
+        raise InputError(f"--gpus {','.join(map(str, ids))}: this MXNet is a CPU build (install .[cu112] for GPUs, "
+                         "or leave --gpus out)")
+    try:
+        count = mx.context.num_gpus()
+    except mx.base.MXNetError as e:
+        raise InputError(f"--gpus: no usable GPU ({mxnet_reason(e)})") from None
+    bad = [i for i in ids if not 0 <= i < count]
+    if bad:
+        raise InputError(f"--gpus {','.join(map(str, ids))}: GPU {bad[0]} does not exist ({count} visible)")
+
+
+def mxnet_reason(exc):
+    """The line of an ``MXNetError`` that says what went wrong (MXNet often starts its message
+    with a C++ stack trace, so the first line is "Traceback (most recent call last):")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    skip = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
+    useful = [ln for ln in lines if not ln.startswith(skip) and not ln[:1].isdigit()]
+    text = (useful[-1] if useful else (lines[-1] if lines else type(exc).__name__))
+    for prefix in ("mxnet.base.MXNetError: ", "MXNetError: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return text[:300]
 
 
 def process_pool(workers, initializer=None):

@@ -22,7 +22,10 @@ def register(sub):
 
 
 def _image_size(text):
-    parts = [int(v) for v in str(text).split(",")]
+    try:
+        parts = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise InputError(f"--image-size must be N or H,W, got {text!r}") from None
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) <= 0:

@@ -26,6 +26,9 @@ def register(sub):
     v.add_argument("--data-dir", required=True, metavar="DIR", help="folder holding TARGET.bin files")
     v.add_argument("--targets", default="lfw,cfp_fp,agedb_30", help="comma-separated .bin names")
     v.add_argument("--nfolds", type=int, default=10)
+    v.add_argument("--tar-tie-order", choices=["legacy", "stable"], default="legacy",
+                   help="order of tied FAR values for TAR@FAR=1e-3: legacy = SciPy < 1.6 (InsightFace's era), "
+                        "stable = SciPy 1.6-1.8")
     _common(v, "work/eval/verification")
     v.set_defaults(func=run_verification)
 
@@ -85,7 +88,7 @@ def run_verification(args):
         path = os.path.join(args.data_dir, f"{t}.bin")
         if not os.path.isfile(path):
             raise InputError(f"{path}: verification set not found (target {t!r})")
-    res = run_targets(_embedder(args), args.data_dir, targets, args.nfolds)
+    res = run_targets(_embedder(args), args.data_dir, targets, args.nfolds, args.tar_tie_order)
     fields = {t: f for t, (f, _) in res.items()}
     rows = [[t, f["accuracy"], f["accuracy_std"], f["tar"], f["tar_std"], f["far"], f["threshold"], f["xnorm"]]
             for t, f in fields.items()]
@@ -99,7 +102,9 @@ def run_verification(args):
         ("Results (10-fold, InsightFace protocol)", table),
         ("Plots", "![ROC](roc.png)\n"),
     ], notes=["accuracy: best squared-L2 threshold of the 9 training folds applied to the test fold",
-              "TAR at FAR=1e-3: thresholds 0..4 step 0.001, interpolated as InsightFace's calculate_val",
+              "TAR at FAR=1e-3: thresholds 0..4 step 0.001, interpolated as InsightFace's calculate_val; "
+              f"tied FAR values in {args.tar_tie_order} order ("
+              + ("SciPy < 1.6, InsightFace's era" if args.tar_tie_order == "legacy" else "SciPy 1.6-1.8") + ")",
               "threshold: mean over folds of the best accuracy threshold (squared L2, normalised embeddings)"])
     for t, f in fields.items():
         print(f"{t:>10}: accuracy {100 * f['accuracy']:.2f}+-{100 * f['accuracy_std']:.2f}%  "

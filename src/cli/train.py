@@ -45,6 +45,8 @@ def register(sub):
     p.add_argument("--teacher-cache", default=None, metavar="CACHE",
                    help="teacher embeddings from `shrinkteanet cache-teacher` instead of the teacher's forward pass")
     p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint (position, optimizer)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an OUT that holds an old one (its checkpoints and state are removed)")
     p.add_argument("--fp16", action="store_true", help="mixed precision on GPUs (mx.contrib.amp)")
     p.add_argument("--kvstore", default=None, help="device (default), dist_sync (under `shrinkteanet launch`), horovod")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard scalars to DIR")
@@ -58,11 +60,16 @@ def register(sub):
 def build_config(args):
     """The EasyDict config of the command line (no mxnet import)."""
     from shrinkteanet import config
+    from shrinkteanet.errors import InputError
 
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
     cfg = config.config_by_name(args.config, args.overrides)
     if args.data is not None:
         cfg.data_dir = args.data
     if args.out is not None:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise InputError(f"--out {args.out}: exists and is not a directory")
         cfg.out = os.path.join(args.out, "model")
     for flag, key in (("teacher", "teacher"), ("teacher_cache", "teacher_cache"), ("kvstore", "kvstore"),
                       ("tensorboard", "tensorboard"), ("max_batches", "max_batches"), ("epochs", "num_epochs")):
@@ -98,11 +105,16 @@ def run(args):
 
     ctx = get_contexts(args.gpus)
     rank = int(os.environ.get("DMLC_TASK_ID", "0")) if role == "worker" else 0
+    if cfg.out and rank == 0:
+        from shrinkteanet.run_folder import RunLock
+
+        # fail on a held folder before its log gets our lines; train() then takes the lock for the run
+        RunLock(os.path.dirname(os.path.abspath(cfg.out))).acquire().release()
     _log_file(cfg, rank)
     try:
         from shrinkteanet import train
 
-        summary = train.train(cfg, ctx, resume=args.resume)
+        summary = train.train(cfg, ctx, resume=args.resume, overwrite=args.overwrite)
     except train.NonFiniteLossError as e:
         print(f"shrinkteanet: error: {e}", file=sys.stderr)
         return _leave(role, 3)

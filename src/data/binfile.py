@@ -2,8 +2,10 @@
 
 InsightFace writes them with Python 2 (``str`` JPEGs, ``bool`` list) and reads with
 ``pickle.load(f, encoding='bytes')``.  Here every file goes through a restricted
-unpickler: ``find_class`` and ``persistent_load`` refuse everything, so no global
-(hence no ``REDUCE`` callable) can be resolved and nothing in the file runs; the
+unpickler: ``persistent_load`` refuses everything and ``find_class`` resolves exactly
+one global, ``_codecs.encode``, to a stand-in that accepts only ``(str, 'latin1')`` and
+returns bytes: Python 3 writes ``bytes`` that way under protocols 0-2.  No other global
+(hence no other ``REDUCE`` callable) can be resolved, so nothing in the file runs; the
 loaded object must then be lists/tuples of bytes/str and bools.  Python 2
 ``str`` JPEGs arrive as ``bytes`` (``encoding='bytes'``) or as latin-1 ``str``
 (``encoding='latin1'``); both are turned back into the same bytes.
@@ -19,8 +21,23 @@ from shrinkteanet.logutil import get_logger
 log = get_logger(__name__)
 
 
+def _latin1_bytes(*args):
+    """Stand-in for ``_codecs.encode`` in a pickle: only ``encode(str, 'latin1') -> bytes``,
+    the call Python 3 pickles a ``bytes`` object as under protocols 0-2."""
+    if len(args) != 2 or type(args[0]) is not str or args[1] != "latin1":
+        shown = ", ".join(type(a).__name__ if not isinstance(a, str) or i == 0 else repr(a)
+                          for i, a in enumerate(args))
+        raise pickle.UnpicklingError(f"refused call _codecs.encode({shown}): only (str, 'latin1') is accepted")
+    try:
+        return args[0].encode("latin1")
+    except UnicodeEncodeError:
+        raise pickle.UnpicklingError("refused call _codecs.encode: the text is not latin-1") from None
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
     def persistent_load(self, pid):
@@ -52,6 +69,8 @@ def read_bin_raw(path, encoding="bytes"):
             data = f.read()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise InputError(f"{path}: empty file, not a verification set")
     try:
         obj = restricted_loads(data, encoding=encoding)
     except pickle.UnpicklingError as e:
@@ -66,6 +85,8 @@ def read_bin_raw(path, encoding="bytes"):
     bad = [i for i, v in enumerate(issame) if not isinstance(v, bool)]
     if bad:
         raise InputError(f"{path}: issame[{bad[0]}] is a {type(issame[bad[0]]).__name__}, expected bool")
+    if not issame:
+        raise InputError(f"{path}: no pairs in this verification set")
     if len(bins) != 2 * len(issame):
         raise InputError(f"{path}: {len(bins)} images for {len(issame)} pairs (need two per pair)")
     return [_as_bytes(b, path, i) for i, b in enumerate(bins)], np.asarray(issame, dtype=bool)
@@ -103,8 +124,8 @@ def load_bin(path, image_size=(IMAGE_SIZE, IMAGE_SIZE), encoding="bytes"):
 def write_bin(path, jpegs, issame, quality=95):
     """Write ``(jpeg_list, issame_list)`` atomically.  ``jpegs``: JPEG bytes or RGB
     uint8 HWC arrays (encoded here).  Pickle protocol 4 so that ``bytes`` are stored
-    as plain byte strings (protocol 2 would reduce them through ``codecs.encode``,
-    which no restricted reader accepts); Python 3 InsightFace reads it."""
+    as plain byte strings (protocol 2 would reduce them through ``_codecs.encode``,
+    which other restricted readers may refuse); Python 3 InsightFace reads it."""
     from shrinkteanet.data.recordio import encode_image
     from shrinkteanet.utils import atomic_write_bytes
 

@@ -21,7 +21,10 @@ batch straight into a shared-memory slot.  Batch ``b`` always goes to worker
 import collections
 import mmap
 import multiprocessing
+import os
 import select
+import sys
+import threading
 import weakref
 
 import numpy as np
@@ -160,6 +163,7 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
             split(img, planes)
             copyto(out[i], stage)
     label = np.asarray(labels, dtype=np.int64)
+    check_labels(dataset, keys, label)
     index = np.asarray(keys, dtype=np.int64)
     flipped = plan.flip.copy()
     corrupt = [k for k, good in zip(keys, ok) if not good]
@@ -174,9 +178,59 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
     return label, index, flipped, corrupt
 
 
-def _worker_main(dataset, cfg, slots, slot_shape, task_conn, result_conn):
+def check_labels(dataset, keys, label):
+    """Every class id must lie in ``0..num_classes-1`` (``property``): a label outside would
+    train silently against a classifier too small for it.  ``InputError`` names the record."""
+    num_classes = getattr(dataset, "num_classes", None)
+    if not num_classes:
+        return
+    bad = np.flatnonzero((label < 0) | (label >= int(num_classes)))
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(f"{dataset.path_rec}: record {int(keys[i])} has label {int(label[i])}, outside "
+                         f"0..{int(num_classes) - 1} (num_classes={int(num_classes)} from {dataset.path_property})")
+
+
+def _die_with_parent(parent_pid, pdeathsig):
+    """A worker must not outlive the trainer, whatever signal ended it (SIGKILL included).
+
+    Linux, when the pool was forked from the main thread (``pdeathsig``):
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` makes the kernel kill this process when that thread
+    exits (a pool forked from another thread would die with that thread, hence the flag).
+    Everywhere: a daemon thread polls ``os.getppid()`` and leaves once the parent is gone
+    (the child is re-parented).  The check after ``prctl`` covers a parent that died between
+    the fork and the call."""
+    import signal
+    import time
+
+    if pdeathsig and sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_main(dataset, cfg, slots, slot_shape, task_conn, result_conn, parent=None, inherited=()):
     import cv2
 
+    # the parent's ends of the task pipes (this worker's and earlier ones'): while a worker
+    # holds a write end of its own pipe, recv() never sees EOF when the parent dies
+    for conn in inherited:
+        conn.close()
+    if parent is not None:
+        _die_with_parent(*parent)
     cv2.setNumThreads(1)
     slot_items = int(np.prod(slot_shape))
     stage = np.empty(slot_shape[1:], np.uint8)
@@ -221,9 +275,10 @@ class _WorkerPool:
         for _ in range(workers):
             t_recv, t_send = ctx.Pipe(duplex=False)
             r_recv, r_send = ctx.Pipe(duplex=False)
-            p = ctx.Process(
-                target=_worker_main, args=(dataset, cfg, self.slots, slot_shape, t_recv, r_send), daemon=True
-            )
+            inherited = self.task_conns + self.result_conns + [t_send, r_recv]
+            parent = (os.getpid(), threading.current_thread() is threading.main_thread())
+            args = (dataset, cfg, self.slots, slot_shape, t_recv, r_send, parent, inherited)
+            p = ctx.Process(target=_worker_main, args=args, daemon=True)
             p.start()
             t_recv.close()
             r_send.close()

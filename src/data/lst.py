@@ -26,9 +26,21 @@ def parse_lst_line(line, where="line"):
         lm = np.array([float(v) for v in vec[7:17]]).reshape(2, 5).T.copy() if len(vec) == 17 else None
     except ValueError as e:
         raise InputError(f"{where}: {e}") from None
+    for name, values in (("bbox", bbox), ("landmarks", lm)):
+        if values is not None and not np.isfinite(values).all():
+            shown = " ".join(vec[3:7] if name == "bbox" else vec[7:17])
+            raise InputError(f"{where}: {name} holds a non-finite number ({shown})")
     if label < 0:
         raise InputError(f"{where}: negative label {label}")
     return LstItem(aligned, vec[1], label, bbox, lm)
+
+
+def _decode_line(raw, where):
+    """A ``.lst`` is UTF-8 text: another encoding is an ``InputError`` naming the line and byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
 
 
 def read_lst(path, root=None):
@@ -39,8 +51,9 @@ def read_lst(path, root=None):
         raise InputError(f"{path}: no such .lst file")
     root = os.path.dirname(os.path.abspath(path)) if root is None else os.fspath(root)
     items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = _decode_line(raw, f"{path}:{n}")
             if not line.strip():
                 continue
             it = parse_lst_line(line, f"{path}:{n}")

@@ -342,15 +342,20 @@ def resolve_rec(path):
 
 
 def read_property(path):
-    """``property`` file -> (num_classes, height, width), InsightFace layout."""
-    with open(path) as f:
-        text = f.read().strip()
+    """``property`` file -> (num_classes, height, width), InsightFace layout: three positive
+    decimal integers; anything else is an ``InputError`` quoting the text."""
+    with open(path, "rb") as f:
+        text = f.read().decode("latin-1").strip()
     try:
-        vals = [int(v) for v in text.split(",")]
-        if len(vals) != 3:
+        fields = [v.strip() for v in text.split(",")]
+        if len(fields) != 3 or not all(v.isascii() and v.isdigit() for v in fields):
+            raise ValueError
+        vals = [int(v) for v in fields]
+        if min(vals) <= 0:
             raise ValueError
     except ValueError:
-        raise InputError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
+        raise InputError(f"{path}: expected 'num_classes,height,width' (positive integers), "
+                         f"got {text[:60]!r}") from None
     return tuple(vals)
 
 
