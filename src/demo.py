@@ -76,17 +76,18 @@ SCALES = {
         eval_batch=32, head=SMALL_HEAD, frequent=1, methods=("self", "l2", "stn"), seeds=(0,),
         headline=("mfnr", "stn"),
     ),
+    # `make demo`: the study's networks and code path on a smaller set, one seed, the headline only
     "small": dict(
-        image_size=64,
-        synth=dict(identities=100, images_per_id=16, test_identities=100, pairs=600, ijb_templates=80,
-                   megaface_probes=20, megaface_probe_images=4, megaface_distractors=1000),
+        image_size=32,
+        synth=dict(identities=300, images_per_id=16, test_identities=300, pairs=3000, ijb_templates=300,
+                   megaface_probes=50, megaface_probe_images=4, megaface_distractors=2000, difficulty=1.0),
         teacher_opts=dict(units=(1, 1, 1, 1), filters=(16, 16, 32, 64, 128)),
         student_opts=dict(mfn=dict(blocks=(1, 1, 2, 1), filters=(16, 16, 32, 32, 128)),
                           mfnr=dict(blocks=(1, 1, 2, 1), filters=(16, 32, 64, 128, 128)),
                           mv1=dict(multiplier=0.25, blocks=(1, 1, 1, 1)),
                           mv2=dict(multiplier=0.25, blocks=(1, 1, 1, 1, 1, 1, 1), last_channels=128)),
-        emb_size=128, students=("mfn", "mfnr"), batch_size=64, teacher_epochs=8, student_epochs=4, lr=0.1,
-        eval_batch=64, head=SMALL_HEAD, frequent=10, methods=("self", "stn_w10"), seeds=(0,),
+        emb_size=128, students=("mfnr",), batch_size=64, teacher_epochs=16, student_epochs=8, lr=0.1,
+        eval_batch=128, head=SMALL_HEAD, frequent=10, methods=("self", "stn_final_w10", "stn_w10"), seeds=(0,),
         headline=("mfnr", "stn_w10"),
     ),
     "study": dict(
@@ -219,7 +220,8 @@ def prepare_data(out, scale=None, scheduler=None, seed=0):
 
 def _train_and_eval(name, run_dir, train_args, data, scale, after):
     """The train stage of one run (writes ``run_dir``) and its evaluation stage (``run_dir/eval``)."""
-    train = Stage(f"{name}: train", [["train", *train_args, "--data", data, "--out", run_dir,
+    # a stage runs again only when it did not finish or its command changed: start that run afresh
+    train = Stage(f"{name}: train", [["train", *train_args, "--data", data, "--out", run_dir, "--overwrite",
                                       "--json", os.path.join(run_dir, "train.json")]],
                   [os.path.join(run_dir, "train.json")], folder=run_dir, after=tuple(after))
     ev = Stage(f"{name}: eval", eval_commands(run_dir, data, scale),
