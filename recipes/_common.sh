@@ -4,7 +4,9 @@
 # GPUS (e.g. 0,1,2,3; empty = CPU), TEACHER (PREFIX,EPOCH; default: the newest checkpoint of the
 # teacher recipe under OUT), SHRINKTEANET (the CLI, default `shrinkteanet` on PATH or .venv),
 # SKIP_EVAL=1 to train only, EXTRA (more key=value overrides).
-# Paper set-up (ShrinkTeaNet Sec. 4.2): batch 512 over the GPUs, lr 0.1, momentum 0.9.
+# Paper set-up (ShrinkTeaNet Sec. 4.2): batch 512 over the GPUs, lr 0.1, momentum 0.9, the lambdas,
+# G = 1x1 conv + BN. InsightFace defaults (the paper does not state them): ArcFace s=64 m=0.5, the lr
+# steps, weight decay, the 512-d embedding.
 set -euo pipefail
 
 DRY_RUN=0

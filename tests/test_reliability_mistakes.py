@@ -1,6 +1,5 @@
 """Issue 16, defect 10: each listed user mistake is one line ``shrinkteanet: error: ...`` naming
 the file, line or key, exit status 2, and no traceback."""
-import logging
 import pickle
 
 import pytest
@@ -9,15 +8,7 @@ from _tiny_train import make_set, overrides, train_teacher
 from shrinkteanet.cli import main as cli_main
 
 
-@pytest.fixture(autouse=True)
-def _own_log_handlers_closed():
-    """``cli.main`` binds a stderr handler to capsys' stream; drop it once that stream is gone."""
-    yield
-    root = logging.getLogger("shrinkteanet")
-    for h in [h for h in root.handlers if getattr(h, "_shrinkteanet", False)]:
-        root.removeHandler(h)
-        h.close()
-    root.propagate = True
+pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
 
 
 @pytest.fixture(scope="module")

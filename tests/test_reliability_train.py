@@ -15,15 +15,7 @@ from shrinkteanet import config, train
 from shrinkteanet.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _own_log_handlers_closed():
-    """``cli.main`` binds a stderr handler to capsys' stream; drop it once that stream is gone."""
-    yield
-    root = logging.getLogger("shrinkteanet")
-    for h in [h for h in root.handlers if getattr(h, "_shrinkteanet", False)]:
-        root.removeHandler(h)
-        h.close()
-    root.propagate = True
+pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
 
 
 @pytest.fixture(scope="module")
