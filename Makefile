@@ -85,7 +85,7 @@ STUDY_FLAGS = $(DEMO_FLAGS) $(if $(JOBS),--jobs $(JOBS))
 demo: install  ## synthetic data -> teacher -> MFN-R self-studied vs distilled -> all evals -> $(OUT)/demo/REPORT.md, study.json (JOBS=N)
 	$(CLI) demo --out $(OUT)/demo $(STUDY_FLAGS)
 
-reproduce-small: install  ## the decisive study: converged runs, 6 methods x 3 seeds, paired 95% intervals, verdicts -> $(OUT)/reproduce-small/
+reproduce-small: install  ## the decisive study: converged MFN-R runs, 7 methods x 3 seeds, paired 95% intervals, verdicts (about 56 min) -> $(OUT)/reproduce-small/
 	$(CLI) reproduce --out $(OUT)/reproduce-small $(STUDY_FLAGS)
 
 small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the train-* targets' data when DATA is unset
