@@ -174,13 +174,24 @@ class Method(gluon.Block):
         super().__init__(prefix="")
         self.cfg = cfg
         self.method = cfg.distill
-        self.spec = spec = method_spec(cfg)
+        self.spec = method_spec(cfg)
         self.ctx = _ctx_list(ctx)
         self.num_classes = int(num_classes)
         self.image_size = int(cfg.image_size)
         self.student_size = student_image_size(cfg)
         self.student = student
+        self.emb_size = int(cfg.emb_size)
         self._frozen = _Frozen()
+        self._check_inputs(teacher, teacher_fc7)
+        weights = OrderedDict()
+        self._build_classifier(cfg, teacher_fc7, weights)
+        self._attach_teacher(student, teacher)
+        self._build_stage_terms(cfg, student, teacher, weights)
+        self._build_kd(cfg, teacher_fc7, weights)
+        self.loss_weights = weights
+
+    def _check_inputs(self, teacher, teacher_fc7):
+        spec = self.spec
         if spec.get("teacher") and teacher is None:
             raise InputError(f"distill={self.method}: needs a teacher (config key 'teacher' = PREFIX,EPOCH)")
         if spec.get("fc7") and teacher_fc7 is None:
@@ -189,11 +200,11 @@ class Method(gluon.Block):
             if int(teacher_fc7.shape[0]) != self.num_classes:
                 raise InputError(f"teacher fc7_weight has {teacher_fc7.shape[0]} classes, the training set "
                                  f"{self.num_classes} (num_classes)")
-        emb_size = int(cfg.emb_size)
-        self.emb_size = emb_size
-        weights = OrderedDict()
 
-        # -- classifier of the student
+    def _build_classifier(self, cfg, teacher_fc7, weights):
+        """The student's margin head (MarginDistillation's for ``margin``), started from the
+        teacher's class centres for ``margin`` and the knowledge-transfer methods."""
+        spec, emb_size = self.spec, self.emb_size
         s, m1, m2, m3 = L.margin_params(cfg)
         if spec.get("margin"):
             self.head = L.MarginDistillationHead(self.num_classes, emb_size, s=s, m_min=cfg.margin_m_min,
@@ -210,7 +221,9 @@ class Method(gluon.Block):
             self.head.weight.set_data(teacher_fc7.astype("float32"))
         self.ce = gluon.loss.SoftmaxCrossEntropyLoss()
 
-        # -- teacher
+    def _attach_teacher(self, student, teacher):
+        """Freeze the teacher, check it serves the method, and run knowledge transfer."""
+        spec, emb_size = self.spec, self.emb_size
         if teacher is not None and spec.get("teacher"):
             self._frozen.teacher = teacher
             for p in teacher.collect_params().values():
@@ -228,40 +241,42 @@ class Method(gluon.Block):
             materialize(student, self.student_size, self.ctx[0])
             transfer_from_teacher(student, teacher)
 
-        # -- per-stage terms
+    def _build_stage_terms(self, cfg, student, teacher, weights):
+        """Per-stage terms (Eq. 6/7): weights by stage number, adapters H_i and teacher tails."""
         self.stages, self.stage_weights = [], []
         self.adapters = {}
-        kind = spec.get("stages")
+        kind = self.spec.get("stages")
         if kind is not None:
             self.stages = _check_stages(cfg)
-            lambdas = distill_lambdas(cfg)
             base = {"angular": float(cfg.distill_weight), "l2": float(cfg.l2_lambda),
                     "hint": float(cfg.hint_lambda)}[kind]
-            self.stage_weights = [base * lam for lam in lambdas]
-            if _stage_needs_taps(cfg, spec):
+            self.stage_weights = [base * lam for lam in distill_lambdas(cfg)]
+            if _stage_needs_taps(cfg, self.spec):
                 self._build_adapters(cfg, student, teacher, kind)
             for stage, w in zip(self.stages, self.stage_weights):
                 weights[_part_name(kind, stage)] = w
         self.distance = {"angular": L.AngularDistillationLoss(), "l2": L.L2EmbeddingLoss(),
                          "hint": L.HintLoss()}.get(kind)
 
-        # -- soft targets and optional embedding term of KD
+    def _build_kd(self, cfg, teacher_fc7, weights):
+        """Soft targets from the teacher's own class centres and the optional embedding term of KD."""
         self.kd = None
         self.emb_term = None
-        if spec.get("kd"):
-            self.kd = L.KDLoss(cfg.kd_temperature)
-            weights["kd"] = float(cfg.kd_lambda)
-            head = L.MarginHead(self.num_classes, emb_size, s=s, m1=m1, m2=m2, m3=m3, fixed=True,
-                                prefix="teacher_fc7_")
-            head.initialize(ctx=self.ctx)
-            head.weight.set_data(teacher_fc7.astype("float32"))
-            self._frozen.head = head
-            kind_emb = cfg.get("kd_emb_loss", "none")
-            if kind_emb != "none":
-                self.emb_term = (_part_name(kind_emb, 4), float(cfg.kd_emb_lambda),
-                                 L.AngularDistillationLoss() if kind_emb == "angular" else L.L2EmbeddingLoss())
-                weights[self.emb_term[0]] = self.emb_term[1]
-        self.loss_weights = weights
+        if not self.spec.get("kd"):
+            return
+        s, m1, m2, m3 = L.margin_params(cfg)
+        self.kd = L.KDLoss(cfg.kd_temperature)
+        weights["kd"] = float(cfg.kd_lambda)
+        head = L.MarginHead(self.num_classes, self.emb_size, s=s, m1=m1, m2=m2, m3=m3, fixed=True,
+                            prefix="teacher_fc7_")
+        head.initialize(ctx=self.ctx)
+        head.weight.set_data(teacher_fc7.astype("float32"))
+        self._frozen.head = head
+        kind_emb = cfg.get("kd_emb_loss", "none")
+        if kind_emb != "none":
+            self.emb_term = (_part_name(kind_emb, 4), float(cfg.kd_emb_lambda),
+                             L.AngularDistillationLoss() if kind_emb == "angular" else L.L2EmbeddingLoss())
+            weights[self.emb_term[0]] = self.emb_term[1]
 
     # ------------------------------------------------------------------ building
     def _build_adapters(self, cfg, student, teacher, kind):

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from shrinkteanet import paper
+from shrinkteanet import paper, stats
 from shrinkteanet.logutil import get_logger
 from shrinkteanet.utils import atomic_write_bytes
 
@@ -86,14 +86,6 @@ def full_size_stats(network):
     return _FULL[network]
 
 
-def _mean_std(values):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-    return float(np.mean(vals)), std
-
-
 def _pct(v, std=None):
     if v is None:
         return "-"
@@ -116,7 +108,7 @@ def collect(out, meta):
             if not runs:
                 continue
             per = [read_metrics(os.path.join(out, r["dir"])) for r in runs]
-            cells = {k: _mean_std([p[k] for p in per]) for k, _ in PROTOCOLS}
+            cells = {k: stats.mean_std([p[k] for p in per]) for k, _ in PROTOCOLS}
             rows.append((net, method, cells, per, model_stats(os.path.join(out, runs[0]["dir"]), meta["image_size"])))
     return rows
 
@@ -218,35 +210,41 @@ def _bar_chart(out, rows):
 def render(out, meta):
     """The Markdown text of REPORT.md."""
     rows = collect(out, meta)
-    nseeds = len(meta["seeds"])
+    lines = _intro(meta) + _table2(rows, len(meta["seeds"]))
+    lines.extend(_study_sections(out, meta))
+    order = ordering(rows)
+    lines.append("## Does the paper's ordering hold here?\n")
+    lines.append(_ordering_text(order) if order else "Not checked: a method is missing.\n")
+    if len(meta["seeds"]) > 1:
+        lines.extend(_every_seed(rows, meta))
+    lines.append("## Plots\n")
+    lines.append(_plots(out, meta, rows))
+    lines.extend(_setup(meta))
+    lines.extend(_stages(meta))
+    return "\n".join(lines)
+
+
+def _intro(meta):
+    return [f"# {meta['title']}\n",
+            f"Scale **{meta['scale']}** ({meta['image_size']}x{meta['image_size']} synthetic faces), "
+            f"seeds {', '.join(map(str, meta['seeds']))}, run {meta['date']}, "
+            f"**{meta['elapsed_s'] / 60:.1f} minutes** wall time for the run that wrote this report "
+            f"(stages already done are skipped and count 0).\n",
+            "Every number below comes from a real run on this machine: synthetic data (`shrinkteanet data synth`), "
+            "a small teacher and students trained with `shrinkteanet train`, evaluated with `shrinkteanet eval`. "
+            "The data are synthetic and the networks tiny, so only the *comparison between methods* carries "
+            "over to the paper; the absolute numbers do not.\n"]
+
+
+def _table2(rows, nseeds):
+    """The paper's Table 2 layout with our cells and the paper's numbers beside them."""
     hdr = ["Network", "Method", "Params (ours / full / paper)", "MFLOPs (ours / full)"] + [h for _, h in PROTOCOLS]
-    lines = [f"# {meta['title']}\n",
-             f"Scale **{meta['scale']}** ({meta['image_size']}x{meta['image_size']} synthetic faces), "
-             f"seeds {', '.join(map(str, meta['seeds']))}, run {meta['date']}, "
-             f"**{meta['elapsed_s'] / 60:.1f} minutes** wall time for the run that wrote this report "
-             f"(stages already done are skipped and count 0).\n",
-             "Every number below comes from a real run on this machine: synthetic data (`shrinkteanet data synth`), "
-             "a small teacher and students trained with `shrinkteanet train`, evaluated with `shrinkteanet eval`. "
-             "The data are synthetic and the networks tiny, so only the *comparison between methods* carries "
-             "over to the paper; the absolute numbers do not.\n",
-             "## Table 2 layout: accuracy (%), ours (paper)\n",
+    lines = ["## Table 2 layout: accuracy (%), ours (paper)\n",
              "Cells: ours" + (" as mean ± std over seeds" if nseeds > 1 else "") +
              ", the paper's value in parentheses where the paper reports one (LFW/CFP-FP/AgeDB-30: Table 2; "
              "MegaFace: Table 4, 1M distractors; IJB-C: Table 5). Paper rows are the full-size networks on MS1M.\n",
              "| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] * len(hdr)) + "|"]
-    for net, method, cells, per, (params, flops) in rows:
-        pnet = "r90" if method == "teacher" else net
-        prow = paper.paper_row(pnet, method)
-        full_p, full_f = full_size_stats(pnet)
-        pp = paper.NETWORKS.get(pnet, (None, None))[1]
-        cols = [NET_NAMES.get(net, net), METHOD_NAMES[method],
-                f"{params / 1e6:.3f}M / {full_p / 1e6:.2f}M / {pp if pp is not None else '-'}M",
-                f"{flops / 1e6:.2f} / {full_f / 1e6:.0f}"]
-        for key, _ in PROTOCOLS:
-            mean, std = cells[key]
-            ref = prow.get(key)
-            cols.append(_pct(mean, std) + (f" ({100 * ref:.2f})" if ref is not None else ""))
-        lines.append("| " + " | ".join(cols) + " |")
+    lines += [_table2_row(*row) for row in rows]
     first = rows[0][3][0]
     lines.append("")
     lines.append(f"Params: embedding network only (no fc7 classifier); *ours* = the network trained here, *full* = "
@@ -256,35 +254,45 @@ def render(out, meta):
                  f"TAR at FAR=1e-4 on the synthetic IJB-C tree (with few impostor pairs this FAR is reached only "
                  f"at the highest impostor score, so the column is coarse; TAR at every FAR is in each run's "
                  f"`eval/ijbc.json`).\n")
+    return lines
 
-    lines.extend(_study_sections(out, meta))
 
-    order = ordering(rows)
-    lines.append("## Does the paper's ordering hold here?\n")
-    lines.append(_ordering_text(order) if order else "Not checked: a method is missing.\n")
+def _table2_row(net, method, cells, per, stats_):
+    params, flops = stats_
+    pnet = "r90" if method == "teacher" else net
+    prow = paper.paper_row(pnet, method)
+    full_p, full_f = full_size_stats(pnet)
+    pp = paper.NETWORKS.get(pnet, (None, None))[1]
+    cols = [NET_NAMES.get(net, net), METHOD_NAMES[method],
+            f"{params / 1e6:.3f}M / {full_p / 1e6:.2f}M / {pp if pp is not None else '-'}M",
+            f"{flops / 1e6:.2f} / {full_f / 1e6:.0f}"]
+    for key, _ in PROTOCOLS:
+        mean, std = cells[key]
+        ref = prow.get(key)
+        cols.append(_pct(mean, std) + (f" ({100 * ref:.2f})" if ref is not None else ""))
+    return "| " + " | ".join(cols) + " |"
 
-    if nseeds > 1:
-        lines.append("## Every seed\n")
-        lines.append("| Network | Method | Seed | " + " | ".join(h for _, h in PROTOCOLS) + " |")
-        lines.append("|---|---|---|" + "---|" * len(PROTOCOLS))
-        for net, method, _, per, _ in rows[1:]:
-            runs = [r for r in meta["runs"] if r["network"] == net and r["method"] == method]
-            for r, p in zip(runs, per):
-                lines.append(f"| {NET_NAMES.get(net, net)} | {METHOD_NAMES[method]} | {r['seed']} | "
-                             + " | ".join(_pct(p[k]) for k, _ in PROTOCOLS) + " |")
-        lines.append("")
 
-    lines.append("## Plots\n")
-    lines.append(_plots(out, meta, rows))
+def _every_seed(rows, meta):
+    lines = ["## Every seed\n", "| Network | Method | Seed | " + " | ".join(h for _, h in PROTOCOLS) + " |",
+             "|---|---|---|" + "---|" * len(PROTOCOLS)]
+    for net, method, _, per, _ in rows[1:]:
+        runs = [r for r in meta["runs"] if r["network"] == net and r["method"] == method]
+        for r, p in zip(runs, per):
+            lines.append(f"| {NET_NAMES.get(net, net)} | {METHOD_NAMES[method]} | {r['seed']} | "
+                         + " | ".join(_pct(p[k]) for k, _ in PROTOCOLS) + " |")
+    return lines + [""]
 
-    lines.append("## Set-up\n")
+
+def _setup(meta):
     s = meta["schedule"]
-    lines.append(f"- data: `shrinkteanet data synth` with {json.dumps(meta['synth'])}, {meta['image_size']}x"
-                 f"{meta['image_size']}")
     head = meta.get("head") or "loss=arcface"
-    lines.append(f"- margin head of every network: `{head}` (the same for the teacher and all three methods)")
-    lines.append(f"- teacher: `teacher_r90` config (LResNet-E-IR) with net_opts {meta['teacher']['opts']}, "
-                 f"{meta['emb_size']}-d, {s['teacher_epochs']} epochs")
+    lines = ["## Set-up\n",
+             f"- data: `shrinkteanet data synth` with {json.dumps(meta['synth'])}, {meta['image_size']}x"
+             f"{meta['image_size']}",
+             f"- margin head of every network: `{head}` (the same for the teacher and all three methods)",
+             f"- teacher: `teacher_r90` config (LResNet-E-IR) with net_opts {meta['teacher']['opts']}, "
+             f"{meta['emb_size']}-d, {s['teacher_epochs']} epochs"]
     for net, o in meta["student_opts"].items():
         lines.append(f"- student {net}: net_opts {o}, {meta['emb_size']}-d, {s['student_epochs']} epochs")
     for m in meta["methods"]:
@@ -294,15 +302,15 @@ def render(out, meta):
     lines.append(f"- schedule: batch {s['batch_size']}, lr {s['lr']} (momentum 0.9, step decay x0.1 at 60% and "
                  f"85% of the epochs), the same seeds, data order and schedule for every method; "
                  f"{meta.get('jobs', 1)} stage(s) side by side, {meta.get('threads', 1)} OpenMP thread(s) each")
-    lines.append("")
-    lines.append("## Stages\n")
-    lines.append("| stage | seconds |")
-    lines.append("|---|---|")
+    return lines + [""]
+
+
+def _stages(meta):
+    lines = ["## Stages\n", "| stage | seconds |", "|---|---|"]
     for st in meta["stages"]:
         took = "skipped (up to date)" if st["skipped"] else f"{st['seconds']:.1f}"
         lines.append(f"| {st['name']} | {took} |")
-    lines.append("")
-    return "\n".join(lines)
+    return lines + [""]
 
 
 def _study_sections(out, meta):
