@@ -331,12 +331,8 @@ def _embed_normalised(embedder, paths, image_size, chunk, allow_missing, what):
     return feats, missing
 
 
-def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, allow_missing=False,
-             facescrub_noises=None, megaface_noises=None, seed=0, chunk=1024, image_size=112):
-    """Embed FaceScrub + distractors from the devkit lists, write devkit features (raw and
-    noise-cleaned) and the memory-mapped matrices for :func:`identification`."""
-    tl = os.path.join(root, "templatelists")
-    fs_paths, fs_ids = read_facescrub_list(os.path.join(tl, FACESCRUB_LIST))
+def selected_distractor_lists(tl, set_no=1, sizes=None):
+    """``{size: [relative paths]}`` of the devkit distractor lists in ``tl`` (all, or ``sizes``)."""
     lists = find_distractor_lists(tl, set_no)
     if not lists:
         raise InputError(f"{tl}: no megaface_features_list.json_<SIZE>_{set_no} distractor list")
@@ -345,8 +341,16 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
         if absent:
             raise InputError(f"{tl}: no distractor list for size(s) {absent}")
         lists = {s: lists[s] for s in sizes}
-    lists = {s: read_distractor_list(p) for s, p in lists.items()}
-    order, sets = plan_distractors(lists)
+    return {s: read_distractor_list(p) for s, p in lists.items()}
+
+
+def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, allow_missing=False,
+             facescrub_noises=None, megaface_noises=None, seed=0, chunk=1024, image_size=112):
+    """Embed FaceScrub + distractors from the devkit lists, write devkit features (raw and
+    noise-cleaned) and the memory-mapped matrices for :func:`identification`."""
+    tl = os.path.join(root, "templatelists")
+    fs_paths, fs_ids = read_facescrub_list(os.path.join(tl, FACESCRUB_LIST))
+    order, sets = plan_distractors(selected_distractor_lists(tl, set_no, sizes))
 
     raw, clean = os.path.join(out, "features"), os.path.join(out, "features_clean")
     # before any embedding: every feature file stays inside --out
