@@ -15,15 +15,14 @@ import os
 
 import numpy as np
 
-from shrinkteanet import paper, stats
+from shrinkteanet import paper, stats, study_report
 from shrinkteanet.logutil import get_logger
 from shrinkteanet.utils import atomic_write_bytes
 
 log = get_logger(__name__)
 
 #: (column key, heading) of Table 2's layout plus the MegaFace and IJB-C columns
-PROTOCOLS = (("lfw", "LFW"), ("cfp_fp", "CFP-FP"), ("agedb_30", "AgeDB-30"),
-             ("megaface", "MegaFace rank-1"), ("ijbc", "IJB-C TAR@FAR=1e-4"))
+PROTOCOLS = tuple((key, head) for key, (head, _, _) in study_report.PROTOCOLS.items())
 METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet",
                 "l2_final": "L2, final embedding only", "stn_final": "ShrinkTeaNet, final stage only (Eq. 5)",
                 "kd": "Hinton KD", "margin": "MarginDistillation",
@@ -315,8 +314,7 @@ def _stages(meta):
 
 def _study_sections(out, meta):
     """The sections that judge the methods (``study_report``); also writes ``out/study.json``."""
-    from shrinkteanet import study_report as sr
-
+    sr = study_report
     study = sr.build_study(out, meta, os.path.join(out, "synth"))
     sr.write_study_json(out, study)
     curves = sr.loss_curve_plot(out, study, METHOD_NAMES)
