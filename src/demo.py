@@ -285,8 +285,7 @@ def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=Fal
         raise InputError("demo: give at least one seed")
     students = tuple(students or scale["students"])
     methods = tuple(methods or scale["methods"])
-    check_methods(methods)
-    stages, runs = plan(out, scale, seeds, students, methods)
+    stages, runs = plan(out, scale, seeds, students, methods)  # checks the method names
     os.makedirs(out, exist_ok=True)
     sched = Scheduler(jobs=jobs or os.cpu_count() or 1, threads=threads, python=python, force=force,
                       dry_run=dry_run)
