@@ -4,15 +4,27 @@ face recognition on MXNet/Gluon, InsightFace-compatible.
 The design card's top-level folders map into the one `shrinkteanet` namespace:
 src/ -> shrinkteanet, symbols/ -> shrinkteanet.symbols, eval/ -> shrinkteanet.eval.
 """
+from pathlib import Path
+
 from setuptools import setup
 
-PACKAGES = {
-    "shrinkteanet": "src",
-    "shrinkteanet.data": "src/data",
-    "shrinkteanet.cli": "src/cli",
-    "shrinkteanet.symbols": "symbols",
-    "shrinkteanet.eval": "eval",
-}
+#: top-level folder -> package; every folder below them with an ``__init__.py`` is a sub-package
+ROOTS = {"shrinkteanet": "src", "shrinkteanet.symbols": "symbols", "shrinkteanet.eval": "eval"}
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def _packages():
+    found = {}
+    for package, folder in ROOTS.items():
+        for init in sorted((HERE / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(HERE / folder).parts
+            found[".".join((package, *rel))] = Path(folder, *rel).as_posix()
+    return found
+
+
+PACKAGES = _packages()
 
 setup(
     name="shrinkteanet",

@@ -4,7 +4,7 @@ of docs/benchmarks.md."""
 import os
 import re
 
-from shrinkteanet.utils import atomic_open
+from shrinkteanet.core.utils import atomic_open
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.md")
 

@@ -109,7 +109,7 @@ def time_call(fn, warmup, reps):
 
 
 def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, calib_mode="naive"):
-    from shrinkteanet import export
+    from shrinkteanet.deploy import export
     from shrinkteanet.symbols import count_flops, get_symbol
 
     if model:
@@ -181,7 +181,7 @@ def write_section(text):
     # the section ends at the next heading or at another section's <!-- marker --> line
     pat = re.compile(r"^" + re.escape(SECTION) + r"\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
     new = pat.sub(lambda m: text, old) if pat.search(old) else old.rstrip("\n") + "\n\n" + text
-    from shrinkteanet.utils import atomic_open
+    from shrinkteanet.core.utils import atomic_open
 
     with atomic_open(path, "w") as f:
         f.write(new)
@@ -199,8 +199,8 @@ def main():
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     threads = int(THREADS)
-    from shrinkteanet import export
-    from shrinkteanet.utils import parse_model_arg
+    from shrinkteanet.deploy import export
+    from shrinkteanet.core.utils import parse_model_arg
 
     models = {}
     for m in args.model:

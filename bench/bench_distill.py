@@ -29,9 +29,9 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shrinkteanet import distill  # noqa: E402
-from shrinkteanet.config import generate_config  # noqa: E402
-from shrinkteanet.model import EmbeddingNet, save_checkpoint  # noqa: E402
+from shrinkteanet.methods import distill  # noqa: E402
+from shrinkteanet.training.config import generate_config  # noqa: E402
+from shrinkteanet.model.network import EmbeddingNet, save_checkpoint  # noqa: E402
 from _common import loadavg, write_marked_section
 
 

@@ -241,7 +241,7 @@ def write_docs(results, path):
         text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    from shrinkteanet.utils import atomic_write_bytes
+    from shrinkteanet.core.utils import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 

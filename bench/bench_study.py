@@ -17,7 +17,8 @@ import time
 
 import _common
 
-from shrinkteanet import demo, study
+from shrinkteanet.study import demo
+from shrinkteanet.study import scheduler as study
 
 #: the study's own shapes at a size that runs in minutes: its teacher and MFN-R student, fewer
 #: identities and epochs, two methods x two seeds

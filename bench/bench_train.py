@@ -52,7 +52,7 @@ def common(data):
 
 
 def timed_run(cfg):
-    from shrinkteanet import train
+    from shrinkteanet.training import train
 
     cpu, wall = [], []
 
@@ -72,9 +72,9 @@ def breakdown(data, teacher, reps=5):
     import mxnet as mx
     from mxnet import autograd, gluon
 
-    from shrinkteanet import config
-    from shrinkteanet.distill import build_method, build_networks
-    from shrinkteanet.model import freeze_symbol
+    from shrinkteanet.training import config
+    from shrinkteanet.methods.distill import build_method, build_networks
+    from shrinkteanet.model.network import freeze_symbol
 
     cfg = config.config_by_name("mfnr_stn", common(data) + [f"teacher={teacher}", f"image_size={SIZE}"])
     student, t, fc7 = build_networks(cfg)
@@ -163,8 +163,9 @@ def main():
 
     import mxnet as mx
 
-    from shrinkteanet import config, train
-    from shrinkteanet.teacher_cache import build_cache
+    from shrinkteanet.training import config
+    from shrinkteanet.training import train
+    from shrinkteanet.training.teacher_cache import build_cache
 
     tmp = tempfile.mkdtemp(prefix="bench_train_")
     data = os.path.join(tmp, "set")

@@ -25,7 +25,7 @@ class _Profile:
     def __call__(self, info):
         import mxnet as mx
 
-        from shrinkteanet.train import StopTraining
+        from shrinkteanet.training.train import StopTraining
 
         if info["step"] == self.start:
             mx.nd.waitall()
@@ -56,9 +56,9 @@ def parse_aggregate(text):
 def main():
     import mxnet as mx
 
-    from shrinkteanet import demo
-    from shrinkteanet.config import config_by_name
-    from shrinkteanet.train import train
+    from shrinkteanet.study import demo
+    from shrinkteanet.training.config import config_by_name
+    from shrinkteanet.training.train import train
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data")

@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
-from shrinkteanet.constants import IMAGE_SIZE
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import IMAGE_SIZE
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -32,7 +32,7 @@ def _cut_fc1(sym):
 def load_model(model):
     """``(prefix, epoch)`` or ``"P,E"`` or ``(sym, arg_params, aux_params)`` -> ``(fc1 sym, arg, aux)``."""
     if isinstance(model, str):
-        from shrinkteanet.utils import parse_model_arg
+        from shrinkteanet.core.utils import parse_model_arg
 
         model = parse_model_arg(model)
     if len(model) == 3:
@@ -44,7 +44,7 @@ def load_model(model):
         if not os.path.isfile(f):
             raise InputError(f"{f}: checkpoint file not found (--model {prefix},{epoch})")
     try:
-        from shrinkteanet.model import load_checkpoint
+        from shrinkteanet.model.network import load_checkpoint
     except ImportError:  # the networks module is optional for evaluation of foreign checkpoints
         load_checkpoint = None
     if load_checkpoint is not None:
@@ -77,7 +77,7 @@ class Embedder:
         size it was trained at); a mismatch is an ``InputError`` naming ``--image-size``."""
         import mxnet as mx
 
-        from shrinkteanet.utils import mxnet_reason
+        from shrinkteanet.core.utils import mxnet_reason
 
         s = self.image_size
         shapes = {k: v.shape for k, v in list(self.arg.items()) + list(self.aux.items())}

@@ -29,9 +29,9 @@ import os
 
 import numpy as np
 
-from shrinkteanet.constants import IJB_FARS
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import IJB_FARS
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -40,7 +40,7 @@ log = get_logger(__name__)
 def _lines(path):
     if not os.path.isfile(path):
         raise InputError(f"{path}: IJB meta file not found")
-    from shrinkteanet.utils import text_lines
+    from shrinkteanet.core.utils import text_lines
 
     for no, line in text_lines(path):
         s = line.strip()

@@ -30,9 +30,9 @@ import sys
 
 import numpy as np
 
-from shrinkteanet.constants import MEGAFACE_SIZES
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import MEGAFACE_SIZES
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -74,7 +74,7 @@ def read_feature(path):
 
 def feature_path(root, rel, algo):
     """``root/<rel>_<algo>.bin``; a list entry that leads outside ``root`` is an ``InputError``."""
-    from shrinkteanet.utils import path_inside
+    from shrinkteanet.core.utils import path_inside
 
     return path_inside(root, f"{rel}_{algo}.bin", f"MegaFace list entry {rel!r}")
 
@@ -130,7 +130,7 @@ def read_noise_list(path, kind):
         return keys
     if not os.path.isfile(path):
         raise InputError(f"{path}: {kind} noise list not found")
-    from shrinkteanet.utils import text_lines
+    from shrinkteanet.core.utils import text_lines
 
     for _, line in text_lines(path):
         if line.startswith("#"):
@@ -387,7 +387,7 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
             ext = 100.0 if mf_noisy[i] else 0.0
             write_feature(feature_path(os.path.join(clean, "megaface"), rel, algo), np.r_[mf_feats_mem[i], ext])
     mm_path = os.path.join(out, f"distractors_{algo}.npy")
-    from shrinkteanet.utils import atomic_open
+    from shrinkteanet.core.utils import atomic_open
 
     with atomic_open(mm_path, "wb") as f:
         np.save(f, mf_feats_mem)

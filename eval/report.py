@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from shrinkteanet.utils import atomic_write_bytes, write_json
+from shrinkteanet.core.utils import atomic_write_bytes, write_json
 
 
 def md_table(headers, rows):

@@ -37,8 +37,8 @@ import os
 
 import numpy as np
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 try:  # the data helper's reader; re-exported under the CONTRACTS name
     from shrinkteanet.data.binfile import load_bin  # noqa: F401

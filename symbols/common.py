@@ -25,7 +25,7 @@ left these names to MXNet's counter, which does not change any parameter name.
 """
 import mxnet as mx
 
-from shrinkteanet.constants import PIXEL_MEAN, PIXEL_SCALE
+from shrinkteanet.core.constants import PIXEL_MEAN, PIXEL_SCALE
 
 #: BatchNorm momentum of InsightFace's default config (``config.bn_mom``).
 BN_MOM = 0.9

@@ -48,7 +48,8 @@ def overrides(data, out=None, *extra):
 
 def train_teacher(data, out):
     """A tiny r18 teacher (checkpoint OUT/model, last number returned)."""
-    from shrinkteanet import config, train
+    from shrinkteanet.training import config
+    from shrinkteanet.training import train
 
     cfg = config.config_by_name("teacher_r90", overrides(data, f"{out}/model", "network=r18",
                                                           TINY_TEACHER.replace("teacher_net_opts", "net_opts"),

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from shrinkteanet import config
-from shrinkteanet.errors import InputError
+from shrinkteanet.training import config
+from shrinkteanet.core.errors import InputError
 
 
 def run_cli(*args):

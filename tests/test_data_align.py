@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from shrinkteanet.cli import main as cli_main
-from shrinkteanet.constants import ARCFACE_TEMPLATE
+from shrinkteanet.core.constants import ARCFACE_TEMPLATE
 from shrinkteanet.data.align import align_face, crop_fallback, estimate_similarity, norm_crop, template
 from shrinkteanet.data.lst import LstItem, parse_lst_line, read_lst, write_lst
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 def similarity(angle, scale, tx, ty):

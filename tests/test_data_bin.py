@@ -10,7 +10,7 @@ import pytest
 import simplejpeg
 
 from shrinkteanet.data.binfile import load_bin, read_bin_raw, write_bin
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 def face(rng, size=112):

@@ -12,7 +12,7 @@ import simplejpeg
 from shrinkteanet.data import FaceLoader, FaceRecordDataset
 from shrinkteanet.data.loader import _color_jitter
 from shrinkteanet.data.recordio import write_rec_set
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 def face(rng, size=112):

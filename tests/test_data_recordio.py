@@ -14,7 +14,7 @@ import simplejpeg
 from shrinkteanet.cli import main as cli_main
 from shrinkteanet.data import FaceRecordDataset
 from shrinkteanet.data.recordio import MAGIC, RecordReader, frame, pack, unpack, write_rec_set
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 def smooth_face(rng, size=112):
@@ -250,7 +250,7 @@ def test_cli_pack_image_folder_round_trip_and_info(tmp_path, images, capsys):
 
 
 def test_cli_pack_from_lst_aligns_unaligned_lines(tmp_path, images):
-    from shrinkteanet.constants import ARCFACE_TEMPLATE
+    from shrinkteanet.core.constants import ARCFACE_TEMPLATE
 
     # an unaligned 200x160 photo whose landmarks are the template shifted by (30, 40) and scaled 1.25
     big = cv2.resize(images[3], (160, 200))

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from shrinkteanet.constants import ARCFACE_TEMPLATE
+from shrinkteanet.core.constants import ARCFACE_TEMPLATE
 from shrinkteanet.data import synth
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 SMALL = dict(identities=5, images_per_id=4, test_identities=6, pairs=20, ijb_templates=9, megaface_probes=3,
              megaface_probe_images=3, megaface_distractors=12, megaface_noise=0.1, seed=3, workers=1, progress=False)

@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from shrinkteanet import demo, paper, report_table
-from shrinkteanet.errors import InputError
+from shrinkteanet.study import demo
+from shrinkteanet.study import paper
+from shrinkteanet.study import table as report_table
+from shrinkteanet.core.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL_HEADS = [h for _, h in report_table.PROTOCOLS]

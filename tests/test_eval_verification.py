@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 from shrinkteanet.eval import verification as V
 
 

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from shrinkteanet import export
+from shrinkteanet.deploy import export
 from shrinkteanet.cli import main
 from shrinkteanet.symbols import get_symbol
 from _params import random_params

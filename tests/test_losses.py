@@ -5,7 +5,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from shrinkteanet.losses import (AngularDistillationLoss, HintLoss, KDLoss, L2EmbeddingLoss,
+from shrinkteanet.methods.losses import (AngularDistillationLoss, HintLoss, KDLoss, L2EmbeddingLoss,
                                  MarginDistillationHead, MarginHead, build_head)
 
 
@@ -132,7 +132,7 @@ def test_margin_head_logits_match_numpy(name, m1, m2, m3):
 
 
 def test_margin_head_name_init_and_build_from_config():
-    from shrinkteanet.config import generate_config
+    from shrinkteanet.training.config import generate_config
     cfg = generate_config("mfn", "synth", "cosface", "none")
     head = build_head(cfg, num_classes=11, emb_size=8)
     assert (head.s, head.m1, head.m2, head.m3) == (64.0, 1.0, 0.0, 0.35)

@@ -8,8 +8,8 @@ import pytest
 from mxnet import autograd, gluon
 
 from shrinkteanet import symbols
-from shrinkteanet.errors import InputError
-from shrinkteanet.model import (EmbeddingNet, freeze_symbol, frozen_tail, load_checkpoint, save_checkpoint)
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.model.network import (EmbeddingNet, freeze_symbol, frozen_tail, load_checkpoint, save_checkpoint)
 
 SIZE = 32
 EMB = 16
@@ -393,7 +393,7 @@ def module_forward_three_times(sym, arg, aux):
 def test_mkldnn_safe_inserts_flatten_between_bn_and_fc():
     """InsightFace's GDC head (BN -> FC) breaks MXNet 1.9.1 + MKLDNN on the second forward;
     the loader inserts a Flatten, which keeps names and results."""
-    from shrinkteanet.model import mkldnn_safe
+    from shrinkteanet.model.network import mkldnn_safe
 
     data = mx.sym.var("data")
     x = mx.sym.Convolution(data, num_filter=4, kernel=(SIZE, SIZE), num_group=1, no_bias=True, name="gdc")

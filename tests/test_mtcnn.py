@@ -12,8 +12,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from shrinkteanet.constants import ARCFACE_TEMPLATE
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.constants import ARCFACE_TEMPLATE
+from shrinkteanet.core.errors import InputError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ASSETS = pathlib.Path(os.environ.get("SHRINKTEANET_TEST_ASSETS", ROOT / "test-assets")) / "face_recognition"

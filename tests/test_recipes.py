@@ -12,7 +12,8 @@ import sys
 import pytest
 from easydict import EasyDict
 
-from shrinkteanet import config, demo
+from shrinkteanet.training import config
+from shrinkteanet.study import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "recipes")

@@ -13,7 +13,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from shrinkteanet.errors import InputError  # noqa: E402
+from shrinkteanet.core.errors import InputError  # noqa: E402
 
 #: examples per parser (CI: 150, about 4 s in all); SHRINKTEANET_FUZZ_EXAMPLES=5000 for a deeper run
 FUZZ = settings(max_examples=int(os.environ.get("SHRINKTEANET_FUZZ_EXAMPLES", "150")), deadline=None,
@@ -168,8 +168,8 @@ _KEYS = st.sampled_from(["lr", "momentum", "emb_size", "net_opts", "lr_steps", "
 @FUZZ
 @given(st.lists(st.tuples(_KEYS, st.sampled_from(["=", "", "=="]), TEXTISH), max_size=4))
 def test_key_value_overrides(items):
-    from shrinkteanet import config
-    from shrinkteanet.train import check_hyperparameters
+    from shrinkteanet.training import config
+    from shrinkteanet.training.train import check_hyperparameters
 
     overrides = [k + sep + v for k, sep, v in items]
     cfg = _one_line(config.config_by_name, "mfnr_stn", overrides)

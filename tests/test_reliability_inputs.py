@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from _tiny_train import make_images, make_set, overrides
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_megaface_list_entries_cannot_write_outside_out(tmp_path):
 
 
 def test_path_inside_follows_symbolic_links(tmp_path):
-    from shrinkteanet.utils import path_inside
+    from shrinkteanet.core.utils import path_inside
 
     (tmp_path / "out").mkdir()
     os.symlink(str(tmp_path), str(tmp_path / "out" / "up"))

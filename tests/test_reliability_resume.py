@@ -8,7 +8,8 @@ import sys
 import time
 
 from _tiny_train import make_set, overrides
-from shrinkteanet import config, train
+from shrinkteanet.training import config
+from shrinkteanet.training import train
 
 RUN = ("max_batches=40", "ckpt_every=3", "keep_last=1", "lr_schedule=step", "lr_steps=20,30")
 

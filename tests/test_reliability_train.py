@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from _tiny_train import make_set, overrides
-from shrinkteanet import config, train
-from shrinkteanet.errors import InputError
+from shrinkteanet.training import config
+from shrinkteanet.training import train
+from shrinkteanet.core.errors import InputError
 
 
 pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
@@ -81,7 +82,7 @@ def test_a_held_output_folder_is_refused_at_once_naming_the_holder(data, tmp_pat
     folder = tmp_path / "run"
     folder.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from shrinkteanet.run_folder import RunLock\n"
+        "import sys, time; from shrinkteanet.training.run_folder import RunLock\n"
         f"RunLock({str(folder)!r}).acquire(); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -216,7 +217,7 @@ def test_no_num_classes_warning_unless_the_config_sets_it(data, tmp_path, caplog
 def test_too_little_space_is_refused_before_training_with_the_estimate(data, tmp_path, monkeypatch):
     from collections import namedtuple
 
-    from shrinkteanet import run_folder
+    from shrinkteanet.training import run_folder
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9 - 4096, 4096))
@@ -240,7 +241,7 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(data):
 
 
 def test_resume_compares_only_keys_both_configs_know():
-    from shrinkteanet.run_folder import changed_run_keys
+    from shrinkteanet.training.run_folder import changed_run_keys
 
     saved = {"lr": 0.1, "network": "mfnr", "workers": 2}
     assert changed_run_keys(saved, {"lr": 0.1, "network": "mfnr", "workers": 0, "new_key": 1}) == []

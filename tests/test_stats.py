@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from shrinkteanet import stats
+from shrinkteanet.study import stats
 
 
 def test_paired_difference_by_hand():

@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from shrinkteanet import demo, study
-from shrinkteanet.errors import InputError
+from shrinkteanet.study import demo
+from shrinkteanet.study import scheduler as study
+from shrinkteanet.core.errors import InputError
 
 FAKE = textwrap.dedent("""\
     #!{python}

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from _tiny_train import make_set, overrides, train_teacher
-from shrinkteanet import config, train
-from shrinkteanet.errors import InputError
-from shrinkteanet.teacher_cache import TeacherCache, build_cache
+from shrinkteanet.training import config
+from shrinkteanet.training import train
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.training.teacher_cache import TeacherCache, build_cache
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def tiny(tmp_path_factory):
 
 def test_cache_layout_and_values(tiny):
     from shrinkteanet.data.recordio import FaceRecordDataset
-    from shrinkteanet.model import load_checkpoint
+    from shrinkteanet.model.network import load_checkpoint
 
     data, teacher, cache, root = tiny
     meta = json.loads((cache / "meta.json").read_text())
@@ -90,7 +91,7 @@ def test_cache_gives_the_live_teachers_losses(tiny):
     """One ShrinkTeaNet batch: every loss part with the cached targets equals the part with the
     full teacher forward (to float16 rounding of the cached embedding)."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.distill import build_method, build_networks
+    from shrinkteanet.methods.distill import build_method, build_networks
 
     data, teacher, cache, _ = tiny
     cfg = config.config_by_name("mfnr_stn", overrides(data, None, f"teacher={teacher}", "image_size=32",

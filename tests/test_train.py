@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from _tiny_train import make_set, overrides, train_teacher
-from shrinkteanet import config, train
-from shrinkteanet.errors import InputError
+from shrinkteanet.training import config
+from shrinkteanet.training import train
+from shrinkteanet.core.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +203,7 @@ def test_resume_without_state_and_bad_teacher_fail_in_one_line(tiny, tmp_path):
 
 
 def test_cuda_preload_is_a_no_op_on_cpu():
-    from shrinkteanet import _cuda
+    from shrinkteanet.core import _cuda
 
     assert _cuda.preload() == [] and _cuda._cuda_mxnet() is False
     # importing the package loads no mxnet and no CUDA library

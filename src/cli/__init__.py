@@ -12,8 +12,8 @@ import pkgutil
 import sys
 
 from shrinkteanet import __version__
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import setup_logging
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import setup_logging
 
 
 def build_parser():

@@ -3,7 +3,7 @@ the raw-photo branch of ``data align`` (registered by ``cli/data.py``; the leadi
 underscore keeps this module out of subcommand discovery)."""
 import os
 
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 def add_arguments(p):
@@ -22,7 +22,7 @@ def run(args):
     from shrinkteanet.data.detect import NO_FACE, SEVERAL, UNREADABLE, align_photos, collect_photos
     from shrinkteanet.data.lst import write_lst
     from shrinkteanet.data.mtcnn import get_detector
-    from shrinkteanet.utils import atomic_open, write_json
+    from shrinkteanet.core.utils import atomic_open, write_json
 
     if not args.src:
         raise InputError("data align --detector mtcnn needs SRC_DIR_OR_LST (a folder of photos or a .lst)")

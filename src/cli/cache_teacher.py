@@ -19,8 +19,8 @@ def register(sub):
 
 
 def run(args):
-    from shrinkteanet.teacher_cache import build_cache
-    from shrinkteanet.utils import get_contexts, write_json
+    from shrinkteanet.training.teacher_cache import build_cache
+    from shrinkteanet.core.utils import get_contexts, write_json
 
     meta = build_cache(args.model, args.data, args.out, batch_size=args.batch_size, ctx=get_contexts(args.gpus)[0])
     print(f"teacher cache {args.out}: {meta['done']} of {meta['num_images']} images x 2 (image, mirror), "

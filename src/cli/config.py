@@ -19,9 +19,9 @@ def register(sub):
 def run(args):
     import json
 
-    from shrinkteanet import config
-    from shrinkteanet.errors import InputError
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.training import config
+    from shrinkteanet.core.errors import InputError
+    from shrinkteanet.core.utils import write_json
 
     if args.list or not args.name:
         for name, rows in sorted(config.CONFIGS.items()):

@@ -6,7 +6,7 @@ each (returning its parser), so an option is added in one place.
 import os
 
 from shrinkteanet.cli import add_json_arg
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 ORDER = 10
 
@@ -126,7 +126,7 @@ def _prepared_stream(items, size, quality, workers):
 def run_pack(args):
     from shrinkteanet.data.lst import read_lst
     from shrinkteanet.data.recordio import write_rec_set
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     size = _image_size(args.image_size)
     if args.lst:
@@ -216,7 +216,7 @@ def set_info(path, verify=False):
 
 
 def run_info(args):
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     info = set_info(args.path, args.verify)
     s = info["images_per_id"]
@@ -256,7 +256,7 @@ def _register_align(dsub):
 def _align_one(job):
     from shrinkteanet.data.align import align_face, imread_rgb
     from shrinkteanet.data.recordio import encode_image
-    from shrinkteanet.utils import atomic_write_bytes
+    from shrinkteanet.core.utils import atomic_write_bytes
 
     item, out_path, size, quality = job
     img = imread_rgb(item.path)
@@ -274,7 +274,7 @@ def _align_one(job):
 
 def run_align(args):
     from shrinkteanet.data.lst import LstItem, read_lst, write_lst
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     if args.detector == "mtcnn":
         from shrinkteanet.cli._mtcnn_align import run
@@ -346,7 +346,7 @@ def _register_synth(dsub):
 
 def run_synth(args):
     from shrinkteanet.data import synth
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     res = synth.generate(
         args.out, identities=args.identities, images_per_id=args.images_per_id, test_identities=args.test_identities,

@@ -7,7 +7,7 @@ ORDER = 60
 
 
 def _seeds(text):
-    from shrinkteanet.errors import InputError
+    from shrinkteanet.core.errors import InputError
 
     try:
         seeds = [int(s) for s in str(text).split(",") if s.strip()]
@@ -19,7 +19,7 @@ def _seeds(text):
 
 
 def _jobs(text):
-    from shrinkteanet.errors import InputError
+    from shrinkteanet.core.errors import InputError
 
     try:
         n = int(text)
@@ -37,7 +37,7 @@ def _common(p, out_default, scale_default):
     p.add_argument("--seeds", default=None, help="student seeds, comma-separated (default: the scale's)")
     p.add_argument("--students", default=None, help="student networks, comma-separated (default: the scale's)")
     p.add_argument("--methods", default=None, help="methods, comma-separated (default: the scale's; "
-                                                   "names as in shrinkteanet.demo.METHODS)")
+                                                   "names as in shrinkteanet.study.demo.METHODS)")
     p.add_argument("--jobs", default=None, type=str, help="stages side by side (default: one per core)")
     p.add_argument("--threads", default=0, type=int, help="OpenMP threads per stage (default: cores // jobs)")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
@@ -64,8 +64,8 @@ def _run(args, reproduce):
     import json
     import os
 
-    from shrinkteanet import demo
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.study import demo
+    from shrinkteanet.core.utils import write_json
 
     scale = demo.get_scale(args.scale or (None if not reproduce or os.environ.get(demo.SCALE_ENV) else "study"))
     students = _names(args.students)
@@ -97,12 +97,12 @@ def _names(text):
 
 def run_demo(args):
     if args.recipe_extra:
-        from shrinkteanet import demo
+        from shrinkteanet.study import demo
 
         print(" ".join(demo.recipe_extra(demo.get_scale(args.scale), args.recipe_extra)))
         return 0
     if args.only_data:
-        from shrinkteanet import demo
+        from shrinkteanet.study import demo
 
         path = demo.prepare_data(args.out, demo.get_scale(args.scale))
         print(f"synthetic data: {path}")

@@ -50,9 +50,9 @@ def _names_path(out):
 def run_embed(args):
     import numpy as np
 
-    from shrinkteanet import export
-    from shrinkteanet.errors import InputError
-    from shrinkteanet.utils import atomic_open, parse_model_arg, write_json
+    from shrinkteanet.deploy import export
+    from shrinkteanet.core.errors import InputError
+    from shrinkteanet.core.utils import atomic_open, parse_model_arg, write_json
 
     model = parse_model_arg(args.model)
     paths = export.expand_image_paths(args.images)
@@ -82,8 +82,8 @@ def run_embed(args):
 
 
 def run_compare(args):
-    from shrinkteanet import export
-    from shrinkteanet.utils import parse_model_arg, write_json
+    from shrinkteanet.deploy import export
+    from shrinkteanet.core.utils import parse_model_arg, write_json
 
     model = parse_model_arg(args.model)
     landmarks = export.read_landmarks(args.landmarks) if args.landmarks else None

@@ -60,7 +60,7 @@ def register(sub):
 
 def _embedder(args):
     from shrinkteanet.eval.embed import Embedder
-    from shrinkteanet.utils import get_contexts, parse_model_arg
+    from shrinkteanet.core.utils import get_contexts, parse_model_arg
 
     ctx = get_contexts(args.gpus)[0]
     return Embedder(parse_model_arg(args.model), ctx=ctx, batch_size=args.batch_size, image_size=args.image_size,
@@ -68,7 +68,7 @@ def _embedder(args):
 
 
 def _finish(args, fields, md_path):
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     if args.json:
         write_json(args.json, fields)
@@ -77,7 +77,7 @@ def _finish(args, fields, md_path):
 
 
 def run_verification(args):
-    from shrinkteanet.errors import InputError
+    from shrinkteanet.core.errors import InputError
     from shrinkteanet.eval import report
     from shrinkteanet.eval.verification import run_targets
 

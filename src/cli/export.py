@@ -33,9 +33,9 @@ def register(sub):
 
 
 def run(args):
-    from shrinkteanet import export
-    from shrinkteanet.errors import InputError
-    from shrinkteanet.utils import parse_model_arg, write_json
+    from shrinkteanet.deploy import export
+    from shrinkteanet.core.errors import InputError
+    from shrinkteanet.core.utils import parse_model_arg, write_json
 
     prefix, epoch = parse_model_arg(args.model)
     if not (args.onnx or args.mkldnn is not None or args.int8 is not None):

@@ -47,7 +47,7 @@ def collect():
 
 
 def run(args):
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     info = collect()
     width = max(len(k) for k in info)

@@ -21,7 +21,7 @@ def register(sub):
 
 
 def run(args):
-    from shrinkteanet.launch import launch
+    from shrinkteanet.training.launch import launch
 
     command = list(args.command)
     if command and command[0] == "--":

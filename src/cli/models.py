@@ -1,6 +1,6 @@
 """`shrinkteanet models`: parameters, MFLOPs and stage shapes of every network."""
 from shrinkteanet.cli import add_json_arg
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 ORDER = 5
 #: MS1M-ArcFace (InsightFace ``emore``) identities: the classifier the paper's teachers train with
@@ -54,7 +54,7 @@ def describe(network, emb_size=512, num_classes=DEFAULT_NUM_CLASSES, sizes=(112,
 
 def run(args):
     from shrinkteanet import symbols
-    from shrinkteanet.utils import write_json
+    from shrinkteanet.core.utils import write_json
 
     sizes = _parse_sizes(args.sizes)
     if args.emb_size < 1 or args.num_classes < 1:

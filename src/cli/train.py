@@ -33,7 +33,7 @@ class _Intermixed(argparse.ArgumentParser):
 def register(sub):
     p = sub.add_parser("train", help="train a teacher or a student (plain, L2, ShrinkTeaNet, KD, MarginDistillation, "
                                      "low-res KT/KD)",
-                       description="Train with a named config (shrinkteanet.config.CONFIGS, e.g. teacher_r90, "
+                       description="Train with a named config (shrinkteanet.training.config.CONFIGS, e.g. teacher_r90, "
                                    "mfnr_self, mfnr_l2, mfnr_stn) and key=value overrides of its keys.")
     p.add_argument("--config", required=True, help="named config, e.g. mfnr_stn")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -59,8 +59,8 @@ def register(sub):
 
 def build_config(args):
     """The EasyDict config of the command line (no mxnet import)."""
-    from shrinkteanet import config
-    from shrinkteanet.errors import InputError
+    from shrinkteanet.training import config
+    from shrinkteanet.core.errors import InputError
 
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
@@ -84,7 +84,7 @@ def build_config(args):
 def _log_file(cfg, rank):
     import logging
 
-    from shrinkteanet.logutil import get_logger
+    from shrinkteanet.core.logutil import get_logger
 
     if not cfg.out:
         return
@@ -101,18 +101,18 @@ def run(args):
     role = os.environ.get("DMLC_ROLE", "")
     import mxnet  # noqa: F401 - on a dist server/scheduler node this import serves and exits
 
-    from shrinkteanet.utils import get_contexts, write_json
+    from shrinkteanet.core.utils import get_contexts, write_json
 
     ctx = get_contexts(args.gpus)
     rank = int(os.environ.get("DMLC_TASK_ID", "0")) if role == "worker" else 0
     if cfg.out and rank == 0:
-        from shrinkteanet.run_folder import RunLock
+        from shrinkteanet.training.run_folder import RunLock
 
         # fail on a held folder before its log gets our lines; train() then takes the lock for the run
         RunLock(os.path.dirname(os.path.abspath(cfg.out))).acquire().release()
     _log_file(cfg, rank)
     try:
-        from shrinkteanet import train
+        from shrinkteanet.training import train
 
         summary = train.train(cfg, ctx, resume=args.resume, overwrite=args.overwrite)
     except train.NonFiniteLossError as e:
@@ -122,7 +122,7 @@ def run(args):
         if role == "worker":
             # a dist_sync worker that returns normally blocks in ps-lite's shutdown barrier
             # waiting for its peers; leave at once so that `shrinkteanet launch` sees the failure
-            from shrinkteanet.errors import InputError
+            from shrinkteanet.core.errors import InputError
 
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             print(f"shrinkteanet: error: {msg}", file=sys.stderr)

@@ -10,9 +10,9 @@ the bbox grown by a 44-pixel margin, or the centre of the image without a bbox.
 """
 import numpy as np
 
-from shrinkteanet.constants import ARCFACE_TEMPLATE, IMAGE_SIZE
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import ARCFACE_TEMPLATE, IMAGE_SIZE
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 

@@ -14,9 +14,9 @@ import pickle
 
 import numpy as np
 
-from shrinkteanet.constants import IMAGE_SIZE
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import IMAGE_SIZE
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -127,7 +127,7 @@ def write_bin(path, jpegs, issame, quality=95):
     as plain byte strings (protocol 2 would reduce them through ``_codecs.encode``,
     which other restricted readers may refuse); Python 3 InsightFace reads it."""
     from shrinkteanet.data.recordio import encode_image
-    from shrinkteanet.utils import atomic_write_bytes
+    from shrinkteanet.core.utils import atomic_write_bytes
 
     bins = [encode_image(j, quality) for j in jpegs]
     flags = [bool(v) for v in np.asarray(issame).ravel()]

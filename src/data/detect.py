@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -104,7 +104,7 @@ def align_photos(photos, out_dir, detector=None, select="largest", image_size=11
     from shrinkteanet.data.lst import LstItem
     from shrinkteanet.data.mtcnn import detect_and_align, get_detector
     from shrinkteanet.data.recordio import encode_image
-    from shrinkteanet.utils import atomic_write_bytes
+    from shrinkteanet.core.utils import atomic_write_bytes
 
     det = detector or get_detector()
     items, records = [], []

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.utils import atomic_open
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.utils import atomic_open
 
 LstItem = collections.namedtuple("LstItem", ["aligned", "path", "label", "bbox", "landmarks"])
 

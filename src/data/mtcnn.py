@@ -52,10 +52,10 @@ import tempfile
 
 import numpy as np
 
-from shrinkteanet.constants import PIXEL_MEAN, PIXEL_SCALE
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
-from shrinkteanet.utils import atomic_open
+from shrinkteanet.core.constants import PIXEL_MEAN, PIXEL_SCALE
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import atomic_open
 
 log = get_logger(__name__)
 

@@ -24,9 +24,9 @@ import threading
 
 import numpy as np
 
-from shrinkteanet.constants import IMAGE_SIZE
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import IMAGE_SIZE
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -414,7 +414,7 @@ def write_rec_set(
     """
     from tqdm import tqdm
 
-    from shrinkteanet.utils import atomic_write_bytes, process_pool
+    from shrinkteanet.core.utils import atomic_write_bytes, process_pool
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

@@ -34,11 +34,11 @@ import os
 import cv2
 import numpy as np
 
-from shrinkteanet.constants import ARCFACE_TEMPLATE, IMAGE_SIZE, MEGAFACE_SIZES
+from shrinkteanet.core.constants import ARCFACE_TEMPLATE, IMAGE_SIZE, MEGAFACE_SIZES
 from shrinkteanet.data.align import estimate_similarity, template
-from shrinkteanet.errors import InputError
-from shrinkteanet.utils import process_pool
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.utils import process_pool
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -908,7 +908,7 @@ def _ijb_plan(seed, num_templates):
 
 
 def _write_ijb(out_dir, R, num_templates, **common):
-    from shrinkteanet.utils import atomic_open
+    from shrinkteanet.core.utils import atomic_open
 
     seed = common["seed"]
     root = os.path.join(out_dir, "IJBC")
@@ -966,7 +966,7 @@ def _write_ijb(out_dir, R, num_templates, **common):
 def _write_megaface(out_dir, R, probes, probe_images, distractors, noise, **common):
     import json
 
-    from shrinkteanet.utils import atomic_open
+    from shrinkteanet.core.utils import atomic_open
 
     seed = common["seed"]
     root = os.path.join(out_dir, "megaface")

@@ -25,9 +25,9 @@ import os
 
 import numpy as np
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
-from shrinkteanet.utils import write_json
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import write_json
 
 log = get_logger(__name__)
 
@@ -107,7 +107,7 @@ def build_cache(model, data, out, batch_size=64, ctx=None, chunk=1024, progress=
 
     from shrinkteanet.data.recordio import FaceRecordDataset
     from shrinkteanet.eval.embed import Embedder
-    from shrinkteanet.utils import parse_model_arg
+    from shrinkteanet.core.utils import parse_model_arg
 
     model_arg = model if isinstance(model, str) else f"{model[0]},{model[1]}"
     prefix, epoch = parse_model_arg(model_arg)

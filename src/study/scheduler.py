@@ -19,8 +19,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 

@@ -21,8 +21,8 @@ import shutil
 import socket
 import time
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 

@@ -39,9 +39,9 @@ import time
 
 import numpy as np
 
-from shrinkteanet.constants import IMAGE_SIZE
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.core.constants import IMAGE_SIZE
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -70,7 +70,7 @@ def deploy_symbol(sym):
     """The deploy graph of ``sym``: explicit ``Flatten`` before each flattening
     ``FullyConnected`` (see the module docstring for the two bugs this avoids).
     Parameter names and values are those of ``sym``."""
-    from shrinkteanet.model import insert_flatten
+    from shrinkteanet.model.network import insert_flatten
 
     return insert_flatten(sym)
 
@@ -141,7 +141,7 @@ def save_model(prefix, epoch, sym, arg_params, aux_params):
     layout), each written atomically."""
     import mxnet as mx
 
-    from shrinkteanet.utils import atomic_open
+    from shrinkteanet.core.utils import atomic_open
 
     with atomic_open(f"{prefix}-symbol.json", "w") as f:
         f.write(sym.tojson())
@@ -262,7 +262,7 @@ def export_onnx(sym, arg_params, aux_params, path, image_size=IMAGE_SIZE):
     import mxnet as mx
     import onnx
 
-    from shrinkteanet.utils import atomic_write_bytes
+    from shrinkteanet.core.utils import atomic_write_bytes
 
     dsym = deploy_symbol(sym)
     arg, aux = deploy_params(dsym, arg_params, aux_params)

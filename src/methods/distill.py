@@ -60,10 +60,10 @@ from collections import OrderedDict
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from shrinkteanet import losses as L
-from shrinkteanet.config import distill_lambdas
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
+from shrinkteanet.methods import losses as L
+from shrinkteanet.training.config import distill_lambdas
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 
 log = get_logger(__name__)
 
@@ -280,7 +280,7 @@ class Method(gluon.Block):
 
     # ------------------------------------------------------------------ building
     def _build_adapters(self, cfg, student, teacher, kind):
-        from shrinkteanet.model import frozen_tail
+        from shrinkteanet.model.network import frozen_tail
 
         if not getattr(student, "with_taps", False):
             raise InputError(f"distill={self.method} with distill_stages={self.stages}: the student must be built "
@@ -418,7 +418,7 @@ def _frozen_full(teacher):
     a teacher not built by network name.  Same numbers as ``teacher(data)`` in inference mode
     (bit for bit: ``model.freeze_symbol``), but its PReLUs run as depthwise convolutions, which
     made the teacher's forward ~1.6x faster on CPU (docs/benchmarks.md, bench_train)."""
-    from shrinkteanet.model import frozen_tail
+    from shrinkteanet.model.network import frozen_tail
 
     try:
         return frozen_tail(teacher, None)
@@ -506,8 +506,8 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     ((prefix, epoch) or "PREFIX,EPOCH"; default ``cfg.teacher``) into
     ``cfg.teacher_network`` with ``cfg.teacher_net_opts``, frozen; and its ``fc7_weight``
     (None when the checkpoint has none).  No teacher for ``distill=none``."""
-    from shrinkteanet.model import EmbeddingNet, load_checkpoint
-    from shrinkteanet.utils import parse_model_arg
+    from shrinkteanet.model.network import EmbeddingNet, load_checkpoint
+    from shrinkteanet.core.utils import parse_model_arg
 
     ctx = _ctx_list(ctx)
     spec = method_spec(cfg)

@@ -15,9 +15,11 @@ import os
 
 import numpy as np
 
-from shrinkteanet import paper, stats, study_report
-from shrinkteanet.logutil import get_logger
-from shrinkteanet.utils import atomic_write_bytes
+from shrinkteanet.study import paper
+from shrinkteanet.study import stats
+from shrinkteanet.study import report as study_report
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import atomic_write_bytes
 
 log = get_logger(__name__)
 
@@ -35,7 +37,7 @@ IJB_FAR_KEY = "0.0001"
 
 
 def _config_suffix(method):
-    from shrinkteanet.demo import METHODS
+    from shrinkteanet.study.demo import METHODS
 
     return METHODS[method][0] if method in METHODS else method
 
@@ -65,7 +67,7 @@ def read_metrics(run_dir):
 def model_stats(run_dir, image_size):
     """(embedding parameters, multiply-add FLOPs) of the run's checkpoint at ``image_size``."""
     from shrinkteanet import symbols
-    from shrinkteanet.model import load_checkpoint
+    from shrinkteanet.model.network import load_checkpoint
 
     s = _load(os.path.join(run_dir, "train.json"))
     sym, _, _ = load_checkpoint(s["prefix"], int(s["checkpoint"]))

@@ -20,7 +20,7 @@ import difflib
 
 from easydict import EasyDict as edict
 
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
 #: 512 over 4 GPUs, lr 0.1, momentum 0.9, lambda_n = 1 (angular) / 0.001 (l2), lambda_i =

@@ -33,9 +33,9 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
-from shrinkteanet.utils import atomic_open, write_json
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import atomic_open, write_json
 
 log = get_logger(__name__)
 
@@ -149,9 +149,9 @@ def _fsync_path(path):
 
 def save_embedding_checkpoint(prefix, number, sym, arg_params, aux_params):
     """InsightFace layout (``mx.model.save_checkpoint``), atomically: through
-    ``shrinkteanet.model.save_checkpoint`` when the networks module provides it."""
+    ``shrinkteanet.model.network.save_checkpoint`` when the networks module provides it."""
     try:
-        from shrinkteanet.model import save_checkpoint
+        from shrinkteanet.model.network import save_checkpoint
     except ImportError:
         save_checkpoint = None
     if save_checkpoint is not None:
@@ -218,7 +218,7 @@ class Checkpointer:
         """Delete every checkpoint file of the prefix whose number ``keep`` does not list, and
         temp files: those pruned now and any an earlier crash left (called once the state names
         ``keep``; the run lock guarantees no other writer)."""
-        from shrinkteanet.run_folder import stray_files
+        from shrinkteanet.training.run_folder import stray_files
 
         for path in stray_files(self.prefix, keep):
             try:
@@ -431,7 +431,7 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
         prev = read_state(prefix) if prefix else None
         if prev is None:
             raise InputError(f"--resume: no {prefix}{STATE_SUFFIX} to resume from")
-        from shrinkteanet.run_folder import check_resume_config
+        from shrinkteanet.training.run_folder import check_resume_config
 
         check_resume_config(prefix + STATE_SUFFIX, prev.get("config"), state["config"])
         _restore(prev, prefix, method, student, trainer)
@@ -776,7 +776,7 @@ def _load_checkpoint_file(path):
 
 
 def _reason(exc):
-    from shrinkteanet.utils import mxnet_reason
+    from shrinkteanet.core.utils import mxnet_reason
 
     return mxnet_reason(exc)
 
@@ -887,7 +887,7 @@ def _num_classes_chosen(cfg):
     """Whether ``num_classes`` was chosen for this data: set by the user, or the dataset row's
     own count while training on that row's own folder.  A preset's count (85742 for emore)
     carried over to another ``data_dir`` was not, and the data's count replaces it silently."""
-    from shrinkteanet import config
+    from shrinkteanet.training import config
 
     name = cfg.get("config_name")
     if name not in config.CONFIGS:
@@ -900,14 +900,14 @@ def _num_classes_chosen(cfg):
 
 
 def train(cfg, ctx_list=None, resume=False, callbacks=(), loader=None, overwrite=False):
-    """Train ``cfg`` (a ``shrinkteanet.config`` EasyDict) and return the summary.
+    """Train ``cfg`` (a ``shrinkteanet.training.config`` EasyDict) and return the summary.
 
-    The output folder is locked for the run (``shrinkteanet.run_folder``); a new run over an
+    The output folder is locked for the run (``shrinkteanet.training.run_folder``); a new run over an
     existing one is refused unless ``overwrite`` (which removes the old run's files).
 
     Builds the kvstore (rank, workers), the loader over this worker's shard, the
     student (and the teacher from ``cfg.teacher``), the method of ``cfg.distill``
-    (``shrinkteanet.distill.build_method``), the teacher cache when
+    (``shrinkteanet.methods.distill.build_method``), the teacher cache when
     ``cfg.teacher_cache`` is set, and the verifier; then runs ``fit``."""
     import mxnet as mx
 
@@ -936,7 +936,7 @@ def claim_output(prefix, rank, resume, overwrite):
     an old one unless ``overwrite``.  Returns the held ``RunLock`` or None."""
     if not prefix or rank != 0:
         return None
-    from shrinkteanet.run_folder import RunLock, prepare_fresh_run
+    from shrinkteanet.training.run_folder import RunLock, prepare_fresh_run
 
     lock = RunLock(os.path.dirname(os.path.abspath(prefix))).acquire()
     try:
@@ -951,7 +951,7 @@ def claim_output(prefix, rank, resume, overwrite):
 def _train_locked(cfg, ctx_list, job, resume, callbacks, loader):
     """``train`` once the output folder is held."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.distill import build_method, build_networks, loader_lowres_size, needs_teacher_embedding
+    from shrinkteanet.methods.distill import build_method, build_networks, loader_lowres_size, needs_teacher_embedding
 
     if loader is None:
         loader = FaceLoader(cfg.data_dir, cfg.batch_size // job.num_workers, seed=cfg.seed, workers=cfg.workers,
@@ -982,7 +982,7 @@ def _train_locked(cfg, ctx_list, job, resume, callbacks, loader):
         method.hybridize(static_alloc=True, static_shape=True)
     cache = None
     if cfg.teacher_cache:
-        from shrinkteanet.teacher_cache import TeacherCache
+        from shrinkteanet.training.teacher_cache import TeacherCache
 
         if not needs_teacher_embedding(cfg):
             raise InputError(f"--teacher-cache: distill={cfg.distill} uses no teacher embedding each step")
@@ -991,7 +991,7 @@ def _train_locked(cfg, ctx_list, job, resume, callbacks, loader):
         cache = TeacherCache(cfg.teacher_cache)
         cache.check_covers(loader.keys)
     if cfg.out and job.rank == 0:
-        from shrinkteanet.run_folder import check_free_space
+        from shrinkteanet.training.run_folder import check_free_space
 
         check_free_space(os.path.dirname(os.path.abspath(cfg.out)), checkpoint_bytes(method))
     verify = make_verifier(cfg, image_size, ctx_list[0]) if cfg.verbose and job.rank == 0 else None
@@ -1012,7 +1012,7 @@ def final_stage_cosines(method, loader, ctx):
     """``distill.stage_cosines`` on the first batch of epoch 0 (keys are stage numbers as strings)."""
     import mxnet as mx
 
-    from shrinkteanet.distill import stage_cosines
+    from shrinkteanet.methods.distill import stage_cosines
 
     if not hasattr(loader, "epoch"):
         return {}

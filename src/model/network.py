@@ -24,9 +24,9 @@ import numpy as np
 from mxnet import gluon
 
 from shrinkteanet import symbols
-from shrinkteanet.errors import InputError
-from shrinkteanet.logutil import get_logger
-from shrinkteanet.utils import atomic_open, mxnet_reason
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import atomic_open, mxnet_reason
 
 log = get_logger(__name__)
 

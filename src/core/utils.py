@@ -4,7 +4,7 @@ import json
 import os
 import tempfile
 
-from shrinkteanet.errors import InputError
+from shrinkteanet.core.errors import InputError
 
 
 @contextlib.contextmanager

@@ -4,15 +4,15 @@ one verdict line per protocol, the distillation-weight ablation, the student-tea
 per stage, convergence per run with loss curves, and the standard error of each protocol.
 
 Reads what the runs wrote (``train.json``: steps, final loss parts, ``curve``, ``stage_cosines``;
-``eval/*.json``; the data's ``synth.json``); the numbers come from ``shrinkteanet.stats``.
+``eval/*.json``; the data's ``synth.json``); the numbers come from ``shrinkteanet.study.stats``.
 """
 import io
 import os
 
 import numpy as np
 
-from shrinkteanet import stats
-from shrinkteanet.utils import atomic_write_bytes, write_json
+from shrinkteanet.study import stats
+from shrinkteanet.core.utils import atomic_write_bytes, write_json
 
 #: protocol key -> (heading, metric name in study.json, count name); the order of every table
 PROTOCOLS = {

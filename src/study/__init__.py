@@ -1,0 +1,5 @@
+"""The demo and the small-scale study: scales and method lists (``demo``), the job scheduler
+(``scheduler``), statistics (``stats``), the paper's tables (``paper``) and the reports
+(``report``, ``table``). It drives the other stages through the ``shrinkteanet`` command line, and may
+import every sub-package except ``cli``.
+"""
