@@ -8,15 +8,10 @@ paper's own prose confirms are kept (Sec. 4.3: MegaFace gains of 2.23/3.64/2.57/
 points for MV1/MV2/MFN/MFNR, ShrinkTeaNet-MFNR 95.64%; IJB gap of ShrinkTeaNet-MFNR
 to ArcFace-MS1M 0.016 on IJB-C).  ``None`` marks a value we could not read reliably.
 """
+from shrinkteanet.symbols import registry as network_registry
 
-#: network key -> (display name, parameters in millions) from Table 2
-NETWORKS = {
-    "r90": ("ResNet90", 63.67),
-    "mv1": ("MobileNetV1", 3.53),
-    "mv2": ("MobileNetV2", 2.15),
-    "mfn": ("MobileFaceNet", 1.2),
-    "mfnr": ("MobileFaceNet-R", 3.73),
-}
+#: network key -> (display name, parameters in millions) from Table 2, held by the network registry
+NETWORKS = network_registry.paper_table()
 
 #: method keys used by the recipes/configs -> the paper's row name
 METHODS = {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)", "stn": "ShrinkTeaNet"}

@@ -18,6 +18,7 @@ import numpy as np
 from shrinkteanet.study import paper
 from shrinkteanet.study import stats
 from shrinkteanet.study import report as study_report
+from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import atomic_write_bytes
 
@@ -31,8 +32,8 @@ METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (
                 "stn_w10": "ShrinkTeaNet, weight 10", "stn_final_w10": "ShrinkTeaNet final only, weight 10"}
 #: the distillation-weight ablation: (method at the paper's weight, the same at a larger weight)
 WEIGHT_ABLATION = (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
-NET_NAMES = {"r90": "LResNet-E-IR (r90 family)", "mfn": "MobileFaceNet", "mfnr": "MobileFaceNet-R",
-             "mv1": "MobileNetV1", "mv2": "MobileNetV2"}
+#: network key -> the name the report prints, from the network registry
+NET_NAMES = network_registry.display_names()
 IJB_FAR_KEY = "0.0001"
 
 

@@ -21,6 +21,7 @@ import difflib
 from easydict import EasyDict as edict
 
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.symbols import registry as network_registry
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
 #: 512 over 4 GPUs, lr 0.1, momentum 0.9, lambda_n = 1 (angular) / 0.001 (l2), lambda_i =
@@ -100,17 +101,8 @@ DEFAULT = dict(
     prelu_as_conv=True,
 )
 
-NETWORKS = edict(
-    r18=dict(network="r18"),
-    r34=dict(network="r34"),
-    r50=dict(network="r50"),
-    r90=dict(network="r90"),
-    r100=dict(network="r100"),
-    mfn=dict(network="mfn", emb_size=512, wd=4e-5, fc7_wd_mult=10.0),
-    mfnr=dict(network="mfnr", emb_size=512, wd=4e-5, fc7_wd_mult=10.0),
-    mv1=dict(network="mv1", emb_size=512, wd=4e-5),
-    mv2=dict(network="mv2", emb_size=512, wd=4e-5),
-)
+#: network name -> ``network`` and its training defaults, from the network registry
+NETWORKS = edict(network_registry.training_table())
 
 DATASETS = edict(
     emore=dict(dataset="emore", data_dir="datasets/faces_emore", num_classes=85742),
