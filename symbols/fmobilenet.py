@@ -20,11 +20,44 @@ Stages (taps) at the teacher's sizes 56, 28, 14, 7:
   stage 3 = ``conv_7`` .. ``conv_12``   (512 x 14 x 14)
   stage 4 = ``conv_13`` .. ``conv_14``  (1024 x 7 x 7)
 """
+import functools
+
 from . import common
 
 WITH_ID = False
 #: stride-1 pairs after the first pair of each stage (stage 1 starts with two pairs)
 MV1_BLOCKS = (1, 1, 5, 1)
+
+
+def _pair_plan(bf, blocks):
+    """(stride, output width) of every depthwise/pointwise pair, per stage, and the number
+    ``k`` of each stage's first pair (``conv_<k>_dw``; ``conv_1`` is the input conv)."""
+    plan = (
+        ((1, 2 * bf), (2, 4 * bf)) + ((1, 4 * bf),) * blocks[0],
+        ((2, 8 * bf),) + ((1, 8 * bf),) * blocks[1],
+        ((2, 16 * bf),) + ((1, 16 * bf),) * blocks[2],
+        ((2, 32 * bf),) + ((1, 32 * bf),) * blocks[3],
+    )
+    first_index = [2]
+    for pairs in plan[:-1]:
+        first_index.append(first_index[-1] + len(pairs))
+    return plan, tuple(first_index)
+
+
+def _stage(body, *, index, bf, plan, first_index):
+    """Stage ``index`` (0..3): its depthwise/pointwise pairs, stage 1 behind ``conv_1``."""
+    if index == 0:
+        body = common.conv_bn(body, bf, kernel=(3, 3), stride=(1, 1), pad=(1, 1), name="conv_1")
+        width = bf
+    else:
+        width = plan[index - 1][-1][1]
+    for k, (stride, out) in enumerate(plan[index]):
+        n = first_index[index] + k
+        body = common.conv_bn(body, width, kernel=(3, 3), stride=(stride, stride), pad=(1, 1),
+                              num_group=width, name=f"conv_{n}_dw")
+        body = common.conv_bn(body, out, name=f"conv_{n}")
+        width = out
+    return body
 
 
 def build(emb_size=512, image_size=112, multiplier=1.0, blocks=None):
@@ -35,37 +68,9 @@ def build(emb_size=512, image_size=112, multiplier=1.0, blocks=None):
     blocks = tuple(blocks or MV1_BLOCKS)
     if len(blocks) != 4 or bf < 1:
         raise ValueError(f"fmobilenet: blocks needs 4 entries and multiplier > 0, got {blocks!r}, {multiplier!r}")
-    # (stride, output width) of every depthwise/pointwise pair, per stage
-    plan = [
-        [(1, 2 * bf), (2, 4 * bf)] + [(1, 4 * bf)] * blocks[0],
-        [(2, 8 * bf)] + [(1, 8 * bf)] * blocks[1],
-        [(2, 16 * bf)] + [(1, 16 * bf)] * blocks[2],
-        [(2, 32 * bf)] + [(1, 32 * bf)] * blocks[3],
-    ]
-    first_index = [2]
-    for pairs in plan[:-1]:
-        first_index.append(first_index[-1] + len(pairs))
-    kernel = common.final_size(image_size)
-    last = 32 * bf
-    gdc_channels = last // 2
-
-    def stage(i):
-        def run(body):
-            if i == 0:
-                body = common.conv_bn(body, bf, kernel=(3, 3), stride=(1, 1), pad=(1, 1), name="conv_1")
-                width = bf
-            else:
-                width = plan[i - 1][-1][1]
-            for k, (stride, out) in enumerate(plan[i]):
-                n = first_index[i] + k
-                body = common.conv_bn(body, width, kernel=(3, 3), stride=(stride, stride), pad=(1, 1),
-                                      num_group=width, name=f"conv_{n}_dw")
-                body = common.conv_bn(body, out, name=f"conv_{n}")
-                width = out
-            return body
-        return run
-
-    def head(body):
-        return common.output_gdc(body, emb_size, gdc_channels, kernel)
-
-    return [stage(0), stage(1), stage(2), stage(3), head]
+    plan, first_index = _pair_plan(bf, blocks)
+    stages = [functools.partial(_stage, index=i, bf=bf, plan=plan, first_index=first_index) for i in range(4)]
+    # InsightFace's default GDC width (512 at multiplier 1): half the 1024 maps of the last stage
+    head = functools.partial(common.output_gdc, emb_size=emb_size, channels=32 * bf // 2,
+                             kernel=common.final_size(image_size))
+    return stages + [head]
