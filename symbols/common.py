@@ -53,7 +53,7 @@ def batchnorm(data, name, eps=MXNET_DEFAULT_EPS, fix_gamma=False, momentum=BN_MO
     return mx.sym.BatchNorm(data=data, fix_gamma=fix_gamma, eps=eps, momentum=momentum, name=name)
 
 
-def conv_bn(data, num_filter, kernel=(1, 1), stride=(1, 1), pad=(0, 0), num_group=1, name=None,
+def conv_bn(data, num_filter, *, kernel=(1, 1), stride=(1, 1), pad=(0, 0), num_group=1, name=None,
             with_act=True, eps=MXNET_DEFAULT_EPS, act_type="prelu", names=None):
     """Convolution (no bias) -> BatchNorm -> PReLU.
 
@@ -72,7 +72,7 @@ def conv_bn(data, num_filter, kernel=(1, 1), stride=(1, 1), pad=(0, 0), num_grou
     return body
 
 
-def ir_unit(data, num_filter, stride, dim_match, name, act_type="prelu"):
+def ir_unit(data, *, num_filter, stride, dim_match, name, act_type="prelu"):
     """fresnet ``residual_unit_v3`` without SE (InsightFace default ``net_se=0``).
 
     BN ``_bn1`` -> 3x3 conv ``_conv1`` -> BN ``_bn2`` -> PReLU ``_relu1`` -> 3x3 conv
@@ -97,7 +97,7 @@ def ir_unit(data, num_filter, stride, dim_match, name, act_type="prelu"):
     return mx.sym.elemwise_add(body, shortcut, name=name + "_plus")
 
 
-def depthwise_unit(data, num_out, num_group, stride, name, kernel=(3, 3), pad=(1, 1)):
+def depthwise_unit(data, *, num_out, num_group, stride, name, kernel=(3, 3), pad=(1, 1)):
     """MobileFaceNet ``DResidual`` (the MobileNetV2 bottleneck without its shortcut):
     1x1 expand ``_conv_sep`` (PReLU) -> depthwise ``_conv_dw`` (stride, PReLU) ->
     linear 1x1 projection ``_conv_proj``."""
@@ -107,12 +107,12 @@ def depthwise_unit(data, num_out, num_group, stride, name, kernel=(3, 3), pad=(1
     return conv_bn(body, num_out, name=f"{name}_conv_proj", with_act=False)
 
 
-def depthwise_stack(data, num_block, num_out, num_group, name):
+def depthwise_stack(data, *, num_block, num_out, num_group, name):
     """MobileFaceNet ``Residual``: ``num_block`` stride-1 ``depthwise_unit``s named
     ``<name>_block<i>`` (i from 0), each with an identity shortcut."""
     body = data
     for i in range(num_block):
-        unit = depthwise_unit(body, num_out, num_group, (1, 1), f"{name}_block{i}")
+        unit = depthwise_unit(body, num_out=num_out, num_group=num_group, stride=(1, 1), name=f"{name}_block{i}")
         body = mx.sym.elemwise_add(unit, body, name=f"{name}_block{i}_plus")
     return body
 

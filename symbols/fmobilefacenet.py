@@ -40,13 +40,9 @@ MFNR_FILTERS = (64, 128, 256, 512, 512)
 MFNR_GROUPS = (256, 256, 512, 512, 512, 256)
 
 
-def build(variant="mfn", emb_size=512, image_size=112, blocks=None, filters=None, groups=None):
-    """Five pieces [stage 1..4, GDC output] (see the module docstring).
-
-    ``blocks`` = residual blocks per stage (``blocks[0] == 1`` means the single
-    depthwise conv ``conv_2_dw``, as in InsightFace); ``filters`` = the 5 widths above;
-    ``groups`` = the 6 depthwise widths, default twice each output width when
-    ``filters`` is given without ``groups``."""
+def _widths(variant, blocks, filters, groups):
+    """(blocks, filters, groups) of ``variant`` with the caller's overrides; ``groups``
+    defaults to twice each output width when only ``filters`` is given."""
     if variant == "mfn":
         default_filters, default_groups = MFN_FILTERS, MFN_GROUPS
     elif variant == "mfnr":
@@ -62,6 +58,17 @@ def build(variant="mfn", emb_size=512, image_size=112, blocks=None, filters=None
     if len(blocks) != 4 or len(filters) != 5 or len(groups) != 6:
         raise ValueError(f"fmobilefacenet: blocks needs 4 entries, filters 5, groups 6; got "
                          f"{blocks!r}, {filters!r}, {groups!r}")
+    return blocks, filters, groups
+
+
+def build(variant="mfn", emb_size=512, image_size=112, blocks=None, filters=None, groups=None):
+    """Five pieces [stage 1..4, GDC output] (see the module docstring).
+
+    ``blocks`` = residual blocks per stage (``blocks[0] == 1`` means the single
+    depthwise conv ``conv_2_dw``, as in InsightFace); ``filters`` = the 5 widths above;
+    ``groups`` = the 6 depthwise widths, default twice each output width when
+    ``filters`` is given without ``groups``."""
+    blocks, filters, groups = _widths(variant, blocks, filters, groups)
     kernel = common.final_size(image_size)
 
     def stage1(body):
@@ -69,19 +76,23 @@ def build(variant="mfn", emb_size=512, image_size=112, blocks=None, filters=None
         if blocks[0] == 1:
             return common.conv_bn(body, filters[0], kernel=(3, 3), pad=(1, 1), num_group=filters[0],
                                   name="conv_2_dw")
-        return common.depthwise_stack(body, blocks[0], filters[0], filters[0], "res_2")
+        return common.depthwise_stack(body, num_block=blocks[0], num_out=filters[0],
+                                      num_group=filters[0], name="res_2")
 
     def stage2(body):
-        body = common.depthwise_unit(body, filters[1], groups[0], (2, 2), "dconv_23")
-        return common.depthwise_stack(body, blocks[1], filters[1], groups[1], "res_3")
+        body = common.depthwise_unit(body, num_out=filters[1], num_group=groups[0], stride=(2, 2), name="dconv_23")
+        return common.depthwise_stack(body, num_block=blocks[1], num_out=filters[1],
+                                      num_group=groups[1], name="res_3")
 
     def stage3(body):
-        body = common.depthwise_unit(body, filters[2], groups[2], (2, 2), "dconv_34")
-        return common.depthwise_stack(body, blocks[2], filters[2], groups[3], "res_4")
+        body = common.depthwise_unit(body, num_out=filters[2], num_group=groups[2], stride=(2, 2), name="dconv_34")
+        return common.depthwise_stack(body, num_block=blocks[2], num_out=filters[2],
+                                      num_group=groups[3], name="res_4")
 
     def stage4(body):
-        body = common.depthwise_unit(body, filters[3], groups[4], (2, 2), "dconv_45")
-        body = common.depthwise_stack(body, blocks[3], filters[3], groups[5], "res_5")
+        body = common.depthwise_unit(body, num_out=filters[3], num_group=groups[4], stride=(2, 2), name="dconv_45")
+        body = common.depthwise_stack(body, num_block=blocks[3], num_out=filters[3],
+                                      num_group=groups[5], name="res_5")
         return common.conv_bn(body, filters[4], name="conv_6sep")
 
     def head(body):

@@ -26,6 +26,8 @@ Stages (taps):
 Unit names: ``bneck<g>_<j>`` (group g = 1..7, unit j from 1) with the suffixes
 ``_expand``, ``_dw``, ``_proj`` of ``common.conv_bn`` and ``_plus`` for the sum.
 """
+import functools
+
 import mxnet as mx
 
 from . import common
@@ -39,7 +41,9 @@ MV2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 9
 STAGE_GROUPS = ((0, 1), (2,), (3, 4), (5, 6))
 
 
-def _bottleneck(data, in_c, t, out_c, stride, name):
+def _bottleneck(data, *, in_c, t, out_c, stride, name):
+    """One inverted residual: expand ``_expand`` (skipped at t=1) -> depthwise ``_dw`` ->
+    linear projection ``_proj``, plus the identity ``_plus`` when the shape is kept."""
     hidden = in_c * t
     body = data
     if t != 1:
@@ -52,40 +56,38 @@ def _bottleneck(data, in_c, t, out_c, stride, name):
     return body
 
 
+def _setting(multiplier, blocks):
+    """The (t, c, n, s) rows with ``blocks`` as the unit counts and widths scaled by ``multiplier``."""
+    if blocks is not None and len(blocks) != 7:
+        raise ValueError(f"fmobilenetv2: blocks needs 7 entries (units per group), got {blocks!r}")
+    units = [row[2] for row in MV2_SETTING] if blocks is None else [int(n) for n in blocks]
+    return tuple((t, max(1, int(round(c * multiplier))), n, s) for (t, c, _, s), n in zip(MV2_SETTING, units))
+
+
+def _stage(body, *, index, setting, first, last):
+    """Stage ``index`` (0..3): its bottleneck groups (``STAGE_GROUPS``), stage 1 behind
+    ``conv_1`` (``first`` maps) and stage 4 followed by ``conv_last`` (``last`` maps)."""
+    if index == 0:
+        body = common.conv_bn(body, first, kernel=(3, 3), stride=(2, 2), pad=(1, 1), name="conv_1")
+    for g in STAGE_GROUPS[index]:
+        t, c, n, s = setting[g]
+        in_c = setting[g - 1][1] if g > 0 else first
+        for j in range(n):
+            body = _bottleneck(body, in_c=in_c if j == 0 else c, t=t, out_c=c, stride=s if j == 0 else 1,
+                               name=f"bneck{g + 1}_{j + 1}")
+    if index == 3:
+        body = common.conv_bn(body, last, name="conv_last")
+    return body
+
+
 def build(emb_size=512, image_size=112, multiplier=1.0, blocks=None, last_channels=320):
     """Five pieces [stage 1..4, GDC output].  ``multiplier`` scales the widths,
     ``blocks`` (7 entries) overrides the units per group (``n``), ``last_channels``
     the width of ``conv_last`` (and of the GDC head)."""
-    setting = [list(row) for row in MV2_SETTING]
-    if blocks is not None:
-        if len(blocks) != 7:
-            raise ValueError(f"fmobilenetv2: blocks needs 7 entries (units per group), got {blocks!r}")
-        for row, n in zip(setting, blocks):
-            row[2] = int(n)
-    for row in setting:
-        row[1] = max(1, int(round(row[1] * multiplier)))
+    setting = _setting(multiplier, blocks)
     first = max(1, int(round(32 * multiplier)))
     last = int(last_channels)
-    kernel = common.final_size(image_size)
-    in_width = [first]
-    for row in setting:
-        in_width.append(row[1])
-
-    def stage(i):
-        def run(body):
-            if i == 0:
-                body = common.conv_bn(body, first, kernel=(3, 3), stride=(2, 2), pad=(1, 1), name="conv_1")
-            for g in STAGE_GROUPS[i]:
-                t, c, n, s = setting[g]
-                for j in range(n):
-                    body = _bottleneck(body, in_width[g] if j == 0 else c, t, c, s if j == 0 else 1,
-                                       f"bneck{g + 1}_{j + 1}")
-            if i == 3:
-                body = common.conv_bn(body, last, name="conv_last")
-            return body
-        return run
-
-    def head(body):
-        return common.output_gdc(body, emb_size, last, kernel)
-
-    return [stage(0), stage(1), stage(2), stage(3), head]
+    stages = [functools.partial(_stage, index=i, setting=setting, first=first, last=last) for i in range(4)]
+    head = functools.partial(common.output_gdc, emb_size=emb_size, channels=last,
+                             kernel=common.final_size(image_size))
+    return stages + [head]

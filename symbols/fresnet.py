@@ -13,6 +13,8 @@ Parameter counts at embedding 512 (all arguments except ``data``: conv weights,
 BN gamma/beta, PReLU slopes, FC weight/bias; aux states excluded):
 r18 24.0M, r34 34.1M, r50 43.6M, r90 63.68M (paper Table 2: 63.67M), r100 65.2M.
 """
+import functools
+
 from . import common
 
 #: units per stage, InsightFace ``fresnet.get_symbol`` (num_layers -> units).
@@ -29,30 +31,29 @@ FILTERS = (64, 64, 128, 256, 512)
 WITH_ID = True
 
 
+def _stage(body, *, index, units, filters):
+    """fresnet's ``stage<index+1>``: ``units[index]`` IR units, the first with stride 2 and a
+    1x1-conv shortcut; stage 1 behind the input unit ``conv0``/``bn0``/``relu0``."""
+    if index == 0:
+        body = common.conv_bn(body, filters[0], kernel=(3, 3), stride=(1, 1), pad=(1, 1),
+                              eps=common.RESNET_EPS, names=("conv0", "bn0", "relu0"))
+    for j in range(units[index]):
+        body = common.ir_unit(body, num_filter=filters[index + 1], stride=(2, 2) if j == 0 else (1, 1),
+                              dim_match=j > 0, name=f"stage{index + 1}_unit{j + 1}")
+    return body
+
+
 def build(num_layers, emb_size=512, image_size=112, units=None, filters=None):
     """The five pieces [input unit + stage 1, stage 2, stage 3, stage 4, output unit],
     each a function Symbol -> Symbol.  ``units``/``filters`` override the depth table
-    (tiny test networks: ``units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32)``)."""
+    (tiny test networks: ``units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32)``).
+    ``image_size`` needs nothing here: output 'E' takes the whole final map."""
     if units is None:
         if num_layers not in UNITS:
             raise ValueError(f"fresnet: no unit table for {num_layers} layers (have {sorted(UNITS)})")
         units = UNITS[num_layers]
-    filters = tuple(filters or FILTERS)
+    units, filters = tuple(units), tuple(filters or FILTERS)
     if len(units) != 4 or len(filters) != 5:
         raise ValueError(f"fresnet: units needs 4 entries and filters 5, got {units!r}, {filters!r}")
-
-    def stage(i):
-        def run(body):
-            if i == 0:
-                body = common.conv_bn(body, filters[0], kernel=(3, 3), stride=(1, 1), pad=(1, 1),
-                                      eps=common.RESNET_EPS, names=("conv0", "bn0", "relu0"))
-            for j in range(units[i]):
-                body = common.ir_unit(body, filters[i + 1], (2, 2) if j == 0 else (1, 1), j > 0,
-                                      name=f"stage{i + 1}_unit{j + 1}")
-            return body
-        return run
-
-    def head(body):
-        return common.output_e(body, emb_size)
-
-    return [stage(0), stage(1), stage(2), stage(3), head]
+    stages = [functools.partial(_stage, index=i, units=units, filters=filters) for i in range(4)]
+    return stages + [functools.partial(common.output_e, emb_size=emb_size)]

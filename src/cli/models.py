@@ -44,7 +44,8 @@ def describe(network, emb_size=512, num_classes=DEFAULT_NUM_CLASSES, sizes=(112,
 
     spec = symbols.get_spec(network)
     row = {"display_name": spec.display_name, "insightface_compatible": spec.insightface,
-           "paper_params_m": spec.paper_params_m, "emb_size": emb_size, "params_embedding": None, "params_classifier": num_classes * emb_size,
+           "paper_params_m": spec.paper_params_m, "emb_size": emb_size, "params_embedding": None,
+           "params_classifier": num_classes * emb_size,
            "params_embedding_by_size": {}, "mflops": {}, "stage_shapes": {}}
     for size in sizes:
         split = symbols.get_stages(network, emb_size, image_size=size)
@@ -83,7 +84,8 @@ def _print_table(report, emb_size, num_classes, sizes):
     print(head)
     for n, row in report.items():
         paper = f"{row['paper_params_m']:.2f}" if row["paper_params_m"] is not None else "-"
-        line = f"{n:<8}{row['display_name']:<{width}}{row['params_embedding'] / 1e6:>9.3f}{paper:>7}{row['params_classifier'] / 1e6:>9.2f}"
+        line = f"{n:<8}{row['display_name']:<{width}}{row['params_embedding'] / 1e6:>9.3f}{paper:>7}"
+        line += f"{row['params_classifier'] / 1e6:>9.2f}"
         line += f"{'yes' if row['insightface_compatible'] else '-':>4}"
         line += "".join(f"{row['mflops'][str(s)]:>14.1f}" for s in sizes)
         line += "  " + " ".join("x".join(str(v) for v in shp) for shp in row["stage_shapes"][str(sizes[0])])
