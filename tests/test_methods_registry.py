@@ -165,6 +165,12 @@ def test_a_method_module_declaring_a_taken_name_is_refused():
     with pytest.raises(ValueError, match="variant 'x' is declared by both 'x' and 'y'"):
         registry._check_unique([a, b])
     registry._check_unique([a])
+    with pytest.raises(ValueError, match="declares no variant"):
+        registry._check_unique([registry.MethodDef(name="z", summary="", order=2)])
+    row = registry.StudyRow("k", "nope", "K", order=0)
+    with pytest.raises(ValueError, match="study row 'k' of 'x' trains undeclared variant 'nope'"):
+        registry._check_unique([registry.MethodDef(name="x", summary="", order=0, variants=(registry.Variant("x"),),
+                                                   study=(row,))])
 
 
 def test_a_new_method_file_appears_in_every_table(toy_method):

@@ -140,7 +140,15 @@ def _method_modules(package):
 
 
 def _check_unique(defs):
-    """Method names, variant names and study keys are each unique across the modules."""
+    """Method names, variant names and study keys are each unique across the modules; every
+    method has a variant and every study row trains a declared variant."""
+    declared = {v.name for d in defs for v in d.variants}
+    for d in defs:
+        if not d.variants:
+            raise ValueError(f"method {d.name!r} declares no variant (no DISTILL row, no config)")
+        for r in d.study:
+            if r.variant not in declared:
+                raise ValueError(f"study row {r.key!r} of {d.name!r} trains undeclared variant {r.variant!r}")
     for what, names in (("method", [(d.name, d) for d in defs]),
                         ("variant", [(v.name, d) for d in defs for v in d.variants]),
                         ("config suffix", [(v.config_suffix, d) for d in defs for v in d.variants]),
