@@ -1,7 +1,9 @@
 """`shrinkteanet config NAME [key=value ...]`: resolve and print a training config.
 
 The recipes' ``--dry-run`` calls this to prove that the config they would
-train with is valid (unknown keys and mistyped values fail with exit 2)."""
+train with is valid (unknown keys and mistyped values fail with exit 2).  ``--list`` shows the
+named configs, ``--methods`` the methods of the registry (``shrinkteanet.methods.registry``) with
+their variants and needs; both tables are derived from the method modules."""
 from shrinkteanet.cli import add_json_arg
 
 ORDER = 20
@@ -12,6 +14,7 @@ def register(sub):
     p.add_argument("name", nargs="?", help="named config (omit with --list)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--list", action="store_true", help="list the named configs")
+    p.add_argument("--methods", action="store_true", help="list the distillation methods and their variants")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -23,6 +26,9 @@ def run(args):
     from shrinkteanet.core.errors import InputError
     from shrinkteanet.core.utils import write_json
 
+    if args.methods:
+        print_methods()
+        return 0
     if args.list or not args.name:
         for name, rows in sorted(config.CONFIGS.items()):
             print(f"{name:<20} network={rows[0]} dataset={rows[1]} loss={rows[2]} distill={rows[3]}")
@@ -34,3 +40,13 @@ def run(args):
     if args.json:
         write_json(args.json, cfg)
     return 0
+
+
+def print_methods():
+    """One line per method: name, its DISTILL variants, what it needs, its summary."""
+    from shrinkteanet.methods import registry
+
+    for d in registry.methods():
+        needs = ",".join(d.needs.as_dict()) or "-"
+        variants = ",".join(v.name for v in d.variants)
+        print(f"{d.name:<12} variants={variants:<16} needs={needs:<32} {d.summary}")

@@ -35,23 +35,25 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.study.scheduler import CheckpointOf, Scheduler, Stage
 from shrinkteanet.core.utils import write_json
+from shrinkteanet.methods import registry
 
 log = get_logger(__name__)
 
-#: The study's methods, in report order: key -> (config suffix of ``<network>_<suffix>``, extra
-#: overrides).  The keys are the method names of REPORT.md and study.json.  ``*_w10``: the
-#: distillation weight ablation (``distill_weight`` 10 instead of the paper's lambda_n = 1).
-METHODS = {
-    "self": ("self", ()),
-    "l2": ("l2", ()),
-    "l2_final": ("l2_final", ()),
-    "stn_final": ("stn_final", ()),
-    "stn": ("stn", ()),
-    "kd": ("kd", ()),
-    "margin": ("margin", ()),
-    "stn_final_w10": ("stn_final", ("distill_weight=10",)),
-    "stn_w10": ("stn", ("distill_weight=10",)),
-}
+def study_methods():
+    """``METHODS``: the study's methods in report order, key -> (config suffix of
+    ``<network>_<suffix>``, extra overrides), from the study rows the method modules declare
+    (``shrinkteanet.methods.registry``).  The keys are the method names of REPORT.md and
+    study.json; ``*_w10``: the distillation weight ablation (``distill_weight`` 10 instead of the
+    paper's lambda_n = 1).  A fresh dict."""
+    return {r.key: (registry.study_config_suffix(r), tuple(r.overrides)) for r in registry.study_rows()}
+
+
+def __getattr__(name):
+    """``METHODS`` is computed from the method registry when read (``study_methods``)."""
+    if name == "METHODS":
+        return study_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Demo sizes.  ``synth``: keyword arguments of ``data synth`` (flags with ``-`` for ``_``);
 #: ``teacher``/``students``: config overrides; ``student_opts``: per-network ``net_opts``.
@@ -234,9 +236,10 @@ def _train_and_eval(name, run_dir, train_args, data, scale, after):
 
 
 def check_methods(methods):
+    known = study_methods()
     for m in methods:
-        if m not in METHODS:
-            raise InputError(f"demo: method {m!r} unknown; choose from {', '.join(METHODS)}")
+        if m not in known:
+            raise InputError(f"demo: method {m!r} unknown; choose from {', '.join(known)}")
 
 
 def plan(out, scale, seeds=None, students=None, methods=None):
@@ -254,9 +257,10 @@ def plan(out, scale, seeds=None, students=None, methods=None):
     stages += _train_and_eval("teacher", teacher_dir, ["--config", "teacher_r90", *teacher_overrides(scale), "seed=0"],
                               data, scale, after=(data_st.name,))
     runs = []
-    order = sorted(methods, key=lambda m: METHODS[m][0] != "self")  # self-studied first: no teacher to wait for
+    known = study_methods()
+    order = sorted(methods, key=lambda m: known[m][0] != "self")  # self-studied first: no teacher to wait for
     for method in order:
-        suffix, extra = METHODS[method]
+        suffix, extra = known[method]
         for seed in seeds:
             for net in students:
                 name = run_name(net, method, seed, seeds)
@@ -306,7 +310,7 @@ def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=Fal
                 stages=[dict(name=t.name, seconds=t.seconds, skipped=t.skipped) for t in sched.times],
                 teacher=dict(dir="teacher", network="r90", opts=scale["teacher_opts"]),
                 student_opts={n: scale["student_opts"][n] for n in students},
-                method_overrides={m: list(METHODS[m][1]) for m in methods},
+                method_overrides={m: list(study_methods()[m][1]) for m in methods},
                 synth=scale["synth"], emb_size=scale["emb_size"], head=" ".join(scale["head"]),
                 schedule=dict(batch_size=scale["batch_size"], lr=scale["lr"],
                               teacher_epochs=scale["teacher_epochs"], student_epochs=scale["student_epochs"]),

@@ -21,11 +21,13 @@ from shrinkteanet.study import report as study_report
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import atomic_write_bytes
+from shrinkteanet.methods import registry
 
 log = get_logger(__name__)
 
 #: (column key, heading) of Table 2's layout plus the MegaFace and IJB-C columns
 PROTOCOLS = tuple((key, head) for key, (head, _, _) in study_report.PROTOCOLS.items())
+<<<<<<< HEAD
 METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet",
                 "l2_final": "L2, final embedding only", "stn_final": "ShrinkTeaNet, final stage only (Eq. 5)",
                 "kd": "Hinton KD", "margin": "MarginDistillation",
@@ -34,13 +36,41 @@ METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (
 WEIGHT_ABLATION = (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
 #: network key -> the name the report prints, from the network registry
 NET_NAMES = network_registry.display_names()
+=======
+NET_NAMES = {"r90": "LResNet-E-IR (r90 family)", "mfn": "MobileFaceNet", "mfnr": "MobileFaceNet-R",
+             "mv1": "MobileNetV1", "mv2": "MobileNetV2"}
+>>>>>>> methods
 IJB_FAR_KEY = "0.0001"
 
 
-def _config_suffix(method):
-    from shrinkteanet.study.demo import METHODS
 
-    return METHODS[method][0] if method in METHODS else method
+
+def method_names():
+    """``METHOD_NAMES``: study method key -> display name in the report (the teacher and every
+    study row of the method registry).  A fresh dict."""
+    return {"teacher": "Teacher", **{r.key: r.display for r in registry.study_rows()}}
+
+
+def weight_ablation():
+    """``WEIGHT_ABLATION``: the distillation-weight ablation, ((method at the paper's weight, the
+    same at a larger weight), ...), as the method modules declare it (``StudyRow.ablation_of``)."""
+    return registry.ablation_pairs()
+
+
+def __getattr__(name):
+    """``METHOD_NAMES`` and ``WEIGHT_ABLATION`` are computed from the method registry when read."""
+    if name == "METHOD_NAMES":
+        return method_names()
+    if name == "WEIGHT_ABLATION":
+        return weight_ablation()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _config_suffix(method):
+    """The named-config suffix a study method trains (``<network>_<suffix>``); the key itself
+    for a key that is no study row."""
+    row = next((r for r in registry.study_rows() if r.key == method), None)
+    return registry.study_config_suffix(row) if row is not None else method
 
 
 def _load(path):
@@ -164,7 +194,7 @@ def _plots(out, meta, rows):
         for method in meta["methods"]:
             r = next((r for r in meta["runs"] if r["network"] == net and r["method"] == method), None)
             if r:
-                firsts.append((f"{net} {METHOD_NAMES[method]}", r["dir"]))
+                firsts.append((f"{net} {method_names()[method]}", r["dir"]))
     for label, d in firsts:
         cells = []
         for rel in ("eval/verification/roc.png", "eval/ijbc/roc.png", "eval/megaface/cmc.png"):
@@ -195,7 +225,7 @@ def _bar_chart(out, rows):
     for i, (net, method, cells, _, _) in enumerate(students):
         means = [cells[k][0] if cells[k][0] is not None else 0.0 for k, _ in PROTOCOLS]
         errs = [cells[k][1] or 0.0 for k, _ in PROTOCOLS]
-        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=errs, label=f"{net} {METHOD_NAMES[method]}")
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=errs, label=f"{net} {method_names()[method]}")
     ax.set_xticks(x)
     ax.set_xticklabels([h for _, h in PROTOCOLS], fontsize=8)
     ax.set_ylim(0, 1.0)
@@ -265,7 +295,7 @@ def _table2_row(net, method, cells, per, stats_):
     prow = paper.paper_row(pnet, method)
     full_p, full_f = full_size_stats(pnet)
     pp = paper.NETWORKS.get(pnet, (None, None))[1]
-    cols = [NET_NAMES.get(net, net), METHOD_NAMES[method],
+    cols = [NET_NAMES.get(net, net), method_names()[method],
             f"{params / 1e6:.3f}M / {full_p / 1e6:.2f}M / {pp if pp is not None else '-'}M",
             f"{flops / 1e6:.2f} / {full_f / 1e6:.0f}"]
     for key, _ in PROTOCOLS:
@@ -281,7 +311,7 @@ def _every_seed(rows, meta):
     for net, method, _, per, _ in rows[1:]:
         runs = [r for r in meta["runs"] if r["network"] == net and r["method"] == method]
         for r, p in zip(runs, per):
-            lines.append(f"| {NET_NAMES.get(net, net)} | {METHOD_NAMES[method]} | {r['seed']} | "
+            lines.append(f"| {NET_NAMES.get(net, net)} | {method_names()[method]} | {r['seed']} | "
                          + " | ".join(_pct(p[k]) for k, _ in PROTOCOLS) + " |")
     return lines + [""]
 
@@ -299,7 +329,7 @@ def _setup(meta):
         lines.append(f"- student {net}: net_opts {o}, {meta['emb_size']}-d, {s['student_epochs']} epochs")
     for m in meta["methods"]:
         extra = " ".join(meta.get("method_overrides", {}).get(m, []))
-        lines.append(f"- method `{m}` ({METHOD_NAMES.get(m, m)}): config `<network>_{_config_suffix(m)}`"
+        lines.append(f"- method `{m}` ({method_names().get(m, m)}): config `<network>_{_config_suffix(m)}`"
                      + (f" with `{extra}`" if extra else ""))
     lines.append(f"- schedule: batch {s['batch_size']}, lr {s['lr']} (momentum 0.9, step decay x0.1 at 60% and "
                  f"85% of the epochs), the same seeds, data order and schedule for every method; "
@@ -318,13 +348,14 @@ def _stages(meta):
 def _study_sections(out, meta):
     """The sections that judge the methods (``study_report``); also writes ``out/study.json``."""
     sr = study_report
+    names = method_names()
     study = sr.build_study(out, meta, os.path.join(out, "synth"))
     sr.write_study_json(out, study)
-    curves = sr.loss_curve_plot(out, study, METHOD_NAMES)
-    return ["## Paired differences to the self-studied student\n", sr.paired_section(study, METHOD_NAMES, NET_NAMES),
-            "## Distillation weight ablation\n", sr.ablation_section(study, WEIGHT_ABLATION, METHOD_NAMES),
-            "## Student-teacher cosine per stage at the end of training\n", sr.cosine_section(study, METHOD_NAMES),
-            "## Convergence\n", sr.convergence_section(study, METHOD_NAMES)
+    curves = sr.loss_curve_plot(out, study, names)
+    return ["## Paired differences to the self-studied student\n", sr.paired_section(study, names, NET_NAMES),
+            "## Distillation weight ablation\n", sr.ablation_section(study, weight_ablation(), names),
+            "## Student-teacher cosine per stage at the end of training\n", sr.cosine_section(study, names),
+            "## Convergence\n", sr.convergence_section(study, names)
             + (f"\n![loss curves]({curves})\n" if curves else ""),
             "## Standard errors of the protocols\n", sr.se_section(study)]
 

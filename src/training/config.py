@@ -6,13 +6,14 @@ plus a fourth for the distillation method of ShrinkTeaNet and its relatives:
 * ``NETWORKS``  - which symbol and its options (``symbols.get_symbol``)
 * ``DATASETS``  - where the RecordIO set and the ``.bin`` targets are
 * ``LOSSES``    - the margin head (softmax, ArcFace, CosFace, combined)
-* ``DISTILL``   - none / stn / stn_final / l2 / l2_final / kd / hint / margin / lowres_kt / lowres_kd /
-  lowres_ktkd
+* ``DISTILL``   - the method variants (none / stn / stn_final / l2 / l2_final / kd / hint / margin /
+  lowres_kt / lowres_kd / lowres_ktkd), derived from the method registry
+  (``shrinkteanet.methods.registry``: one module per method)
 
 ``generate_config(network, dataset, loss, distill, overrides)`` returns a fresh
 ``EasyDict`` (no global mutable state); ``apply_overrides`` takes ``key=value``
 strings from the command line and type-checks each against the preset value.
-Named configs (``CONFIGS``) pick one row of each table, e.g. ``mfnr_stn``.
+Named configs (``CONFIGS``, also derived) pick one row of each table, e.g. ``mfnr_stn``.
 """
 import ast
 import copy
@@ -22,6 +23,8 @@ from easydict import EasyDict as edict
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.symbols import registry as network_registry
+from shrinkteanet.methods import registry
+from shrinkteanet.methods.stages import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
 #: 512 over 4 GPUs, lr 0.1, momentum 0.9, lambda_n = 1 (angular) / 0.001 (l2), lambda_i =
@@ -118,31 +121,37 @@ LOSSES = edict(
     combined=dict(loss="combined", margin_s=64.0, margin_m1=1.0, margin_m2=0.3, margin_m3=0.2),
 )
 
-DISTILL = edict(
-    none=dict(distill="none"),
-    stn=dict(distill="stn", distill_stages=[1, 2, 3, 4], distill_lambdas=[]),
-    # ShrinkTeaNet on the final embedding only (Eq. 5)
-    stn_final=dict(distill="stn", distill_stages=[4], distill_lambdas=[]),
-    # "Student-1" of Sec. 4.3: Eq. 7 with the l2 distance at all four stages
-    l2=dict(distill="l2", distill_stages=[1, 2, 3, 4], distill_lambdas=[], l2_lambda=0.001),
-    # the l2 distance between the final embeddings only
-    l2_final=dict(distill="l2", distill_stages=[4], distill_lambdas=[], l2_lambda=0.001),
-    kd=dict(distill="kd", kd_temperature=4.0, kd_lambda=1.0),
-    hint=dict(distill="hint", distill_stages=[1, 2, 3, 4], hint_lambda=1.0),
-    margin=dict(distill="margin", margin_s=64.0, margin_m_min=0.2, margin_m_max=0.5),
-    lowres_kt=dict(distill="lowres_kt", lowres_size=56),
-    lowres_kd=dict(distill="lowres_kd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
-    lowres_ktkd=dict(distill="lowres_ktkd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
-)
+#: Named configs of the teachers: config name -> network row (method ``none``).
+TEACHER_CONFIGS = {"teacher_r90": "r90", "teacher_r100": "r100"}
+#: The student networks that get one named config ``<student>_<variant>`` per method variant.
+STUDENTS = ("mv1", "mv2", "mfn", "mfnr")
 
-#: Named configs for ``shrinkteanet train --config NAME``: one row of each table.
-CONFIGS = {"teacher_r90": ("r90", "emore", "arcface", "none"), "teacher_r100": ("r100", "emore", "arcface", "none")}
-for _student in ("mv1", "mv2", "mfn", "mfnr"):
-    CONFIGS[f"{_student}_self"] = (_student, "emore", "arcface", "none")
-    for _method in ("l2", "l2_final", "stn", "stn_final", "kd", "hint", "margin", "lowres_kt", "lowres_kd",
-                    "lowres_ktkd"):
-        CONFIGS[f"{_student}_{_method}"] = (_student, "emore", "arcface", _method)
-del _student, _method
+
+def distill_table():
+    """``DISTILL``: the method rows, one per variant of every method of the registry
+    (``shrinkteanet.methods.registry``; e.g. ``stn`` and ``stn_final``).  A fresh EasyDict."""
+    return edict(registry.distill_rows())
+
+
+def named_configs():
+    """``CONFIGS``: named config -> (network, dataset, loss, distill row) for
+    ``shrinkteanet train --config NAME``: the teachers, and ``<student>_<suffix>`` for every
+    student and method variant (``<student>_self`` for ``none``).  A fresh dict."""
+    configs = {name: (net, "emore", "arcface", "none") for name, net in TEACHER_CONFIGS.items()}
+    for student in STUDENTS:
+        for _, variant in registry.variants():
+            configs[f"{student}_{variant.config_suffix}"] = (student, "emore", "arcface", variant.name)
+    return configs
+
+
+def __getattr__(name):
+    """``DISTILL`` and ``CONFIGS`` are computed from the method registry when read, so that a
+    method module added to ``shrinkteanet.methods`` appears in both."""
+    if name == "DISTILL":
+        return distill_table()
+    if name == "CONFIGS":
+        return named_configs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _table_row(table, name, what):
@@ -156,7 +165,7 @@ def generate_config(network="r100", dataset="emore", loss="arcface", distill="no
     then apply ``key=value`` overrides.  Returns a new EasyDict each call."""
     cfg = copy.deepcopy(DEFAULT)
     for table, name, what in ((NETWORKS, network, "network"), (DATASETS, dataset, "dataset"),
-                              (LOSSES, loss, "loss"), (DISTILL, distill, "distill method")):
+                              (LOSSES, loss, "loss"), (distill_table(), distill, "distill method")):
         cfg.update(copy.deepcopy(dict(_table_row(table, name, what))))
     cfg = edict(cfg)
     return apply_overrides(cfg, overrides)
@@ -166,11 +175,12 @@ def config_by_name(name, overrides=()):
     """A named config (``CONFIGS``) with overrides.  Overrides of ``network``,
     ``dataset``, ``loss`` or ``distill`` re-select the table rows first, so that
     e.g. ``distill=l2`` brings the L2 preset's own defaults."""
-    if name not in CONFIGS:
-        close = difflib.get_close_matches(name, CONFIGS, n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(close)}?)" if close else f"; valid: {', '.join(sorted(CONFIGS))}"
-        raise InputError(f"unknown config {name!r}{hint}")
-    rows = dict(zip(("network", "dataset", "loss", "distill"), CONFIGS[name]))
+    configs = named_configs()
+    if name not in configs:
+        close = difflib.get_close_matches(name, configs, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"unknown config {name!r}{hint}; valid: {', '.join(sorted(configs))}")
+    rows = dict(zip(("network", "dataset", "loss", "distill"), configs[name]))
     rest = []
     for item in overrides:
         key, _, value = _split(item)
@@ -237,20 +247,3 @@ def apply_overrides(cfg, overrides):
             raise InputError(f"unknown config key {key!r}{hint}")
         cfg[key] = _coerce(key, raw, cfg[key])
     return cfg
-
-
-#: the number of the last stage (the final embedding) in every network of ``shrinkteanet.symbols``
-LAST_STAGE = 4
-
-
-def distill_lambdas(cfg):
-    """Per-stage weights of Eq. 7 (ShrinkTeaNet Sec. 4.2): lambda_4 = 1 and lambda_i =
-    lambda_{i+1} / 2, i.e. ``0.5 ** (4 - i)`` for stage i, whichever stages are listed and
-    in whatever order, unless ``distill_lambdas`` lists them (one per ``distill_stages`` entry)."""
-    stages = [int(s) for s in cfg.distill_stages]
-    if cfg.distill_lambdas:
-        if len(cfg.distill_lambdas) != len(stages):
-            raise InputError(
-                f"distill_lambdas has {len(cfg.distill_lambdas)} values for {len(stages)} distill_stages")
-        return [float(x) for x in cfg.distill_lambdas]
-    return [0.5 ** (LAST_STAGE - s) for s in stages]

@@ -1,0 +1,34 @@
+"""Soft-target distillation (Hinton et al. 2015) as the ``kd``, ``lowres_kd`` and ``lowres_ktkd``
+method modules declare it: their shared defaults, config check and term builder.  No MXNet at
+import (``_kd_terms`` holds the term)."""
+from shrinkteanet.core.errors import InputError
+
+#: values of ``kd_emb_loss``: the optional embedding term added to the soft targets
+EMB_LOSSES = ("none", "angular", "l2")
+
+#: config keys every soft-target variant sets
+DEFAULTS = dict(kd_temperature=4.0, kd_lambda=1.0)
+
+
+def check_emb_loss(cfg):
+    """``kd_emb_loss`` is one of ``EMB_LOSSES`` (else ``InputError`` naming the key)."""
+    if cfg.get("kd_emb_loss", "none") not in EMB_LOSSES:
+        raise InputError(f"kd_emb_loss={cfg.kd_emb_loss!r}: expected none, angular or l2")
+
+
+def emb_part_name(kind):
+    """Part name of the embedding term: ``angular_4`` (Eq. 4/5) or ``l2`` (as the stage methods)."""
+    return "l2" if kind == "l2" else f"{kind}_4"
+
+
+def soft_target_terms(build):
+    """``[soft targets] + [embedding term]``: the latter, weight ``kd_emb_lambda``, when
+    ``kd_emb_loss`` is ``angular`` or ``l2``."""
+    from shrinkteanet.methods._kd_terms import SoftTargets
+    from shrinkteanet.methods.terms import EmbeddingTerm, embedding_loss
+
+    terms = [SoftTargets(build)]
+    kind = build.cfg.get("kd_emb_loss", "none")
+    if kind != "none":
+        terms.append(EmbeddingTerm(emb_part_name(kind), build.cfg.kd_emb_lambda, embedding_loss(kind)))
+    return terms

@@ -1,0 +1,100 @@
+"""Per-stage distillation terms (ShrinkTeaNet Eq. 6/7, Duong et al. 2019), shared by the
+``stn``, ``l2`` and ``hint`` method modules: adapters H_i (1x1 conv + BN, Sec. 3.3), the
+teacher's frozen tails after stage i, weights ``base * lambda_i`` by stage number."""
+from collections import OrderedDict
+
+import mxnet as mx
+from mxnet import gluon
+
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.methods.stages import LAST_STAGE, check_stages, distill_lambdas
+from shrinkteanet.methods.terms import Term
+
+
+class Adapter(gluon.HybridBlock):
+    """H_i of ShrinkTeaNet (Sec. 3.3, last paragraph): 1x1 convolution + BatchNorm from the
+    student's stage channels to the teacher's."""
+
+    def __init__(self, in_channels, out_channels, prefix):
+        super().__init__(prefix=prefix)
+        with self.name_scope():
+            self.conv = gluon.nn.Conv2D(out_channels, 1, use_bias=False, in_channels=in_channels, prefix="conv_")
+            self.bn = gluon.nn.BatchNorm(in_channels=out_channels, momentum=0.9, epsilon=2e-5, prefix="bn_")
+
+    def hybrid_forward(self, F, x):
+        return self.bn(self.conv(x))
+
+
+def _stage_shapes(net, image_size, who):
+    split = getattr(net, "split", None)
+    if split is None:
+        raise InputError(f"{who}: stage terms need a network built by name (shrinkteanet.symbols), not a bare symbol")
+    return split.stage_shapes(image_size)
+
+
+class StageTerms(Term):
+    """One part per stage of ``cfg.distill_stages``: ``part_name(i)`` = ``base * lambda_i *
+    distance(...)``.  With ``on_taps`` (hints, FitNets) the distance is between H_i(F_i^s) and
+    the teacher's F_i^t at every stage; otherwise (Eq. 6) stage 4 compares the final embeddings
+    and stage i < 4 compares ``[T_{i+1} o .. o T_n](H_i(F_i^s))`` with the teacher's embedding."""
+
+    def __init__(self, build, *, distance, base, part_name, on_taps=False):
+        super().__init__()
+        self.distance = distance
+        self.part_name = part_name
+        self.on_taps = on_taps
+        self.stages = check_stages(build.cfg)
+        self.stage_weights = [float(base) * lam for lam in distill_lambdas(build.cfg)]
+        self._adapters = {}
+        self._tails = build.frozen.tails
+        if on_taps or any(s != LAST_STAGE for s in self.stages):
+            self._build_adapters(build)
+        for stage, w in zip(self.stages, self.stage_weights):
+            self.weights[part_name(stage)] = w
+
+    def _build_adapters(self, build):
+        from shrinkteanet.model.network import frozen_tail
+
+        cfg = build.cfg
+        if not getattr(build.student, "with_taps", False):
+            raise InputError(f"distill={build.method} with distill_stages={self.stages}: the student must be built "
+                             "with_taps=True")
+        s_shapes = _stage_shapes(build.student, build.student_size, "student")
+        t_shapes = _stage_shapes(build.teacher, build.image_size, "teacher")
+        for stage in self.stages:
+            if not self.on_taps and stage == LAST_STAGE:
+                continue
+            (cs, hs, ws), (ct, ht, wt) = s_shapes[stage - 1], t_shapes[stage - 1]
+            if (hs, ws) != (ht, wt):
+                raise InputError(f"distill_stages: stage {stage} is {hs}x{ws} in the student ({cfg.network}) but "
+                                 f"{ht}x{wt} in the teacher ({cfg.teacher_network}); the 1x1 adapter cannot "
+                                 "change spatial size")
+            adapter = Adapter(cs, ct, prefix=f"adapter{stage}_")
+            adapter.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=build.ctx)
+            self._adapters[stage] = adapter
+            self.register_child(adapter, f"adapter{stage}")
+            if not self.on_taps:
+                build.frozen.tails[stage] = frozen_tail(build.teacher, stage - 1)
+
+    @property
+    def adapters(self):
+        return self._adapters
+
+    def trainable_blocks(self):
+        return [self._adapters[k] for k in sorted(self._adapters)]
+
+    def forward(self, batch):
+        parts = OrderedDict()
+        for stage, w in zip(self.stages, self.stage_weights):
+            if self.on_taps:
+                value = self.distance(self._adapters[stage](batch.taps[stage - 1]), batch.t_taps[stage - 1])
+            elif stage == LAST_STAGE:
+                value = self.distance(batch.emb, batch.t_emb)
+            else:
+                feat = self._adapters[stage](batch.taps[stage - 1])
+                # the tail is frozen in its graph (global BN statistics, no Dropout), so it is
+                # recorded in the caller's mode: under predict_mode MKLDNN's BatchNorm backward
+                # (the gradient to feat) ran ~100x slower for the same numbers (docs/benchmarks.md)
+                value = self.distance(self._tails[stage](feat), batch.t_emb)
+            parts[self.part_name(stage)] = value * w
+        return parts

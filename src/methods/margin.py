@@ -1,0 +1,33 @@
+"""MarginDistillation (Svitov & Alyamkin 2020).
+
+``margin`` = softmax cross-entropy on ``losses.MarginDistillationHead``: the teacher's fixed class
+centres, a per-sample ArcFace margin in ``[margin_m_min, margin_m_max]`` from the teacher's angle to
+its centre.  No other classifier, so this method replaces the classifier, not only adds a term.
+"""
+from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+
+
+def classifier(build):
+    """The MarginDistillation head started from (and fixed at) the teacher's class centres."""
+    from shrinkteanet.methods import losses as L
+    from shrinkteanet.methods.terms import Classifier, load_centres
+
+    cfg = build.cfg
+    s, _, _, _ = L.margin_params(cfg)
+    head = L.MarginDistillationHead(build.num_classes, build.emb_size, s=s, m_min=cfg.margin_m_min,
+                                    m_max=cfg.margin_m_max)
+    head.initialize(ctx=build.ctx)
+    load_centres(head, build)
+    return Classifier(head, "margin", 1.0, with_teacher=True)
+
+
+METHOD = MethodDef(
+    name="margin",
+    summary="MarginDistillation: fixed teacher centres, per-sample margin from the teacher's angle",
+    order=60,
+    needs=Needs(teacher=True, emb=True, fc7=True),
+    defaults=dict(margin_s=64.0, margin_m_min=0.2, margin_m_max=0.5),
+    variants=(Variant("margin"),),
+    study=(StudyRow("margin", "margin", "MarginDistillation", order=60),),
+    classifier=classifier,
+)

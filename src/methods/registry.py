@@ -1,0 +1,226 @@
+"""The method registry: every teacher-student method is one module of ``shrinkteanet.methods``.
+
+A method module declares ``METHOD = MethodDef(...)`` (and imports nothing heavy at module level:
+its loss terms import MXNet inside their builder), in the manner of torchdistill's per-kind
+registries.  ``method(name)`` looks one up; an unknown name fails, as gluon-cv's ``get_model``
+does, with a message listing every valid name.  Discovery is lazy: the first lookup imports every
+module of the package folder (``pkgutil``) except the infrastructure below and the ``_``-prefixed
+helpers, so that adding a method is adding one file.  Nothing here runs at import.
+
+Everything the rest of the project tabulates about methods is derived here: the ``DISTILL`` rows
+of ``training.config`` (``distill_rows``), the variants behind the ``<student>_<variant>`` named
+configs (``variants``), the study's method keys and overrides (``study_rows``), their display and
+paper names, and the distillation-weight ablation pairs (``ablation_pairs``).
+"""
+import copy
+import dataclasses
+import functools
+import importlib
+import pkgutil
+from types import MappingProxyType
+from typing import Callable, Optional, Tuple
+
+from shrinkteanet.core.errors import InputError
+
+#: modules of the package that hold the machinery, not a method (not imported by discovery)
+INFRASTRUCTURE = frozenset({"registry", "stages", "distill", "losses", "terms"})
+
+#: the flags a method may need, in ``SPECS`` order (``distill.SPECS`` rows list the true ones)
+NEED_FLAGS = ("teacher", "emb", "taps", "fc7", "lowres", "transfer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What a method needs from the trainer.
+
+    teacher: a teacher checkpoint at all; emb: the teacher's final embedding every step (what
+    the teacher cache can serve); taps: the teacher's stage features every step; fc7: the
+    teacher's class centres; lowres: the student runs at ``lowres_size``; transfer: Karlekar et
+    al.'s knowledge transfer of matching teacher parameters at build time."""
+
+    teacher: bool = False
+    emb: bool = False
+    taps: bool = False
+    fc7: bool = False
+    lowres: bool = False
+    transfer: bool = False
+
+    def as_dict(self):
+        """The true flags as ``{flag: True}`` (the form of ``distill.SPECS`` rows)."""
+        return {flag: True for flag in NEED_FLAGS if getattr(self, flag)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One ``DISTILL`` row of a method: ``name`` (the ``distill`` table key), the config keys it
+    sets on top of the method's ``defaults``, and ``config``, the suffix of its named configs
+    ``<student>_<config>`` (default: ``name``)."""
+
+    name: str
+    overrides: dict = dataclasses.field(default_factory=dict)
+    config: Optional[str] = None
+
+    @property
+    def config_suffix(self):
+        return self.config or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRow:
+    """One method of the study (``study.demo.METHODS``): ``key`` (its name in REPORT.md and
+    study.json), the ``variant`` it trains (config ``<network>_<variant's config suffix>``), extra
+    ``overrides`` (``key=value`` strings), the report's ``display`` name, the paper's row name
+    (``paper``, None where Duong et al. 2019 has no such row), ``order`` (report order, across all
+    methods) and ``ablation_of``: the study key this row repeats at another distillation weight."""
+
+    key: str
+    variant: str
+    display: str
+    order: int
+    overrides: Tuple[str, ...] = ()
+    paper: Optional[str] = None
+    ablation_of: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodDef:
+    """A method: everything the trainer, the config tables and the reports need to know.
+
+    Parameters
+    ----------
+    name : str
+        The ``distill=`` value.
+    summary : str
+        One line for listings (``shrinkteanet config --methods``).
+    order : int
+        Position in listings and in ``distill.METHODS``.
+    needs : Needs
+    variants : tuple of Variant
+        Its ``DISTILL`` rows (at least one).
+    defaults : dict
+        Config keys every variant sets (keys new to the project are added to the config).
+    study : tuple of StudyRow
+    terms : callable or None
+        ``terms(build) -> [terms.Term]``: the loss terms the method adds to the classifier's
+        part (``build`` is a ``terms.Build``); None for no extra term.
+    classifier : callable or None
+        ``classifier(build) -> terms.Classifier``; None: the margin head of ``cfg.loss``
+        (part ``softmax``, weight ``softmax_weight``).
+    student_taps : callable or None
+        ``student_taps(cfg) -> bool``: the student must expose its stage features.
+    check : callable or None
+        ``check(cfg)`` raises ``InputError`` for a config the method cannot run.
+    """
+
+    name: str
+    summary: str
+    order: int
+    needs: Needs = Needs()
+    variants: Tuple[Variant, ...] = ()
+    defaults: dict = dataclasses.field(default_factory=dict)
+    study: Tuple[StudyRow, ...] = ()
+    terms: Optional[Callable] = None
+    classifier: Optional[Callable] = None
+    student_taps: Optional[Callable] = None
+    check: Optional[Callable] = None
+
+    def distill_row(self, variant):
+        """The ``DISTILL`` row of ``variant``: ``distill`` + the defaults + the variant's keys."""
+        row = {"distill": self.name}
+        row.update(copy.deepcopy(self.defaults))
+        row.update(copy.deepcopy(variant.overrides))
+        return row
+
+
+def _method_modules(package):
+    """Names of the package's modules that may declare a method."""
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name not in INFRASTRUCTURE:
+            yield f"{package.__name__}.{info.name}"
+
+
+def _check_unique(defs):
+    """Method names, variant names and study keys are each unique across the modules; every
+    method has a variant and every study row trains a declared variant."""
+    declared = {v.name for d in defs for v in d.variants}
+    for d in defs:
+        if not d.variants:
+            raise ValueError(f"method {d.name!r} declares no variant (no DISTILL row, no config)")
+        for r in d.study:
+            if r.variant not in declared:
+                raise ValueError(f"study row {r.key!r} of {d.name!r} trains undeclared variant {r.variant!r}")
+    for what, names in (("method", [(d.name, d) for d in defs]),
+                        ("variant", [(v.name, d) for d in defs for v in d.variants]),
+                        ("config suffix", [(v.config_suffix, d) for d in defs for v in d.variants]),
+                        ("study key", [(r.key, d) for d in defs for r in d.study])):
+        seen = {}
+        for name, d in names:
+            if name in seen:
+                raise ValueError(f"{what} {name!r} is declared by both {seen[name].name!r} and {d.name!r}")
+            seen[name] = d
+
+
+@functools.lru_cache(maxsize=None)
+def _discover():
+    """``{name: MethodDef}`` of every method module of ``shrinkteanet.methods``, in ``order``."""
+    from shrinkteanet import methods as package
+
+    defs = []
+    for modname in _method_modules(package):
+        declared = getattr(importlib.import_module(modname), "METHOD", None)
+        if isinstance(declared, MethodDef):
+            defs.append(declared)
+    _check_unique(defs)
+    return MappingProxyType({d.name: d for d in sorted(defs, key=lambda d: (d.order, d.name))})
+
+
+def refresh():
+    """Forget what discovery found, so that the next lookup scans the package folder again."""
+    _discover.cache_clear()
+
+
+def names():
+    """Every method name, in ``order``."""
+    return tuple(_discover())
+
+
+def methods():
+    """Every ``MethodDef``, in ``order``."""
+    return tuple(_discover().values())
+
+
+def method(name):
+    """The ``MethodDef`` of ``distill=name``; ``InputError`` listing every valid name if unknown."""
+    found = _discover().get(name)
+    if found is None:
+        raise InputError(f"distill={name!r}: unknown method; valid: {', '.join(names())}")
+    return found
+
+
+def variants():
+    """``(MethodDef, Variant)`` of every variant, methods in ``order``, variants as declared."""
+    return tuple((d, v) for d in methods() for v in d.variants)
+
+
+def distill_rows():
+    """``{variant name: DISTILL row}`` (fresh dicts each call)."""
+    return {v.name: d.distill_row(v) for d, v in variants()}
+
+
+def study_rows():
+    """Every ``StudyRow``, in report ``order``."""
+    rows = [r for d in methods() for r in d.study]
+    return tuple(sorted(rows, key=lambda r: (r.order, r.key)))
+
+
+def study_config_suffix(row):
+    """The named-config suffix the study row trains (``<network>_<suffix>``)."""
+    for _, v in variants():
+        if v.name == row.variant:
+            return v.config_suffix
+    raise ValueError(f"study row {row.key!r} trains variant {row.variant!r}, which no method declares")
+
+
+def ablation_pairs():
+    """``((base key, ablation key), ...)``: methods in ``order``, rows as each method declares them."""
+    return tuple((r.ablation_of, r.key) for d in methods() for r in d.study if r.ablation_of)
