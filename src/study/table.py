@@ -21,25 +21,14 @@ from shrinkteanet.study import report as study_report
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import atomic_write_bytes
-from shrinkteanet.methods import registry
+from shrinkteanet.methods import registry as method_registry
 
 log = get_logger(__name__)
 
 #: (column key, heading) of Table 2's layout plus the MegaFace and IJB-C columns
 PROTOCOLS = tuple((key, head) for key, (head, _, _) in study_report.PROTOCOLS.items())
-<<<<<<< HEAD
-METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet",
-                "l2_final": "L2, final embedding only", "stn_final": "ShrinkTeaNet, final stage only (Eq. 5)",
-                "kd": "Hinton KD", "margin": "MarginDistillation",
-                "stn_w10": "ShrinkTeaNet, weight 10", "stn_final_w10": "ShrinkTeaNet final only, weight 10"}
-#: the distillation-weight ablation: (method at the paper's weight, the same at a larger weight)
-WEIGHT_ABLATION = (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
 #: network key -> the name the report prints, from the network registry
 NET_NAMES = network_registry.display_names()
-=======
-NET_NAMES = {"r90": "LResNet-E-IR (r90 family)", "mfn": "MobileFaceNet", "mfnr": "MobileFaceNet-R",
-             "mv1": "MobileNetV1", "mv2": "MobileNetV2"}
->>>>>>> methods
 IJB_FAR_KEY = "0.0001"
 
 
@@ -48,13 +37,13 @@ IJB_FAR_KEY = "0.0001"
 def method_names():
     """``METHOD_NAMES``: study method key -> display name in the report (the teacher and every
     study row of the method registry).  A fresh dict."""
-    return {"teacher": "Teacher", **{r.key: r.display for r in registry.study_rows()}}
+    return {"teacher": "Teacher", **{r.key: r.display for r in method_registry.study_rows()}}
 
 
 def weight_ablation():
     """``WEIGHT_ABLATION``: the distillation-weight ablation, ((method at the paper's weight, the
     same at a larger weight), ...), as the method modules declare it (``StudyRow.ablation_of``)."""
-    return registry.ablation_pairs()
+    return method_registry.ablation_pairs()
 
 
 def __getattr__(name):
@@ -69,8 +58,8 @@ def __getattr__(name):
 def _config_suffix(method):
     """The named-config suffix a study method trains (``<network>_<suffix>``); the key itself
     for a key that is no study row."""
-    row = next((r for r in registry.study_rows() if r.key == method), None)
-    return registry.study_config_suffix(row) if row is not None else method
+    row = next((r for r in method_registry.study_rows() if r.key == method), None)
+    return method_registry.study_config_suffix(row) if row is not None else method
 
 
 def _load(path):

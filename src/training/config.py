@@ -23,7 +23,7 @@ from easydict import EasyDict as edict
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.symbols import registry as network_registry
-from shrinkteanet.methods import registry
+from shrinkteanet.methods import registry as method_registry
 from shrinkteanet.methods.stages import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
@@ -130,7 +130,7 @@ STUDENTS = ("mv1", "mv2", "mfn", "mfnr")
 def distill_table():
     """``DISTILL``: the method rows, one per variant of every method of the registry
     (``shrinkteanet.methods.registry``; e.g. ``stn`` and ``stn_final``).  A fresh EasyDict."""
-    return edict(registry.distill_rows())
+    return edict(method_registry.distill_rows())
 
 
 def named_configs():
@@ -139,7 +139,7 @@ def named_configs():
     student and method variant (``<student>_self`` for ``none``).  A fresh dict."""
     configs = {name: (net, "emore", "arcface", "none") for name, net in TEACHER_CONFIGS.items()}
     for student in STUDENTS:
-        for _, variant in registry.variants():
+        for _, variant in method_registry.variants():
             configs[f"{student}_{variant.config_suffix}"] = (student, "emore", "arcface", variant.name)
     return configs
 
