@@ -43,16 +43,9 @@ def load_model(model):
     for f in (sym_file, par_file):
         if not os.path.isfile(f):
             raise InputError(f"{f}: checkpoint file not found (--model {prefix},{epoch})")
-    try:
-        from shrinkteanet.model.network import load_checkpoint
-    except ImportError:  # the networks module is optional for evaluation of foreign checkpoints
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        sym, arg, aux = load_checkpoint(prefix, int(epoch))
-        return _cut_fc1(sym), dict(arg), dict(aux)
-    import mxnet as mx
+    from shrinkteanet.model.network import load_checkpoint
 
-    sym, arg, aux = mx.model.load_checkpoint(prefix, int(epoch))
+    sym, arg, aux = load_checkpoint(prefix, int(epoch))
     return _cut_fc1(sym), dict(arg), dict(aux)
 
 
@@ -169,36 +162,16 @@ class Embedder:
         return self._run(np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32))
 
 
-def read_image(path):
-    """RGB uint8 HWC; JPEG through simplejpeg (pixel-identical to cv2), others through cv2.
-    Returns None when the file is missing or cannot be decoded."""
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\xff\xd8":
-        try:
-            import simplejpeg
-
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except Exception:  # fall through to OpenCV for JPEG flavours simplejpeg refuses
-            pass
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    return np.ascontiguousarray(img[:, :, ::-1])
-
-
 def load_images(paths, image_size=IMAGE_SIZE, what="image"):
     """Decode aligned crops; resize to image_size when needed.  Returns (array NHWC, missing paths)."""
     import cv2
 
+    from shrinkteanet.data.images import read_image_or_none
+
     out = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
     missing = []
     for i, p in enumerate(paths):
-        img = read_image(p)
+        img = read_image_or_none(p)
         if img is None:
             missing.append(p)
             continue
