@@ -49,6 +49,47 @@ def load_model(model):
     return _cut_fc1(sym), dict(arg), dict(aux)
 
 
+def input_size_fits(sym, arg_params, size):
+    """True when every parameter shape of ``sym`` at input ``size`` x ``size``
+    equals the stored one (the FC after the last feature map pins the size, up to
+    the rounding of the strided convolutions)."""
+    shapes = {k: tuple(v.shape) for k, v in arg_params.items()}
+    try:
+        a, _, _ = sym.infer_shape(data=(1, 3, int(size), int(size)))
+    except Exception:  # too small for the strides: mxnet raises MXNetError
+        return False
+    return all(shapes.get(n, tuple(sh)) == tuple(sh) for n, sh in zip(sym.list_arguments(), a) if n != "data")
+
+
+#: Sizes tried first when guessing a checkpoint's input side (face crops in use).
+_COMMON_SIZES = (112, 96, 128, 64, 56, 48, 32, 16, 24, 40, 80, 160, 224)
+
+
+def model_input_size(sym, arg_params, hint=None):
+    """Square input side for ``sym`` with these weights: ``hint`` when it fits,
+    else the first fitting common face-crop size, else the smallest fitting size."""
+    for s in ([hint] if hint else []) + list(_COMMON_SIZES) + list(range(8, 513)):
+        if input_size_fits(sym, arg_params, s):
+            return int(s)
+    raise InputError("model parameters fit no square input size from 8 to 512 (symbol and params do not match)")
+
+
+def require_input_size(sym, arg_params, size, what="input"):
+    """Raise a one-line ``InputError`` naming both sizes unless ``size`` fits the model."""
+    if not input_size_fits(sym, arg_params, size):
+        expected = model_input_size(sym, arg_params)
+        raise InputError(f"model expects {expected}x{expected} input but {what} is {size}x{size}")
+    return int(size)
+
+
+def check_input_size(model_size, image_size, what="input"):
+    """Raise a one-line ``InputError`` naming both sizes when they differ."""
+    if model_size is not None and image_size is not None and int(model_size) != int(image_size):
+        raise InputError(
+            f"model expects {model_size}x{model_size} input but {what} is {image_size}x{image_size}"
+        )
+
+
 class Embedder:
     """``Embedder(model, ctx=None, batch_size=64, image_size=112, mkldnn=True)``;
     ``embed(images NHWC uint8 RGB, flip=True) -> float32 (N, D)`` = emb(img) + emb(mirror),
