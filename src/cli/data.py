@@ -117,6 +117,19 @@ def _prepared_stream(items, size, quality, workers):
         yield from pool.imap(_prepare, jobs, chunksize=16)
 
 
+class _FallbackCounter:
+    """``(jpeg, label)`` samples of a prepared stream, counting the faces that took the crop fallback."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.count = 0
+
+    def __iter__(self):
+        for jpg, label, fallback in self.stream:
+            self.count += fallback
+            yield jpg, label
+
+
 def run_pack(args):
     from shrinkteanet.data.lst import read_lst
     from shrinkteanet.data.recordio import write_rec_set
@@ -132,21 +145,15 @@ def run_pack(args):
     items = sorted(items, key=lambda it: it.label)
     out_dir = os.path.dirname(os.path.abspath(args.prefix))
     name = os.path.basename(args.prefix)
-    fallbacks = [0]
-
-    def samples():
-        for jpg, label, fb in _prepared_stream(items, size, args.quality, _workers(args.workers)):
-            fallbacks[0] += fb
-            yield jpg, label
-
+    samples = _FallbackCounter(_prepared_stream(items, size, args.quality, _workers(args.workers)))
     res = write_rec_set(
-        out_dir, samples(), num_classes=num_classes, quality=args.quality, workers=1, image_size=size,
+        out_dir, iter(samples), num_classes=num_classes, quality=args.quality, workers=1, image_size=size,
         name=name, total=len(items),
     )
-    res.update(image_size=list(size), num_fallback=fallbacks[0], idx=os.path.splitext(res["rec"])[0] + ".idx")
+    res.update(image_size=list(size), num_fallback=samples.count, idx=os.path.splitext(res["rec"])[0] + ".idx")
     print(
         f"packed {res['num_images']} images of {res['num_ids']} identities ({res['num_classes']} classes) "
-        f"into {res['rec']}" + (f"; {fallbacks[0]} without landmarks used the crop fallback" if fallbacks[0] else "")
+        f"into {res['rec']}" + (f"; {samples.count} without landmarks used the crop fallback" if samples.count else "")
     )
     if args.json:
         write_json(args.json, res)
