@@ -109,11 +109,12 @@ def time_call(fn, warmup, reps):
 
 
 def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, calib_mode="naive"):
-    from shrinkteanet.deploy import export
+    from shrinkteanet.deploy import cpu, graph, onnx_export, runner
+    from shrinkteanet.eval import embed, images
     from shrinkteanet.symbols import count_flops, get_symbol
 
     if model:
-        sym, arg, aux = export.load_model(model)
+        sym, arg, aux = embed.load_model(model)
         source = f"checkpoint {model[0]},{model[1]}"
     else:
         sym = get_symbol(net, emb_size=512)
@@ -121,19 +122,20 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
         arg, aux = fit_bn_stats(sym, arg, aux, calib[:64])
         source = "random He init, BatchNorm statistics fitted on 64 calibration faces (no trained student)"
     macs = count_flops(sym, size)
-    dsym = export.deploy_symbol(sym)
-    darg, daux = export.deploy_params(dsym, arg, aux)
-    msym, marg, maux = export.mkldnn_model(sym, arg, aux)
+    dsym = graph.deploy_symbol(sym)
+    darg, daux = graph.deploy_params(dsym, arg, aux)
+    msym, marg, maux = cpu.mkldnn_model(sym, arg, aux)
     t = time.time()
-    qsym, qarg, qaux = export.quantize_int8(sym, arg, aux, calib, calib_mode, "channel-wise", 64)
+    qsym, qarg, qaux = cpu.quantize_int8(sym, arg, aux, calib, calib_mode=calib_mode, granularity="channel-wise",
+                                          batch_size=64)
     tq = time.time() - t
     onnx_path = os.path.join(tmp, f"{net}.onnx")
-    export.export_onnx(sym, arg, aux, onnx_path, size)
-    diff = export.check_onnx(onnx_path, sym, arg, aux, size)
-    sess = export.onnx_session(onnx_path, threads=threads)
+    onnx_export.export_onnx(sym, arg, aux, onnx_path, image_size=size)
+    diff = onnx_export.check_onnx(onnx_path, sym, arg, aux, image_size=size)
+    sess = onnx_export.onnx_session(onnx_path, threads=threads)
 
-    x1 = export.fixed_batch(size, n=1)
-    x64 = export.fixed_batch(size, n=64, seed=2)
+    x1 = runner.fixed_batch(size, n=1)
+    x64 = runner.fixed_batch(size, n=64, seed=2)
     # the pre-fix MKLDNN graph (PReLU left to MXNet's non-MKLDNN kernel), for the before/after ratio
     osym = dsym.get_backend_symbol("MKLDNN")
     configs = [
@@ -144,8 +146,8 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
     ]
     engines = {}
     for name, c in configs:
-        r1 = export.Runner(c["sym"], c["arg"], c["aux"], batch_size=1, image_size=size, subgraph=c["subgraph"])
-        r64 = export.Runner(c["sym"], c["arg"], c["aux"], batch_size=64, image_size=size, subgraph=c["subgraph"])
+        r1 = runner.Runner(c["sym"], c["arg"], c["aux"], batch_size=1, image_size=size, subgraph=c["subgraph"])
+        r64 = runner.Runner(c["sym"], c["arg"], c["aux"], batch_size=64, image_size=size, subgraph=c["subgraph"])
         engines[name] = (lambda r=r1: r.forward(x1), lambda r=r64: r.forward(x64))
     engines["onnxruntime"] = (lambda: sess.run(None, {"data": x1}), lambda: sess.run(None, {"data": x64}))
     # Interleaved rounds: every engine once per round, so that the load of a shared
@@ -164,15 +166,15 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
     for k, (l, t) in rows.items():
         log(f"{net} {k}: {l * 1e3:.2f} ms/img at batch 1, {t:.1f} img/s at batch 64")
 
-    images, issame = lfw
-    fp = export.Runner(msym, marg, maux, batch_size=64, image_size=size)
-    q = export.Runner(qsym, qarg, qaux, batch_size=64, image_size=size)
-    acc_fp, emb_fp = export.verification_accuracy(fp, images, issame)
-    acc_q, emb_q = export.verification_accuracy(q, images, issame)
-    cos = export.cosine_rows(emb_fp, emb_q)
+    faces, issame = lfw
+    fp = runner.Runner(msym, marg, maux, batch_size=64, image_size=size)
+    q = runner.Runner(qsym, qarg, qaux, batch_size=64, image_size=size)
+    acc_fp, emb_fp = runner.verification_accuracy(fp, faces, issame)
+    acc_q, emb_q = runner.verification_accuracy(q, faces, issame)
+    cos = images.cosine_rows(emb_fp, emb_q)
     return {"net": net, "source": source, "macs": macs, "rows": rows, "onnx_diff": diff, "quantize_s": tq,
             "acc_fp": acc_fp["accuracy"], "acc_q": acc_q["accuracy"], "cos_mean": float(cos.mean()),
-            "cos_min": float(cos.min()), "twice": export.twice_ok(q) and export.twice_ok(fp)}
+            "cos_min": float(cos.min()), "twice": runner.twice_ok(q) and runner.twice_ok(fp)}
 
 
 def write_section(text):
@@ -199,8 +201,9 @@ def main():
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     threads = int(THREADS)
-    from shrinkteanet.deploy import export
     from shrinkteanet.core.utils import parse_model_arg
+    from shrinkteanet.deploy import cpu
+    from shrinkteanet.eval import images
 
     models = {}
     for m in args.model:
@@ -221,8 +224,8 @@ def main():
             log("rendering a synthetic lfw.bin / cfp_fp.bin (600 pairs each) ...")
             synth.generate(data, identities=2, images_per_id=1, test_identities=100, pairs=600, ijb=False,
                            megaface=False, progress=False)
-        lfw = export.load_bin_checked(os.path.join(data, "lfw.bin"), size)
-        calib = export.load_images(os.path.join(data, "cfp_fp.bin"), args.num_calib, size)
+        lfw = images.load_bin_checked(os.path.join(data, "lfw.bin"), size)
+        calib = cpu.load_images(os.path.join(data, "cfp_fp.bin"), args.num_calib, size)
         rate = sgemm_rate()
         log(f"SGEMM {rate / 1e9:.1f} GFLOP/s on {threads} threads")
         results = [bench_network(n, models.get(n), lfw, calib, size, tmp, threads, log, args.rounds, args.calib_mode)

@@ -43,17 +43,51 @@ def load_model(model):
     for f in (sym_file, par_file):
         if not os.path.isfile(f):
             raise InputError(f"{f}: checkpoint file not found (--model {prefix},{epoch})")
-    try:
-        from shrinkteanet.model.network import load_checkpoint
-    except ImportError:  # the networks module is optional for evaluation of foreign checkpoints
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        sym, arg, aux = load_checkpoint(prefix, int(epoch))
-        return _cut_fc1(sym), dict(arg), dict(aux)
-    import mxnet as mx
+    from shrinkteanet.model.network import load_checkpoint
 
-    sym, arg, aux = mx.model.load_checkpoint(prefix, int(epoch))
+    sym, arg, aux = load_checkpoint(prefix, int(epoch))
     return _cut_fc1(sym), dict(arg), dict(aux)
+
+
+def input_size_fits(sym, arg_params, size):
+    """True when every parameter shape of ``sym`` at input ``size`` x ``size``
+    equals the stored one (the FC after the last feature map pins the size, up to
+    the rounding of the strided convolutions)."""
+    shapes = {k: tuple(v.shape) for k, v in arg_params.items()}
+    try:
+        a, _, _ = sym.infer_shape(data=(1, 3, int(size), int(size)))
+    except Exception:  # too small for the strides: mxnet raises MXNetError
+        return False
+    return all(shapes.get(n, tuple(sh)) == tuple(sh) for n, sh in zip(sym.list_arguments(), a) if n != "data")
+
+
+#: Sizes tried first when guessing a checkpoint's input side (face crops in use).
+_COMMON_SIZES = (112, 96, 128, 64, 56, 48, 32, 16, 24, 40, 80, 160, 224)
+
+
+def model_input_size(sym, arg_params, hint=None):
+    """Square input side for ``sym`` with these weights: ``hint`` when it fits,
+    else the first fitting common face-crop size, else the smallest fitting size."""
+    for s in ([hint] if hint else []) + list(_COMMON_SIZES) + list(range(8, 513)):
+        if input_size_fits(sym, arg_params, s):
+            return int(s)
+    raise InputError("model parameters fit no square input size from 8 to 512 (symbol and params do not match)")
+
+
+def require_input_size(sym, arg_params, size, what="input"):
+    """Raise a one-line ``InputError`` naming both sizes unless ``size`` fits the model."""
+    if not input_size_fits(sym, arg_params, size):
+        expected = model_input_size(sym, arg_params)
+        raise InputError(f"model expects {expected}x{expected} input but {what} is {size}x{size}")
+    return int(size)
+
+
+def check_input_size(model_size, image_size, what="input"):
+    """Raise a one-line ``InputError`` naming both sizes when they differ."""
+    if model_size is not None and image_size is not None and int(model_size) != int(image_size):
+        raise InputError(
+            f"model expects {model_size}x{model_size} input but {what} is {image_size}x{image_size}"
+        )
 
 
 class Embedder:
@@ -169,36 +203,16 @@ class Embedder:
         return self._run(np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32))
 
 
-def read_image(path):
-    """RGB uint8 HWC; JPEG through simplejpeg (pixel-identical to cv2), others through cv2.
-    Returns None when the file is missing or cannot be decoded."""
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\xff\xd8":
-        try:
-            import simplejpeg
-
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except Exception:  # fall through to OpenCV for JPEG flavours simplejpeg refuses
-            pass
-    import cv2
-
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    return np.ascontiguousarray(img[:, :, ::-1])
-
-
 def load_images(paths, image_size=IMAGE_SIZE, what="image"):
     """Decode aligned crops; resize to image_size when needed.  Returns (array NHWC, missing paths)."""
     import cv2
 
+    from shrinkteanet.data.images import read_image_or_none
+
     out = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
     missing = []
     for i, p in enumerate(paths):
-        img = read_image(p)
+        img = read_image_or_none(p)
         if img is None:
             missing.append(p)
             continue

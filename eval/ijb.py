@@ -141,7 +141,7 @@ def image_features(embedder, image_dir, names, landmarks, flip=True, chunk=256, 
     from tqdm import tqdm
 
     from shrinkteanet.data.align import norm_crop
-    from shrinkteanet.eval.embed import read_image
+    from shrinkteanet.data.images import read_image_or_none
 
     size = embedder.image_size
     feats, ok, missing = None, np.ones(len(names), bool), []
@@ -149,7 +149,7 @@ def image_features(embedder, image_dir, names, landmarks, flip=True, chunk=256, 
         b = min(a + chunk, len(names))
         crops = np.zeros((b - a, size, size, 3), np.uint8)
         for i in range(a, b):
-            img = read_image(os.path.join(image_dir, names[i]))
+            img = read_image_or_none(os.path.join(image_dir, names[i]))
             if img is None:
                 ok[i] = False
                 missing.append(names[i])

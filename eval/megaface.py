@@ -33,6 +33,7 @@ import numpy as np
 from shrinkteanet.core.constants import MEGAFACE_SIZES
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import atomic_open
 
 log = get_logger(__name__)
 
@@ -50,13 +51,9 @@ def write_feature(path, vector):
     Written to a temp name and renamed (no fsync: a MegaFace run writes a million of
     these, and a crash leaves at most a stray ``.tmp``, never a short file under the name)."""
     v = np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1))
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb", durable=False) as f:
         f.write(_HEADER.pack(v.shape[0], 1, 4, 5))
         f.write(v.tobytes())
-    os.replace(tmp, path)
 
 
 def read_feature(path):
@@ -387,8 +384,6 @@ def generate(embedder, root, out, algo="shrinkteanet", set_no=1, sizes=None, all
             ext = 100.0 if mf_noisy[i] else 0.0
             write_feature(feature_path(os.path.join(clean, "megaface"), rel, algo), np.r_[mf_feats_mem[i], ext])
     mm_path = os.path.join(out, f"distractors_{algo}.npy")
-    from shrinkteanet.core.utils import atomic_open
-
     with atomic_open(mm_path, "wb") as f:
         np.save(f, mf_feats_mem)
     return {

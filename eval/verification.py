@@ -39,17 +39,7 @@ import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
-
-try:  # the data helper's reader; re-exported under the CONTRACTS name
-    from shrinkteanet.data.binfile import load_bin  # noqa: F401
-except ImportError:  # pragma: no cover - only while the data module is being built
-
-    def load_bin(path):
-        """Read an InsightFace ``.bin`` (see ``shrinkteanet.data.binfile.load_bin``)."""
-        from shrinkteanet.data.binfile import load_bin as _load_bin
-
-        return _load_bin(path)
-
+from shrinkteanet.data.binfile import load_bin  # noqa: F401 - the CONTRACTS name eval.verification.load_bin
 
 log = get_logger(__name__)
 

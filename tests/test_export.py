@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from shrinkteanet.deploy import export
+from shrinkteanet.deploy import graph, runner
 from shrinkteanet.cli import main
 from shrinkteanet.symbols import get_symbol
 from _params import random_params
@@ -92,11 +92,11 @@ def tiny(tmp_path_factory):
 def test_unfixed_graph_hits_the_mkldnn_second_forward_bug(tiny):
     """The raw GDC graph fails on the second forward (so the tests below exercise
     the bug path); the deploy graph runs twice with the same numbers."""
-    x = export.fixed_batch(SIZE)
+    x = runner.fixed_batch(SIZE)
     with pytest.raises(mx.base.MXNetError, match="TBlob"):
         module_outputs(tiny["sym"], tiny["arg"], tiny["aux"], x, times=2)
     first = module_outputs(tiny["sym"], tiny["arg"], tiny["aux"], x, times=1)[0]
-    dsym = export.deploy_symbol(tiny["sym"])
+    dsym = graph.deploy_symbol(tiny["sym"])
     assert "Flatten" in [n["op"] for n in json.loads(dsym.tojson())["nodes"]]
     assert dsym.list_arguments() == tiny["sym"].list_arguments()
     a, b = module_outputs(dsym, tiny["arg"], tiny["aux"], x, times=2)
@@ -142,7 +142,7 @@ def test_mkldnn_and_int8_models_load_and_run_twice(tiny):
     rep = tiny["report"]
     # faces of the calibration distribution (INT8 ranges are calibrated on them)
     x = load_bin(tiny["bin"], image_size=(SIZE, SIZE))[0][1::5].transpose(0, 3, 1, 2).astype(np.float32)
-    ref = module_outputs(export.deploy_symbol(tiny["sym"]), tiny["arg"], tiny["aux"], x, times=1)[0]
+    ref = module_outputs(graph.deploy_symbol(tiny["sym"]), tiny["arg"], tiny["aux"], x, times=1)[0]
     for key, suffix in (("mkldnn", "-mkldnn"), ("int8", "-int8")):
         assert rep[key]["repeat_ok"] is True
         prefix = tiny["prefix"] + suffix
@@ -181,7 +181,7 @@ def test_int8_accuracy_report_matches_independent_evaluation(tiny):
     assert q["calib_mode"] == "naive" and q["num_calib"] == 24 and q["eval_bin"] == tiny["bin"]
     images, issame = load_bin(tiny["bin"], image_size=(SIZE, SIZE))
     nchw = images.transpose(0, 3, 1, 2).astype(np.float32)
-    dsym = export.deploy_symbol(tiny["sym"])
+    dsym = graph.deploy_symbol(tiny["sym"])
     emb = [module_outputs(dsym, tiny["arg"], tiny["aux"], v, times=1)[0] for v in (nchw, nchw[:, :, :, ::-1])]
     acc_fp = evaluate(emb[0] + emb[1], issame)["accuracy"]
     assert q["accuracy_fp32"] == pytest.approx(acc_fp, abs=1e-9)

@@ -79,10 +79,8 @@ def folder_items(root):
 
 def _prepare(job):
     """Worker: one list item -> (JPEG bytes of an aligned face, label, fallback?)."""
-    import simplejpeg
-
-    from shrinkteanet.data.align import align_face, imread_rgb
-    from shrinkteanet.data.recordio import encode_image
+    from shrinkteanet.data.align import align_face
+    from shrinkteanet.data.images import encode_image, jpeg_size, read_image
 
     item, size, quality = job
     fallback = False
@@ -92,17 +90,13 @@ def _prepare(job):
                 data = f.read()
         except OSError as e:
             raise InputError(f"{item.path}: cannot read ({e.strerror})") from None
-        try:
-            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-            if (h, w) == tuple(size):
-                return data, item.label, fallback  # stored as is, like face2rec2
-        except ValueError:
-            pass
-        img = imread_rgb(item.path)
+        if jpeg_size(data) == tuple(size):
+            return data, item.label, fallback  # stored as is, like face2rec2
+        img = read_image(item.path, photo=True)
         if img.shape[:2] != tuple(size):
             raise InputError(f"{item.path}: aligned image is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}")
     else:
-        img = imread_rgb(item.path)
+        img = read_image(item.path, photo=True)
         fallback = item.landmarks is None
         img = align_face(img, item.landmarks, item.bbox, size[0], name=item.path)
         if size[0] != size[1]:
@@ -117,10 +111,23 @@ def _prepared_stream(items, size, quality, workers):
     if workers <= 1:
         yield from map(_prepare, jobs)
         return
-    import multiprocessing
+    from shrinkteanet.core.utils import process_pool
 
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from pool.imap(_prepare, jobs, chunksize=16)
+
+
+class _FallbackCounter:
+    """``(jpeg, label)`` samples of a prepared stream, counting the faces that took the crop fallback."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.count = 0
+
+    def __iter__(self):
+        for jpg, label, fallback in self.stream:
+            self.count += fallback
+            yield jpg, label
 
 
 def run_pack(args):
@@ -138,21 +145,15 @@ def run_pack(args):
     items = sorted(items, key=lambda it: it.label)
     out_dir = os.path.dirname(os.path.abspath(args.prefix))
     name = os.path.basename(args.prefix)
-    fallbacks = [0]
-
-    def samples():
-        for jpg, label, fb in _prepared_stream(items, size, args.quality, _workers(args.workers)):
-            fallbacks[0] += fb
-            yield jpg, label
-
+    samples = _FallbackCounter(_prepared_stream(items, size, args.quality, _workers(args.workers)))
     res = write_rec_set(
-        out_dir, samples(), num_classes=num_classes, quality=args.quality, workers=1, image_size=size,
+        out_dir, iter(samples), num_classes=num_classes, quality=args.quality, workers=1, image_size=size,
         name=name, total=len(items),
     )
-    res.update(image_size=list(size), num_fallback=fallbacks[0], idx=os.path.splitext(res["rec"])[0] + ".idx")
+    res.update(image_size=list(size), num_fallback=samples.count, idx=os.path.splitext(res["rec"])[0] + ".idx")
     print(
         f"packed {res['num_images']} images of {res['num_ids']} identities ({res['num_classes']} classes) "
-        f"into {res['rec']}" + (f"; {fallbacks[0]} without landmarks used the crop fallback" if fallbacks[0] else "")
+        f"into {res['rec']}" + (f"; {samples.count} without landmarks used the crop fallback" if samples.count else "")
     )
     if args.json:
         write_json(args.json, res)
@@ -254,12 +255,12 @@ def _register_align(dsub):
 
 
 def _align_one(job):
-    from shrinkteanet.data.align import align_face, imread_rgb
-    from shrinkteanet.data.recordio import encode_image
     from shrinkteanet.core.utils import atomic_write_bytes
+    from shrinkteanet.data.align import align_face
+    from shrinkteanet.data.images import encode_image, read_image
 
     item, out_path, size, quality = job
-    img = imread_rgb(item.path)
+    img = read_image(item.path, photo=True)  # photos: EXIF orientation, as cv2.imread
     if item.aligned and item.landmarks is None:
         import cv2
 
@@ -298,9 +299,9 @@ def run_align(args):
     from tqdm import tqdm
 
     if workers > 1:
-        import multiprocessing
+        from shrinkteanet.core.utils import process_pool
 
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             flags = list(tqdm(pool.imap(_align_one, jobs, chunksize=8), total=len(jobs), unit="img", leave=False))
     else:
         flags = [_align_one(j) for j in tqdm(jobs, unit="img", leave=False)]

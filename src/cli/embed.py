@@ -1,5 +1,5 @@
 """`shrinkteanet embed` and `shrinkteanet compare`: embeddings and same/different
-answers for the user's own image files (the evaluation helper's ``Embedder``)."""
+answers for the user's own image files (``shrinkteanet.eval.images``)."""
 from shrinkteanet.cli import add_json_arg
 
 ORDER = 61
@@ -50,18 +50,18 @@ def _names_path(out):
 def run_embed(args):
     import numpy as np
 
-    from shrinkteanet.deploy import export
     from shrinkteanet.core.errors import InputError
     from shrinkteanet.core.utils import atomic_open, parse_model_arg, write_json
+    from shrinkteanet.eval import images
 
     model = parse_model_arg(args.model)
-    paths = export.expand_image_paths(args.images)
+    paths = images.expand_image_paths(args.images)
     if not paths:
         raise InputError("no image files found in the given paths")
-    landmarks = export.read_landmarks(args.landmarks) if args.landmarks else None
-    embedder, size = export.make_embedder(model, args.batch_size, args.image_size)
-    emb, kept, skipped = export.embed_files(embedder, size, paths, landmarks, args.strict, flip=not args.no_flip,
-                                            normalize=not args.raw)
+    landmarks = images.read_landmarks(args.landmarks) if args.landmarks else None
+    embedder, size = images.make_embedder(model, args.batch_size, args.image_size)
+    emb, kept, skipped = images.embed_files(embedder, size, paths, landmarks=landmarks, strict=args.strict,
+                                            flip=not args.no_flip, normalize=not args.raw)
     if not kept:
         raise InputError(f"none of the {len(paths)} files is a readable image")
     names = _names_path(args.out)
@@ -82,22 +82,22 @@ def run_embed(args):
 
 
 def run_compare(args):
-    from shrinkteanet.deploy import export
     from shrinkteanet.core.utils import parse_model_arg, write_json
+    from shrinkteanet.eval import images
 
     model = parse_model_arg(args.model)
-    landmarks = export.read_landmarks(args.landmarks) if args.landmarks else None
-    embedder, size = export.make_embedder(model, args.batch_size, args.image_size)
-    emb, kept, _ = export.embed_files(embedder, size, [args.a, args.b], landmarks, strict=True,
+    landmarks = images.read_landmarks(args.landmarks) if args.landmarks else None
+    embedder, size = images.make_embedder(model, args.batch_size, args.image_size)
+    emb, kept, _ = images.embed_files(embedder, size, [args.a, args.b], landmarks=landmarks, strict=True,
                                       flip=not args.no_flip)
-    cos = float(export.cosine_rows(emb[:1], emb[1:])[0])
+    cos = float(images.cosine_rows(emb[:1], emb[1:])[0])
     if args.calibrate:
-        threshold, fields = export.calibrate_threshold(embedder, args.calibrate, size)
+        threshold, fields = images.calibrate_threshold(embedder, args.calibrate, size)
         source = f"calibrated on {args.calibrate} (accuracy {100 * fields['accuracy']:.2f}%)"
     elif args.threshold is not None:
         threshold, source = float(args.threshold), "given"
     else:
-        threshold, source = export.DEFAULT_COSINE_THRESHOLD, "default; calibrate with --calibrate SET.bin"
+        threshold, source = images.DEFAULT_COSINE_THRESHOLD, "default; calibrate with --calibrate SET.bin"
     same = cos >= threshold
     print(f"{args.a}  vs  {args.b}")
     print(f"cosine similarity {cos:.4f} -> {'SAME' if same else 'DIFFERENT'} (threshold {threshold:.4f}, {source})")

@@ -1,30 +1,101 @@
 """Small shared helpers: atomic writes, JSON reports, model/context arguments."""
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
 
 from shrinkteanet.core.errors import InputError
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Write to a temp file beside ``path`` and rename it into place on success,
-    so that a crash never leaves a half-written file under the final name."""
+def atomic_path(path, *, durable=True):
+    """A temp path beside ``path`` to write; renamed onto ``path`` on success.
+
+    The one atomic writer of the package (CONTRACTS "written atomically (temp file +
+    rename)"): a crash or an exception never leaves a half-written file under the final
+    name, and an old file there stays intact until the new one is complete.  The temp
+    file is created empty in ``path``'s folder (a rename across file systems would not be
+    atomic) with the mode a plain ``open()`` gives, for writers that want a file name
+    (``mx.nd.save``, ``np.save``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final name; its folder is created when missing.
+    durable : bool
+        fsync the file before the rename and the folder after it, so that the new
+        contents (not just the rename) survive a power cut.  ``False`` for writers of
+        very many small files (MegaFace features), where a crash may leave a stray
+        ``.tmp`` but still never a short file under the name.
+
+    Yields
+    ------
+    str
+        The temp path, ``NAME.XXXXXXXX.tmp`` (the pattern ``run_folder`` sweeps).
+    """
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = _new_temp_file(path)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if durable:
+        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _new_temp_file(path):
+    """Create ``PATH.<random>.tmp`` exclusively with mode 0o666 less the umask (what
+    ``open()`` gives; ``mkstemp``'s 0600 would hide checkpoints and caches from other users)."""
+    for _ in range(100):
+        tmp = f"{os.path.abspath(path)}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temp name beside it")
+
+
+def _fsync(path, flags):
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # some file systems (and folders on a few of them) cannot be synced; the rename is still atomic
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb", *, durable=True):
+    """``open(path, mode)`` through ``atomic_path``: the file appears under ``path``
+    only when the ``with`` block completes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final name.
+    mode : str
+        A write mode, ``"wb"`` or ``"w"``.
+    durable : bool
+        See ``atomic_path``.
+
+    Yields
+    ------
+    file object
+    """
+    with atomic_path(path, durable=durable) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def path_inside(folder, rel, what):
@@ -52,6 +123,7 @@ def text_lines(path):
 
 
 def atomic_write_bytes(path, data):
+    """``data`` (bytes) to ``path`` through ``atomic_path``."""
     with atomic_open(path, "wb") as f:
         f.write(data)
 

@@ -1,5 +1,6 @@
 """Face data in InsightFace's formats: RecordIO training sets, ``.bin`` verification
-pairs, ``.lst`` lists, 5-point alignment and a multi-process training loader.
+pairs, ``.lst`` lists, the one image decoder/encoder (``images``), 5-point alignment
+and a multi-process training loader.  It imports only ``core``.
 
 Names are resolved lazily so that ``import shrinkteanet.data`` stays cheap (no
 mxnet, no OpenCV) until a submodule is used.

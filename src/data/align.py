@@ -105,13 +105,3 @@ def align_face(img, landmarks=None, bbox=None, image_size=IMAGE_SIZE, name="imag
         return norm_crop(img, landmarks, image_size)
     log.warning("%s: no landmarks; using the %s crop fallback", name, "bbox" if bbox is not None else "centre")
     return crop_fallback(img, bbox, image_size)
-
-
-def imread_rgb(path):
-    """RGB uint8 HWC of an image file; ``InputError`` naming it when unreadable."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"{path}: cannot read image")
-    return np.ascontiguousarray(img[:, :, ::-1])

@@ -101,7 +101,7 @@ def load_bin(path, image_size=(IMAGE_SIZE, IMAGE_SIZE), encoding="bytes"):
     """
     import cv2
 
-    from shrinkteanet.data.recordio import decode_jpeg
+    from shrinkteanet.data.images import decode_image
 
     jpegs, issame = read_bin_raw(path, encoding)
     h, w = image_size
@@ -109,7 +109,7 @@ def load_bin(path, image_size=(IMAGE_SIZE, IMAGE_SIZE), encoding="bytes"):
     resized = 0
     for i, jpg in enumerate(jpegs):
         try:
-            img = decode_jpeg(jpg)
+            img = decode_image(jpg)
         except Exception:
             raise InputError(f"{path}: image {i} cannot be decoded") from None
         if img.shape[:2] != (h, w):
@@ -126,7 +126,7 @@ def write_bin(path, jpegs, issame, quality=95):
     uint8 HWC arrays (encoded here).  Pickle protocol 4 so that ``bytes`` are stored
     as plain byte strings (protocol 2 would reduce them through ``_codecs.encode``,
     which other restricted readers may refuse); Python 3 InsightFace reads it."""
-    from shrinkteanet.data.recordio import encode_image
+    from shrinkteanet.data.images import encode_image
     from shrinkteanet.core.utils import atomic_write_bytes
 
     bins = [encode_image(j, quality) for j in jpegs]

@@ -67,18 +67,6 @@ def collect_photos(src):
     return photos
 
 
-def read_photo(path):
-    """RGB uint8 of a photo, or None when it cannot be decoded.  OpenCV (not simplejpeg):
-    camera shots need their EXIF orientation applied."""
-    import cv2
-
-    try:
-        img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    except cv2.error:
-        img = None
-    return None if img is None else np.ascontiguousarray(img[:, :, ::-1])
-
-
 def to_aligned_frame(info, image_size=112):
     """bbox (integer bounds of the transformed box) and landmarks of ``info`` in the aligned
     crop's pixels: the similarity ``norm_crop`` used."""
@@ -103,7 +91,7 @@ def align_photos(photos, out_dir, detector=None, select="largest", image_size=11
 
     from shrinkteanet.data.lst import LstItem
     from shrinkteanet.data.mtcnn import detect_and_align, get_detector
-    from shrinkteanet.data.recordio import encode_image
+    from shrinkteanet.data.images import encode_image, read_image_or_none
     from shrinkteanet.core.utils import atomic_write_bytes
 
     det = detector or get_detector()
@@ -111,7 +99,7 @@ def align_photos(photos, out_dir, detector=None, select="largest", image_size=11
     for ph in tqdm(photos, unit="img", desc="detect+align", disable=not progress, leave=False):
         rec = {"path": ph.path, "label": int(ph.label), "status": UNREADABLE, "num_faces": 0}
         records.append(rec)
-        img = read_photo(ph.path)
+        img = read_image_or_none(ph.path, photo=True)  # camera shots: EXIF orientation
         if img is None:
             log.warning("%s: %s", ph.path, UNREADABLE)
             continue

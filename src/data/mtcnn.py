@@ -48,14 +48,13 @@ import hashlib
 import importlib.metadata
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from shrinkteanet.core.constants import PIXEL_MEAN, PIXEL_SCALE
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
-from shrinkteanet.core.utils import atomic_open
+from shrinkteanet.core.utils import atomic_open, atomic_path
 
 log = get_logger(__name__)
 
@@ -179,18 +178,9 @@ def converted_params(name):
                 return path
         log.warning("MTCNN: cached %s fails its checksum; converting again", path)
     arrays = keras_to_gluon(name, load_keras_weights(name))
-    os.makedirs(d, exist_ok=True)
-    # mx.nd.save writes by file name: a unique sibling temp file, then an atomic rename.
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # a cache file, not a secret (mkstemp creates 0600)
-    try:
+    with atomic_path(path) as tmp:  # mx.nd.save writes by file name
         mx.nd.save(tmp, {k: mx.nd.array(v, dtype="float32") for k, v in arrays.items()})
         digest = _sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     with atomic_open(sums, "w") as f:
         f.write(digest + "\n")
     log.info("MTCNN: converted %s -> %s", src, path)

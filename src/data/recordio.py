@@ -27,6 +27,9 @@ import numpy as np
 from shrinkteanet.core.constants import IMAGE_SIZE
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+# The package's one decoder and encoder, also under the names callers and tests import from here.
+from shrinkteanet.data.images import decode_image as decode_jpeg  # noqa: F401
+from shrinkteanet.data.images import encode_image
 
 log = get_logger(__name__)
 
@@ -362,21 +365,6 @@ def read_property(path):
 # ----------------------------------------------------------------------------- writing
 
 
-def encode_image(image, quality=95, image_size=None):
-    """JPEG bytes of an RGB uint8 HWC image (passed through when already bytes)."""
-    import simplejpeg
-
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
-    arr = np.ascontiguousarray(image, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise InputError(f"image must be HWC RGB uint8, got shape {arr.shape}")
-    if image_size is not None and arr.shape[:2] != tuple(image_size):
-        raise InputError(f"image is {arr.shape[0]}x{arr.shape[1]}, expected {image_size[0]}x{image_size[1]}")
-    # 4:2:0 as OpenCV's imencode (InsightFace's pack_img) writes by default.
-    return simplejpeg.encode_jpeg(arr, quality=int(quality), colorspace="RGB", colorsubsampling="420")
-
-
 def _encode_job(args):
     image, quality = args
     return encode_image(image, quality)
@@ -516,21 +504,6 @@ def write_rec_set(
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def decode_jpeg(data):
-    """RGB uint8 HWC from JPEG (simplejpeg) or any cv2-readable format."""
-    import simplejpeg
-
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
-    except Exception:
-        import cv2
-
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if arr is None:
-            raise
-        return np.ascontiguousarray(arr[:, :, ::-1])
 
 
 class FaceRecordDataset:

@@ -590,9 +590,9 @@ def _photometric(img, g, n, M, yaw, pitch):
         f += _rng(n["noise_seed"]).normal(0, n["noise"], f.shape).astype(np.float32)
     out = np.clip(f + 0.5, 0, 255).astype(np.uint8)
     if n["jpeg"]:
-        import simplejpeg
+        from shrinkteanet.data.images import decode_image, encode_image
 
-        out = simplejpeg.decode_jpeg(simplejpeg.encode_jpeg(out, quality=n["jpeg"], colorspace="RGB"), colorspace="RGB")
+        out = decode_image(encode_image(out, n["jpeg"], subsampling="444"))
     return out
 
 
@@ -661,7 +661,7 @@ def render_task(task):
 
     ``task = (seed, difficulty, ns, index, drift, key, pose, layout, size, quality, frame)``;
     returns ``(jpeg bytes, landmarks (5,2) float32, faceness, (W, H))``."""
-    import simplejpeg
+    from shrinkteanet.data.images import encode_image
 
     seed, difficulty, ns, index, drift, key, pose, layout, size, quality, frame = task
     g = identity(seed, ns, index, drift)
@@ -682,7 +682,7 @@ def render_task(task):
     else:
         W, H = size
         img, lm, _ = render(g, n, None, (W, H))
-    jpg = simplejpeg.encode_jpeg(img, quality=int(quality), colorspace="RGB", colorsubsampling="420")
+    jpg = encode_image(img, quality)
     return jpg, lm, faceness(n), (W, H)
 
 

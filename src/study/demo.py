@@ -34,8 +34,8 @@ import time
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.study.scheduler import CheckpointOf, Scheduler, Stage
-from shrinkteanet.core.utils import write_json
-from shrinkteanet.methods import registry
+from shrinkteanet.core.utils import atomic_path, write_json
+from shrinkteanet.methods import registry as method_registry
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ def study_methods():
     (``shrinkteanet.methods.registry``).  The keys are the method names of REPORT.md and
     study.json; ``*_w10``: the distillation weight ablation (``distill_weight`` 10 instead of the
     paper's lambda_n = 1).  A fresh dict."""
-    return {r.key: (registry.study_config_suffix(r), tuple(r.overrides)) for r in registry.study_rows()}
+    return {r.key: (method_registry.study_config_suffix(r), tuple(r.overrides)) for r in method_registry.study_rows()}
 
 
 def __getattr__(name):
@@ -327,10 +327,10 @@ def _publish_student(out, run_dir, scale):
     prefix, epoch = CheckpointOf(os.path.join(out, run_dir, "train.json")).resolve().rsplit(",", 1)
     dst = os.path.join(out, "student")
     os.makedirs(dst, exist_ok=True)
-    shutil.copyfile(f"{prefix}-symbol.json", os.path.join(dst, "model-symbol.json.tmp"))
-    os.replace(os.path.join(dst, "model-symbol.json.tmp"), os.path.join(dst, "model-symbol.json"))
-    shutil.copyfile("%s-%04d.params" % (prefix, int(epoch)), os.path.join(dst, "model-0001.params.tmp"))
-    os.replace(os.path.join(dst, "model-0001.params.tmp"), os.path.join(dst, "model-0001.params"))
+    for src, name in ((f"{prefix}-symbol.json", "model-symbol.json"),
+                      ("%s-%04d.params" % (prefix, int(epoch)), "model-0001.params")):
+        with atomic_path(os.path.join(dst, name)) as tmp:
+            shutil.copyfile(src, tmp)
     with open(os.path.join(dst, "image_size"), "w") as f:
         f.write(f"{scale['image_size']}\n")
     with open(os.path.join(dst, "SOURCE"), "w") as f:
