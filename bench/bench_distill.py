@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 
 from shrinkteanet.methods import distill  # noqa: E402
 from shrinkteanet.training.config import generate_config  # noqa: E402
-from shrinkteanet.model.network import EmbeddingNet, save_checkpoint  # noqa: E402
+from shrinkteanet.model.checkpoint import save_checkpoint  # noqa: E402
+from shrinkteanet.model.network import EmbeddingNet  # noqa: E402
 from _common import loadavg, write_marked_section
 
 

@@ -23,10 +23,13 @@ log = get_logger(__name__)
 
 
 def _cut_fc1(sym):
-    internals = sym.get_internals()
-    if "fc1_output" in internals.list_outputs():
-        return internals["fc1_output"]
-    return sym
+    """``sym`` cut at ``fc1_output`` (``model.checkpoint.cut_at_embedding``); a symbol without
+    that node (a bare embedding graph handed in) as it is."""
+    from shrinkteanet.model.checkpoint import EMBEDDING_OUTPUT, cut_at_embedding
+
+    if EMBEDDING_OUTPUT not in sym.get_internals().list_outputs():
+        return sym
+    return cut_at_embedding(sym)
 
 
 def load_model(model):
@@ -43,10 +46,10 @@ def load_model(model):
     for f in (sym_file, par_file):
         if not os.path.isfile(f):
             raise InputError(f"{f}: checkpoint file not found (--model {prefix},{epoch})")
-    from shrinkteanet.model.network import load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
 
-    sym, arg, aux = load_checkpoint(prefix, int(epoch))
-    return _cut_fc1(sym), dict(arg), dict(aux)
+    sym, arg, aux = load_checkpoint(prefix, int(epoch))  # cut at fc1 already
+    return sym, dict(arg), dict(aux)
 
 
 def input_size_fits(sym, arg_params, size):

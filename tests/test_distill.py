@@ -12,7 +12,8 @@ import pytest
 from shrinkteanet.methods import distill
 from shrinkteanet.training.config import generate_config
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.model.network import EmbeddingNet, save_checkpoint
+from shrinkteanet.model.checkpoint import save_checkpoint
+from shrinkteanet.model.network import EmbeddingNet
 
 SIZE, EMB, CLASSES = 32, 16, 4
 T_OPTS = dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32))
@@ -226,7 +227,7 @@ def test_margin_distillation_uses_fixed_teacher_centres(teacher_ckpt):
     assert method.loss_weights == {"margin": 1.0}
     assert "fc7_weight" not in set(method.trainable_params().keys())
     centres = method.head.weight.data().asnumpy()
-    from shrinkteanet.model.network import load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
     _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
     assert centres.tobytes() == arg["fc7_weight"].asnumpy().tobytes()
     data, label = batch(3)
@@ -255,7 +256,7 @@ def test_kd_on_margin_logits_matches_numpy(teacher_ckpt):
     emb = method.student(data)
     s_logits = method.head(emb, label).asnumpy()
     temb = method.teacher(data).asnumpy()
-    from shrinkteanet.model.network import load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
     _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
     w = arg["fc7_weight"].asnumpy()
     y = label.asnumpy().astype(int)
@@ -291,7 +292,7 @@ def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
         assert s_params[n].data().asnumpy().tobytes() == t_params[n].data().asnumpy().tobytes(), n
     assert "pre_fc1_weight" not in same  # the 'E' output FC depends on the resolution
     assert len(same) == len(t_params) - 1
-    from shrinkteanet.model.network import load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
     _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
     assert method.head.weight.data().asnumpy().tobytes() == arg["fc7_weight"].asnumpy().tobytes()
     assert "fc7_weight" in set(method.trainable_params().keys())  # KT: centres are a start, not fixed

@@ -9,7 +9,8 @@ from mxnet import autograd, gluon
 
 from shrinkteanet import symbols
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.model.network import (EmbeddingNet, freeze_symbol, frozen_tail, load_checkpoint, save_checkpoint)
+from shrinkteanet.model.checkpoint import load_checkpoint, save_checkpoint
+from shrinkteanet.model.network import EmbeddingNet, freeze_symbol, frozen_tail
 
 SIZE = 32
 EMB = 16

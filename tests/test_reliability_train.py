@@ -14,6 +14,7 @@ from _tiny_train import make_set, overrides
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.model import checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
@@ -154,7 +155,7 @@ def test_resume_with_a_changed_config_is_refused_listing_the_keys(data, tmp_path
 def test_a_crash_while_saving_leaves_a_state_that_names_a_complete_checkpoint(data, tmp_path, monkeypatch):
     """keep_last=1: the old code deleted checkpoint N-1 before state.json moved to N."""
     out = tmp_path / "run" / "model"
-    real = train.write_json
+    real = checkpoint.write_json
     writes = []
 
     def crash_on_second_state(path, obj):
@@ -164,10 +165,10 @@ def test_a_crash_while_saving_leaves_a_state_that_names_a_complete_checkpoint(da
                 raise OSError("simulated crash while writing the state")
         return real(path, obj)
 
-    monkeypatch.setattr(train, "write_json", crash_on_second_state)
+    monkeypatch.setattr(checkpoint, "write_json", crash_on_second_state)
     with pytest.raises(OSError, match="simulated"):
         train.train(_cfg(data, out, "max_batches=6", "ckpt_every=2", "keep_last=1"))
-    monkeypatch.setattr(train, "write_json", real)
+    monkeypatch.setattr(checkpoint, "write_json", real)
     _assert_state_names_a_complete_checkpoint(out)
     assert train.train(_cfg(data, out, "max_batches=6", "ckpt_every=2", "keep_last=1"), resume=True)["steps"] == 6
     assert _checkpoints_on_disk(out.parent) == [3]
@@ -176,7 +177,7 @@ def test_a_crash_while_saving_leaves_a_state_that_names_a_complete_checkpoint(da
 def test_a_crash_while_pruning_loses_nothing(data, tmp_path, monkeypatch):
     out = tmp_path / "run" / "model"
 
-    real, calls = train.Checkpointer.prune, []
+    real, calls = checkpoint.Checkpointer.prune, []
 
     def crash_on_second(self, keep):
         calls.append(list(keep))
@@ -184,13 +185,13 @@ def test_a_crash_while_pruning_loses_nothing(data, tmp_path, monkeypatch):
             raise OSError("simulated crash while pruning")
         return real(self, keep)
 
-    monkeypatch.setattr(train.Checkpointer, "prune", crash_on_second)
+    monkeypatch.setattr(checkpoint.Checkpointer, "prune", crash_on_second)
     with pytest.raises(OSError, match="simulated"):
         train.train(_cfg(data, out, "max_batches=6", "ckpt_every=2", "keep_last=1"))
     state = _assert_state_names_a_complete_checkpoint(out)
     assert state["checkpoint"] == 2 and state["kept"] == [2]
     assert _checkpoints_on_disk(out.parent) == [1, 2]  # one too many, never one too few
-    monkeypatch.setattr(train.Checkpointer, "prune", real)
+    monkeypatch.setattr(checkpoint.Checkpointer, "prune", real)
     (out.parent / ".model-0003.states.tmp").write_bytes(b"half")  # what a kill mid-write leaves
     assert train.train(_cfg(data, out, "max_batches=6", "ckpt_every=2", "keep_last=1"), resume=True)["steps"] == 6
     # the next prune also removed what the crash left behind

@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
 
 def test_cache_layout_and_values(tiny):
     from shrinkteanet.data.recordio import FaceRecordDataset
-    from shrinkteanet.model.network import load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
 
     data, teacher, cache, root = tiny
     meta = json.loads((cache / "meta.json").read_text())

@@ -126,7 +126,7 @@ def _save_and_reload(src, prefix, model):
     from disk, and run it twice: ``(saved triple, runner, second forward repeats?)``."""
     import mxnet as mx
 
-    from shrinkteanet.model.network import save_checkpoint
+    from shrinkteanet.model.checkpoint import save_checkpoint
 
     save_checkpoint(prefix, src.epoch, *model)
     saved = mx.model.load_checkpoint(prefix, src.epoch)

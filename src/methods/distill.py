@@ -344,7 +344,8 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     ((prefix, epoch) or "PREFIX,EPOCH"; default ``cfg.teacher``) into
     ``cfg.teacher_network`` with ``cfg.teacher_net_opts``, frozen; and its ``fc7_weight``
     (None when the checkpoint has none).  No teacher for ``distill=none``."""
-    from shrinkteanet.model.network import EmbeddingNet, load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
+    from shrinkteanet.model.network import EmbeddingNet
     from shrinkteanet.core.utils import parse_model_arg
 
     ctx = _ctx_list(ctx)

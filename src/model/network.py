@@ -1,11 +1,8 @@
-"""Symbols <-> Gluon: checkpoints in InsightFace's layout, embedding blocks, frozen teacher tails.
+"""Symbols <-> Gluon: embedding blocks, frozen teacher tails, graph rewrites.
 
-* ``load_checkpoint`` / ``save_checkpoint``: ``PREFIX-symbol.json`` +
-  ``PREFIX-%04d.params`` exactly as ``mx.model.save_checkpoint`` writes them
-  (keys ``arg:NAME`` / ``aux:NAME``), so InsightFace's scripts read ours and ours
-  read theirs.  Loading cuts at ``fc1_output`` like InsightFace's evaluation code
-  (``sym.get_internals()['fc1_output']``), which accepts both the embedding-only
-  symbol (``ckpt_embedding``) and the training symbol with the ``fc7`` head.
+* Checkpoint files (InsightFace's layout, cut at ``fc1_output``) are read and written
+  by ``shrinkteanet.model.checkpoint``; ``EmbeddingNet.save_checkpoint`` /
+  ``from_checkpoint`` go through it.
 * ``EmbeddingNet``: a hybridizable ``gluon.SymbolBlock`` over a network of
   ``shrinkteanet.symbols`` (or any fc1 symbol) returning the embedding, or the
   embedding plus the four stage taps F_i^s of ShrinkTeaNet (Sec. 3.3).
@@ -16,8 +13,6 @@
   the tail's input.
 """
 import json
-import os
-import tempfile
 
 import mxnet as mx
 import numpy as np
@@ -25,99 +20,11 @@ from mxnet import gluon
 
 from shrinkteanet import symbols
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.core.logutil import get_logger
-from shrinkteanet.core.utils import atomic_open, mxnet_reason
-
-log = get_logger(__name__)
-
-EMBEDDING_OUTPUT = "fc1_output"
+from shrinkteanet.model import checkpoint
+from shrinkteanet.model.checkpoint import cut_at_embedding
 
 
-# ------------------------------------------------------------------ checkpoints
-def checkpoint_paths(prefix, epoch):
-    """(``PREFIX-symbol.json``, ``PREFIX-%04d.params``) as ``mx.model`` names them."""
-    return f"{prefix}-symbol.json", "%s-%04d.params" % (prefix, int(epoch))
-
-
-def cut_at_embedding(sym, path="symbol"):
-    """``sym`` itself when its only output is ``fc1``, else ``get_internals()['fc1_output']``."""
-    if sym.list_outputs() == [EMBEDDING_OUTPUT]:
-        return sym
-    internals = sym.get_internals()
-    if EMBEDDING_OUTPUT not in internals.list_outputs():
-        raise InputError(f"{path}: no '{EMBEDDING_OUTPUT}' node (not an InsightFace-style embedding network)")
-    return internals[EMBEDDING_OUTPUT]
-
-
-def load_checkpoint(prefix, epoch, keep_extra=False):
-    """Read an InsightFace-layout checkpoint and return ``(sym_fc1, arg_params, aux_params)``.
-
-    The symbol is cut at ``fc1_output`` and made safe for MKLDNN (``mkldnn_safe``);
-    parameters the cut symbol does not use (``fc7_weight`` of the margin head) are
-    dropped unless ``keep_extra``."""
-    sym_path, params_path = checkpoint_paths(prefix, epoch)
-    for path in (sym_path, params_path):
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: checkpoint file not found (--model PREFIX,EPOCH)")
-    try:
-        sym = mx.sym.load(sym_path)
-    except (mx.base.MXNetError, ValueError) as e:  # a truncated file can fail to decode as UTF-8
-        raise InputError(f"{sym_path}: not an MXNet symbol file ({mxnet_reason(e)})") from None
-    try:
-        saved = mx.nd.load(params_path)
-    except (mx.base.MXNetError, ValueError) as e:
-        raise InputError(f"{params_path}: not an MXNet parameter file ({mxnet_reason(e)})") from None
-    if not isinstance(saved, dict):
-        raise InputError(f"{params_path}: parameters are not saved by name (arg:/aux: keys expected)")
-    arg_params, aux_params = {}, {}
-    for key, value in saved.items():
-        kind, _, name = key.partition(":")
-        if kind == "arg":
-            arg_params[name] = value
-        elif kind == "aux":
-            aux_params[name] = value
-        else:
-            raise InputError(f"{params_path}: key {key!r} is neither arg:NAME nor aux:NAME")
-    sym = mkldnn_safe(cut_at_embedding(sym, sym_path))
-    if not keep_extra:
-        args, auxs = set(sym.list_arguments()), set(sym.list_auxiliary_states())
-        dropped = sorted(k for k in arg_params if k not in args) + sorted(k for k in aux_params if k not in auxs)
-        if dropped:
-            log.debug("%s: dropped %d parameters outside fc1: %s", params_path, len(dropped), ", ".join(dropped[:5]))
-        arg_params = {k: v for k, v in arg_params.items() if k in args}
-        aux_params = {k: v for k, v in aux_params.items() if k in auxs}
-    missing = [k for k in sym.list_arguments() if k != "data" and k not in arg_params]
-    missing += [k for k in sym.list_auxiliary_states() if k not in aux_params]
-    if missing:
-        raise InputError(f"{params_path}: {len(missing)} parameters of the symbol are missing, e.g. {missing[0]!r}")
-    return sym, arg_params, aux_params
-
-
-def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
-    """Write ``PREFIX-symbol.json`` and ``PREFIX-%04d.params`` (``mx.model.save_checkpoint``
-    layout), each through a temp file renamed into place."""
-    sym_path, params_path = checkpoint_paths(prefix, epoch)
-    if sym is not None:
-        with atomic_open(sym_path, "w") as f:
-            f.write(sym.tojson())
-    to_save = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in arg_params.items()}
-    to_save.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in aux_params.items()})
-    directory = os.path.dirname(os.path.abspath(params_path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(params_path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        mx.nd.save(tmp, to_save)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, params_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return sym_path, params_path
-
-
+# ------------------------------------------------------------------ graph rewrites
 def rewrite_graph(sym, visit):
     """Rebuild ``sym``'s graph node by node, in order.
 
@@ -281,7 +188,7 @@ class EmbeddingNet(gluon.SymbolBlock):
     """A face-embedding network as a Gluon block (hybridizable ``SymbolBlock``).
 
     ``network_or_symbol``: a name of ``shrinkteanet.symbols.NETWORKS`` (built with
-    ``emb_size`` and ``**opts``) or an fc1 Symbol (e.g. from ``load_checkpoint``).
+    ``emb_size`` and ``**opts``) or an fc1 Symbol (e.g. from ``checkpoint.load_checkpoint``).
     ``with_taps``: return ``(emb, tap1, tap2, tap3, tap4)`` instead of ``emb``; for a
     Symbol, ``tap_outputs`` names the four internal outputs.  ``dtype='float16'``
     runs the stages in float16 (``symbols.get_stages``); input and outputs stay
@@ -368,7 +275,7 @@ class EmbeddingNet(gluon.SymbolBlock):
             opts = {k: v for k, v in self.split.opts.items() if k != "dtype"}
             sym = symbols.get_symbol(self.network, self.emb_size, **opts)
         arg_params, aux_params = self.get_params()
-        return save_checkpoint(prefix, epoch, sym, arg_params, aux_params)
+        return checkpoint.save_checkpoint(prefix, epoch, sym, arg_params, aux_params)
 
     @classmethod
     def from_checkpoint(cls, prefix, epoch, network=None, ctx=None, **kwargs):
@@ -376,7 +283,7 @@ class EmbeddingNet(gluon.SymbolBlock):
         ``shrinkteanet.symbols`` (so taps and tails are available) and the saved
         parameters are loaded into it by name (an InsightFace r50/r100/mfn checkpoint
         needs no renaming)."""
-        sym, arg_params, aux_params = load_checkpoint(prefix, epoch)
+        sym, arg_params, aux_params = checkpoint.load_checkpoint(prefix, epoch)
         if network is None:
             net = cls(sym, **kwargs)
         else:

@@ -87,7 +87,7 @@ def read_metrics(run_dir):
 def model_stats(run_dir, image_size):
     """(embedding parameters, multiply-add FLOPs) of the run's checkpoint at ``image_size``."""
     from shrinkteanet import symbols
-    from shrinkteanet.model.network import load_checkpoint
+    from shrinkteanet.model.checkpoint import load_checkpoint
 
     s = _load(os.path.join(run_dir, "train.json"))
     sym, _, _ = load_checkpoint(s["prefix"], int(s["checkpoint"]))

@@ -13,16 +13,15 @@ Rules this module enforces (issue 16, defects 4 and 5):
   in ``PREFIX-state.json`` and every key that changes the run is listed.
 """
 import fcntl
-import glob
 import json
 import os
-import re
 import shutil
 import socket
 import time
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.model.checkpoint import run_files
 
 log = get_logger(__name__)
 
@@ -33,9 +32,6 @@ RESUME_FREE_KEYS = frozenset({
     "out", "data_dir", "val_dir", "val_targets", "tensorboard", "teacher_cache", "workers", "verbose", "frequent",
     "keep_last", "ckpt_every", "nan_guard", "max_batches", "num_epochs", "hybridize",
 })
-
-_RUN_FILE = re.compile(r"-(\d{4}\.(params|head\.params|states)|state\.json|symbol\.json)$")
-_NUMBERED = re.compile(r"-(\d{4})\.(params|head\.params|states)$")
 
 
 class RunLock:
@@ -108,29 +104,6 @@ def _read_holder(fd):
     except OSError:
         text = ""
     return text or "a process that has not yet written its pid"
-
-
-def run_files(prefix):
-    """The files of the run at ``prefix``: state, symbol and numbered checkpoints."""
-    base = glob.escape(prefix)
-    return sorted(p for p in glob.glob(base + "-*") if _RUN_FILE.search(p[len(prefix):]))
-
-
-def stray_files(prefix, keep):
-    """Numbered checkpoint files of ``prefix`` whose number is not in ``keep``, and the temp
-    files of its atomic writes (``.NAME.tmp``, ``.NAME.PID.tmp``, ``NAME.XXXX.tmp``)."""
-    keep = {int(k) for k in keep}
-    folder, base = os.path.split(os.path.abspath(prefix))
-    out = []
-    for name in os.listdir(folder):
-        if name.endswith(".tmp") and (name.startswith(base + "-") or name.startswith(f".{base}-")):
-            out.append(os.path.join(folder, name))
-            continue
-        if name.startswith(base + "-"):
-            m = _NUMBERED.fullmatch(name[len(base):])
-            if m and int(m.group(1)) not in keep:
-                out.append(os.path.join(folder, name))
-    return sorted(out)
 
 
 def prepare_fresh_run(prefix, overwrite=False):

@@ -1,0 +1,392 @@
+"""Checkpoint files: InsightFace's layout and the training state written beside it.
+
+* ``load_checkpoint`` / ``save_checkpoint``: ``PREFIX-symbol.json`` +
+  ``PREFIX-%04d.params`` exactly as ``mx.model.save_checkpoint`` writes them
+  (keys ``arg:NAME`` / ``aux:NAME``), so InsightFace's scripts read ours and ours
+  read theirs.  Loading cuts at ``fc1_output`` (``cut_at_embedding``) like
+  InsightFace's evaluation code (``sym.get_internals()['fc1_output']``), which
+  accepts both the embedding-only symbol (``ckpt_embedding``) and the training
+  symbol with the ``fc7`` head.
+* The training files of a run (``Checkpointer``): ``PREFIX-%04d.head.params`` (margin
+  head, adapters), ``PREFIX-%04d.states`` (``gluon.Trainer.save_states``) and
+  ``PREFIX-state.json`` (position, config, kept/best checkpoints); ``restore`` reads
+  them back for ``--resume``.
+* Every file is written to a temp file beside its final name, flushed to disk,
+  renamed into place and the folder entry flushed too: a crash leaves the old file or
+  the new one, never half of one (``stray_files`` names the temp files a kill leaves).
+"""
+import contextlib
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import atomic_open, mxnet_reason, write_json
+
+log = get_logger(__name__)
+
+EMBEDDING_OUTPUT = "fc1_output"
+STATE_SUFFIX = "-state.json"
+
+_RUN_FILE = re.compile(r"-(\d{4}\.(params|head\.params|states)|state\.json|symbol\.json)$")
+_NUMBERED = re.compile(r"-(\d{4})\.(params|head\.params|states)$")
+
+
+# ------------------------------------------------------------------ names
+def checkpoint_paths(prefix, epoch):
+    """(``PREFIX-symbol.json``, ``PREFIX-%04d.params``) as ``mx.model`` names them."""
+    return f"{prefix}-symbol.json", "%s-%04d.params" % (prefix, int(epoch))
+
+
+def training_paths(prefix, number):
+    """The three numbered files of one training checkpoint: ``.params``, ``.head.params``, ``.states``."""
+    return ["%s-%04d.params" % (prefix, number), "%s-%04d.head.params" % (prefix, number),
+            "%s-%04d.states" % (prefix, number)]
+
+
+def run_files(prefix):
+    """The files of the run at ``prefix``: state, symbol and numbered checkpoints."""
+    import glob
+
+    base = glob.escape(prefix)
+    return sorted(p for p in glob.glob(base + "-*") if _RUN_FILE.search(p[len(prefix):]))
+
+
+def stray_files(prefix, keep):
+    """Numbered checkpoint files of ``prefix`` whose number is not in ``keep``, and the temp
+    files of its atomic writes (``.NAME.tmp``, ``.NAME.PID.tmp``, ``NAME.XXXX.tmp``)."""
+    keep = {int(k) for k in keep}
+    folder, base = os.path.split(os.path.abspath(prefix))
+    out = []
+    for name in os.listdir(folder):
+        if name.endswith(".tmp") and (name.startswith(base + "-") or name.startswith(f".{base}-")):
+            out.append(os.path.join(folder, name))
+            continue
+        if name.startswith(base + "-"):
+            m = _NUMBERED.fullmatch(name[len(base):])
+            if m and int(m.group(1)) not in keep:
+                out.append(os.path.join(folder, name))
+    return sorted(out)
+
+
+# ------------------------------------------------------------------ the one writer
+def write_by_name(path, write):
+    """Run ``write(temp_path)`` (a library call that wants a file name: ``mx.nd.save``,
+    ``Trainer.save_states``) on a temp file beside ``path``, then fsync it, rename it to
+    ``path`` and fsync the folder.  On failure the temp file is removed.
+
+    Parameters
+    ----------
+    path : str
+        Final file name.
+    write : callable
+        ``write(temp_path)`` writes the whole file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path, flags):
+    """Flush a file (or a folder's entries) that was written by name to disk."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_nd(path, arrays):
+    """``mx.nd.save`` of a dict of NDArrays (copied to the CPU) through ``write_by_name``."""
+    import mxnet as mx
+
+    blob = {k: v.as_in_context(mx.cpu()) for k, v in arrays.items()}
+    write_by_name(path, lambda tmp: mx.nd.save(tmp, blob))
+
+
+def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
+    """Write an InsightFace-layout checkpoint (the arguments of ``mx.model.save_checkpoint``).
+
+    The files are byte for byte those of ``mx.model.save_checkpoint``; each is written
+    atomically (``core.utils.atomic_open`` for the symbol, ``write_by_name`` for the
+    parameters).
+
+    Parameters
+    ----------
+    prefix, epoch : str, int
+        ``PREFIX-symbol.json`` and ``PREFIX-%04d.params``.
+    sym : mx.sym.Symbol or None
+        The symbol; None writes the parameters only.
+    arg_params, aux_params : dict of NDArray
+        Saved as ``arg:NAME`` / ``aux:NAME``.
+
+    Returns
+    -------
+    (str, str)
+        The symbol and parameter file paths.
+    """
+    sym_path, params_path = checkpoint_paths(prefix, epoch)
+    if sym is not None:
+        with atomic_open(sym_path, "w") as f:
+            f.write(sym.tojson())
+    blob = {f"arg:{k}": v for k, v in arg_params.items()}
+    blob.update({f"aux:{k}": v for k, v in aux_params.items()})
+    save_nd(params_path, blob)
+    return sym_path, params_path
+
+
+# ------------------------------------------------------------------ the one reader
+def cut_at_embedding(sym, path="symbol"):
+    """``sym`` itself when its only output is ``fc1``, else ``get_internals()['fc1_output']``
+    (InsightFace's evaluation cut, which drops a training symbol's ``fc7`` head)."""
+    if sym.list_outputs() == [EMBEDDING_OUTPUT]:
+        return sym
+    internals = sym.get_internals()
+    if EMBEDDING_OUTPUT not in internals.list_outputs():
+        raise InputError(f"{path}: no '{EMBEDDING_OUTPUT}' node (not an InsightFace-style embedding network)")
+    return internals[EMBEDDING_OUTPUT]
+
+
+def load_checkpoint(prefix, epoch, keep_extra=False):
+    """Read an InsightFace-layout checkpoint, cut at ``fc1_output``.
+
+    The symbol is made safe for MKLDNN (``network.mkldnn_safe``).
+
+    Parameters
+    ----------
+    prefix, epoch : str, int
+        ``--model PREFIX,EPOCH``.
+    keep_extra : bool
+        Keep parameters the cut symbol does not use (``fc7_weight`` of the margin head).
+
+    Returns
+    -------
+    (mx.sym.Symbol, dict, dict)
+        ``(sym_fc1, arg_params, aux_params)``.
+    """
+    from shrinkteanet.model.network import mkldnn_safe
+
+    sym_path, params_path = checkpoint_paths(prefix, epoch)
+    for path in (sym_path, params_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: checkpoint file not found (--model PREFIX,EPOCH)")
+    sym = mkldnn_safe(cut_at_embedding(_read_symbol(sym_path), sym_path))
+    arg_params, aux_params = _read_arg_aux(params_path)
+    if not keep_extra:
+        arg_params, aux_params = _used_by(sym, arg_params, aux_params, params_path)
+    missing = [k for k in sym.list_arguments() if k != "data" and k not in arg_params]
+    missing += [k for k in sym.list_auxiliary_states() if k not in aux_params]
+    if missing:
+        raise InputError(f"{params_path}: {len(missing)} parameters of the symbol are missing, e.g. {missing[0]!r}")
+    return sym, arg_params, aux_params
+
+
+def _read_symbol(path):
+    import mxnet as mx
+
+    try:
+        return mx.sym.load(path)
+    except (mx.base.MXNetError, ValueError) as e:  # a truncated file can fail to decode as UTF-8
+        raise InputError(f"{path}: not an MXNet symbol file ({mxnet_reason(e)})") from None
+
+
+def _read_arg_aux(path):
+    """``arg:``/``aux:`` keys of a ``.params`` file split into two dicts."""
+    import mxnet as mx
+
+    try:
+        saved = mx.nd.load(path)
+    except (mx.base.MXNetError, ValueError) as e:
+        raise InputError(f"{path}: not an MXNet parameter file ({mxnet_reason(e)})") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: parameters are not saved by name (arg:/aux: keys expected)")
+    arg_params, aux_params = {}, {}
+    for key, value in saved.items():
+        kind, _, name = key.partition(":")
+        if kind == "arg":
+            arg_params[name] = value
+        elif kind == "aux":
+            aux_params[name] = value
+        else:
+            raise InputError(f"{path}: key {key!r} is neither arg:NAME nor aux:NAME")
+    return arg_params, aux_params
+
+
+def _used_by(sym, arg_params, aux_params, path):
+    """The parameters ``sym`` uses (the cut drops the head's ``fc7_weight``)."""
+    args, auxs = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+    dropped = sorted(k for k in arg_params if k not in args) + sorted(k for k in aux_params if k not in auxs)
+    if dropped:
+        log.debug("%s: dropped %d parameters outside fc1: %s", path, len(dropped), ", ".join(dropped[:5]))
+    return ({k: v for k, v in arg_params.items() if k in args},
+            {k: v for k, v in aux_params.items() if k in auxs})
+
+
+# ------------------------------------------------------------------ run state (resume)
+def read_state(prefix):
+    """The ``PREFIX-state.json`` of a run, or None."""
+    path = prefix + STATE_SUFFIX
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable training state ({e})") from None
+
+
+def write_state(prefix, state):
+    """``PREFIX-state.json``, atomically (``core.utils.write_json``)."""
+    write_json(prefix + STATE_SUFFIX, state)
+
+
+# ------------------------------------------------------------------ finite checks
+def arrays_all_finite(arrays):
+    """True when no element of any NDArray is NaN or inf (fused ``multi_all_finite``)."""
+    import mxnet as mx
+
+    arrays = [a for a in arrays if a.dtype in (np.float16, np.float32, np.float64)]
+    ok = True
+    for i in range(0, len(arrays), 128):  # keep the variadic op's input count modest
+        chunk = arrays[i:i + 128]
+        flag = mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True)
+        ok = ok and bool(flag.asscalar())
+    return ok
+
+
+def nonfinite_names(named_arrays):
+    """Names of the arrays holding any NaN or inf (empty when the checkpoint is clean)."""
+    if arrays_all_finite(list(named_arrays.values())):
+        return []
+    return sorted(k for k, v in named_arrays.items() if not arrays_all_finite([v]))
+
+
+def checkpoint_is_finite(arg, aux, head, state):
+    """A checkpoint with any NaN/inf parameter or running statistic is never written (so it
+    can neither be counted as good nor push the last clean one out of ``keep_last``)."""
+    bad = nonfinite_names({**arg, **{f"aux:{k}": v for k, v in aux.items()}, **head})
+    if not bad:
+        return True
+    last = state["checkpoint"]
+    log.warning("step %d: checkpoint not written, non-finite %s%s; the last clean checkpoint is %s",
+                state["step"], ", ".join(bad[:3]), " ..." if len(bad) > 3 else "",
+                "%04d" % last if last else "none")
+    return False
+
+
+# ------------------------------------------------------------------ training checkpoints
+class Checkpointer:
+    """Writes and prunes numbered checkpoints; keeps the last ``keep_last`` and the best."""
+
+    def __init__(self, prefix, keep_last=3):
+        self.prefix = prefix
+        self.keep_last = max(int(keep_last), 1)
+
+    def paths(self, number):
+        return training_paths(self.prefix, number)
+
+    def save(self, number, *, symbol, arg_params, aux_params, head_params, trainer, state):
+        """Write checkpoint ``number`` (InsightFace files, head, optimizer states), then move
+        ``state`` on to it (``kept``, ``checkpoint``), write the state and prune.
+
+        Parameters
+        ----------
+        number : int
+            The ``%04d`` of the files.
+        symbol, arg_params, aux_params
+            The embedding network (``save_checkpoint``).
+        head_params : dict of NDArray
+            Everything else that is trained (margin head, adapters).
+        trainer : gluon.Trainer
+            Its ``save_states`` goes to ``.states``.
+        state : dict
+            The run state; updated in place and written to ``PREFIX-state.json``.
+        """
+        params_file, head_file, states_file = self.paths(number)
+        save_checkpoint(self.prefix, number, symbol, arg_params, aux_params)
+        save_nd(head_file, head_params)
+        write_by_name(states_file, trainer.save_states)
+        self._keep(number, state)
+        # the state moves on first: a crash while pruning leaves files too many, never a state
+        # that names a checkpoint already deleted
+        write_state(self.prefix, state)
+        self.prune(state["kept"])
+        log.info("checkpoint %s-%04d (epoch %d, batch %d)", self.prefix, number, state["epoch"], state["batch"])
+
+    def _keep(self, number, state):
+        """``state['kept']``: the last ``keep_last`` numbers plus the best one."""
+        kept = [k for k in state["kept"] if k != number] + [number]
+        drop = kept[:-self.keep_last]
+        best = state.get("best", {}).get("checkpoint")
+        drop = [k for k in drop if k != best]
+        state["kept"] = [k for k in kept if k not in drop]
+        state["checkpoint"] = number
+
+    def prune(self, keep):
+        """Delete every checkpoint file of the prefix whose number ``keep`` does not list, and
+        temp files: those pruned now and any an earlier crash left (called once the state names
+        ``keep``; the run lock guarantees no other writer)."""
+        for path in stray_files(self.prefix, keep):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def restore(saved_state, prefix, method, trainer):
+    """Load checkpoint ``saved_state['checkpoint']`` of ``prefix`` into ``method`` (every
+    parameter, from ``.params`` and ``.head.params``) and ``trainer`` (``.states``).
+
+    Parameters
+    ----------
+    saved_state : dict
+        ``read_state(prefix)``.
+    prefix : str
+        The run's ``--out`` prefix.
+    method : gluon.Block
+        Its ``collect_params()`` are set by name; shapes must match.
+    trainer : gluon.Trainer
+        Gets the optimizer state (momentum).
+    """
+    pfile, hfile, sfile = training_paths(prefix, saved_state["checkpoint"])
+    for f in (pfile, hfile, sfile):
+        if not os.path.exists(f):
+            raise InputError(f"--resume: checkpoint file {f} is missing")
+    blob = _load_nd(pfile)
+    if not isinstance(blob, dict):
+        raise InputError(f"--resume: {pfile} holds no named parameters")
+    flat = {k.split(":", 1)[-1]: v for k, v in blob.items()}
+    head = _load_nd(hfile)
+    flat.update(head if isinstance(head, dict) else {})  # mx.nd.load gives [] for an empty dict
+    for name, p in method.collect_params().items():
+        if name not in flat:
+            raise InputError(f"{pfile}: parameter {name} is missing")
+        if tuple(flat[name].shape) != tuple(p.shape):
+            raise InputError(f"--resume: {pfile}: parameter {name} is {flat[name].shape}, the network wants {p.shape}")
+        p.set_data(flat[name])
+    try:
+        trainer.load_states(sfile)
+    except Exception as e:  # truncated or foreign: pickle, EOF or MXNet errors
+        raise InputError(f"--resume: {sfile}: unreadable optimizer state ({mxnet_reason(e)})") from None
+
+
+def _load_nd(path):
+    """``mx.nd.load`` with a one-line ``InputError`` naming the file (truncated, not MXNet)."""
+    import mxnet as mx
+
+    try:
+        return mx.nd.load(path)
+    except (mx.base.MXNetError, ValueError) as e:
+        raise InputError(f"--resume: {path}: unreadable checkpoint file ({mxnet_reason(e)})") from None

@@ -1,0 +1,592 @@
+"""The training loop as one object in named phases (``Fit``), for teachers and every student method.
+
+Phases, in order (``Fit.run``): ``build_trainer`` (SGD with momentum as InsightFace's
+``recognition/train.py``, ShrinkTeaNet Sec. 4.1; parameters given their shapes and MXNet's
+plain layout), ``start`` (a fresh run state, or ``resume`` from ``PREFIX-state.json`` and its
+checkpoint, then the kvstore's initial broadcast), ``open_hooks`` (NaN guard, monitor), then
+per batch ``train_batch`` = ``update`` (forward/backward over the contexts, reduce, check,
+update or undo) and the after-step hooks ``observe`` (monitor, loss-curve point), callbacks and
+``scheduled_checkpoint`` (verification on the ``.bin`` sets, checkpoints); at the end
+``final_checkpoint`` and ``summary``.  Every piece of run state is an attribute: ``state`` is
+what ``PREFIX-state.json`` holds.
+
+Gradients are reduced first (``Trainer.allreduce_grads``) and checked for non-finite values
+afterwards, so every worker sees the same verdict and skips the same updates; ``nan_guard``
+skips in a row stop the run.  MXNet's and NumPy's generators are re-seeded from
+``(seed, epoch, batch)`` before every step and the learning rate is a function of the global
+batch counter, so a resumed CPU run replays the uninterrupted one bit for bit.
+"""
+import math
+import time
+from collections import OrderedDict, deque
+
+import numpy as np
+
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.model import checkpoint
+from shrinkteanet.model.checkpoint import STATE_SUFFIX, arrays_all_finite
+from shrinkteanet.training.schedule import build_lr_schedule, step_seed, total_batches
+
+log = get_logger(__name__)
+
+#: State keys a resume takes from ``PREFIX-state.json`` (the rest is the new run's).
+RESUMED_KEYS = ("epoch", "batch", "step", "checkpoint", "kept", "best", "nonfinite_skipped")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``nan_guard`` consecutive non-finite steps; names the loss term."""
+
+    def __init__(self, message, term):
+        super().__init__(message)
+        self.term = term
+
+
+class StopTraining(Exception):
+    """A callback may raise this to end the run cleanly (a checkpoint is written)."""
+
+
+class NonFiniteGuard:
+    """Counts non-finite steps; after ``limit`` in a row raises ``NonFiniteLossError``
+    naming the first loss term that went non-finite (or ``gradient``)."""
+
+    def __init__(self, limit):
+        self.limit = int(limit)
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def check(self, part_values, grads_finite, stats_finite=True):
+        """True for a good step; ``stats_finite``: the BatchNorm running statistics after the
+        forward pass (they can overflow while loss and gradients stay finite)."""
+        bad = [k for k, v in part_values.items() if not math.isfinite(v)]
+        if not bad and grads_finite and stats_finite:
+            self.in_a_row = 0
+            return True
+        term = bad[0] if bad else ("gradient" if not grads_finite else "running statistics")
+        self.in_a_row += 1
+        self.skipped += 1
+        log.warning("non-finite %s: update skipped (%d in a row, %d in all)", term, self.in_a_row, self.skipped)
+        if self.limit > 0 and self.in_a_row >= self.limit:
+            raise NonFiniteLossError(
+                f"loss term {term!r} was non-finite in {self.in_a_row} consecutive batches; stopping "
+                f"(the last checkpoint holds the last good parameters)", term)
+        return False
+
+
+def grads_all_finite(params):
+    """One fused check over every gradient of the first context (after the reduction)."""
+    return arrays_all_finite([p.list_grad()[0] for p in params if p.grad_req != "null"])
+
+
+class Monitor:
+    """Progress bar (img/s, lr, each loss term), periodic log lines and TensorBoard scalars."""
+
+    def __init__(self, total, initial, *, frequent=20, tensorboard="", enabled=True):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, disable=not enabled or None,
+                        desc="train")
+        self.frequent = max(int(frequent), 1)
+        self.writer = None
+        if tensorboard and enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard)
+        self.t_last = time.time()
+        self.n_last = 0
+
+    def step(self, step, *, lr, parts, speed, skipped):
+        post = OrderedDict(ips=f"{speed:.1f}", lr=f"{lr:.4g}")
+        for k, v in parts.items():
+            post[k] = f"{v:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+        if step % self.frequent == 0:
+            terms = " ".join(f"{k}={v:.5f}" for k, v in parts.items())
+            log.info("batch %d lr %.5g %.1f img/s %s skipped=%d", step, lr, speed, terms, skipped)
+        if self.writer is not None:
+            for k, v in parts.items():
+                self.writer.add_scalar(f"loss/{k}", v, step)
+            self.writer.add_scalar("lr", lr, step)
+            self.writer.add_scalar("img_per_s", speed, step)
+            self.writer.add_scalar("nonfinite_skipped", skipped, step)
+
+    def scalars(self, tag, values, step):
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{tag}/{k}", v, step)
+
+    def close(self):
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _split(array, ctx_list, dtype=None):
+    import mxnet as mx
+
+    if array is None:
+        return [None] * len(ctx_list)
+    nd = mx.nd.array(array, dtype=dtype or array.dtype)
+    if len(ctx_list) == 1:
+        return [nd.as_in_context(ctx_list[0])]
+    return mx.gluon.utils.split_and_load(nd, ctx_list, even_split=False)
+
+
+def record_curve_point(state, window, lr):
+    """Append the loss curve's point at ``state['step']``: the mean of each loss part over the
+    last ``frequent`` good steps (the ``window``) and the lr.  Kept in the run state, so a
+    resumed run continues the same curve (``summary['curve']``, the study's convergence test)."""
+    if not window:
+        return
+    point = {"step": int(state["step"]), "lr": float(lr)}
+    for k in window[-1]:
+        point[k] = float(np.mean([w[k] for w in window]))
+    state.setdefault("curve", []).append(point)
+
+
+def sync_initial_params(trainer, job):
+    """Start the Trainer's kvstore and finish its initial broadcast *before* the first step.
+
+    Gluon's Trainer does this lazily, inside the first ``allreduce_grads()``:
+    ``kvstore.broadcast(i, weight)`` (``init`` by rank 0, then a ``pull`` of rank 0's
+    value into every worker's weight) immediately followed by ``pushpull(i, grad)`` on
+    the same key.  MXNet's dist kvstore orders a worker's requests on one key only
+    through the engine variable of the buffer it uses, and those differ here: the pull
+    lands in the weight (rank 0) or in a fresh receive buffer (other ranks), the
+    pushpull in the gradient.  With the threaded engine the two requests race, and when
+    the pushpull reaches the server first (once every worker's gradient is in, the
+    server's value for the key *becomes* the summed gradient) the late pull copies
+    that sum into the weight.  Measured with the 2-worker launch test (instrumented, 2
+    of 18 runs): after step 1 rank 0's ``res_5_block0_conv_sep_conv2d_weight`` and
+    ``..._batchnorm_gamma`` equalled the reduced gradient bit for bit while rank 1 held
+    the true initial weight, the reduced gradients themselves being equal on both; the
+    workers then trained on apart.  NaiveEngine runs every op in order and hid it.  Running the broadcast here
+    and waiting for it (``waitall`` returns only once every pull's answer is written)
+    means no gradient round can overtake it.  ``_init_kvstore``/``_init_params`` are
+    what ``Trainer.allreduce_grads``/``load_states`` call themselves; MXNet 1.x has no
+    public way to trigger them without a step."""
+    import mxnet as mx
+
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    # a parameter still waiting for its shape would be broadcast inside the first step again
+    pending = [p.name for p in trainer._params_to_init]
+    if pending and job.distributed:
+        raise RuntimeError(f"parameters without a shape before the first step: {', '.join(pending[:5])} "
+                           "(the dist kvstore would race their initial broadcast against the gradients)")
+    mx.nd.waitall()
+
+
+def _default_layout(params):
+    """Give every trainable CPU parameter fresh arrays in MXNet's plain (row-major) layout.
+
+    ``_materialize`` runs in predict mode, and MKLDNN's inference convolution then
+    re-lays its weight array out in place in its own blocked format (to skip the reorder
+    on later calls; a training-mode forward switches it back).  The dist kvstore reads
+    weights through ``NDArray::data()``, which refuses MKLDNN-laid-out arrays ("We can't
+    generate TBlob for MKLDNN data") on an engine thread: rank 0's initial push of the
+    first conv weight then never reaches the server, and a worker's pull of it aborts the
+    server ("init 2 first"; gone with ``MXNET_MKLDNN_ENABLED=0``).  ``Parameter.reset_ctx`` copies each array into a newly
+    allocated plain one (the copy reorders; the values are unchanged bit for bit)."""
+    for p in params.values():
+        ctxs = p.list_ctx()
+        if ctxs and all(c.device_type == "cpu" for c in ctxs):
+            p.reset_ctx(ctxs)
+
+
+def _materialize(method, loader, ctx_list, teacher_cache):
+    """One forward pass in predict mode on zeros, so that every deferred parameter of the
+    SymbolBlocks gets its shape before the Trainer (or a resume) touches it.  Predict mode
+    leaves BatchNorm statistics alone and nothing random runs, so training is unaffected."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    n = max(int(getattr(loader, "batch_size", len(ctx_list))) // len(ctx_list), 1)
+    size = tuple(getattr(loader, "image_size", ()))
+    if len(size) != 2:
+        return
+    for ctx in ctx_list:
+        data = mx.nd.zeros((n, 3) + size, ctx=ctx)
+        label = mx.nd.zeros((n,), ctx=ctx)
+        with autograd.predict_mode():
+            if teacher_cache is not None:
+                method(data, label, mx.nd.zeros((n, teacher_cache.emb_size), ctx=ctx))
+            else:
+                method(data, label)
+    mx.nd.waitall()
+
+
+def params_digest(params):
+    """SHA-1 over every trainable parameter (sorted by name): equal digests mean bit-equal weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in sorted(params.keys()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(params[name].data(params[name].list_ctx()[0]).asnumpy()).tobytes())
+    return h.hexdigest()
+
+
+def _symbol_names(sym):
+    return set(sym.list_arguments()), set(sym.list_auxiliary_states())
+
+
+def _student_params(student, sym):
+    if student is None or sym is None:
+        return {}, {}
+    args, auxs = _symbol_names(sym)
+    arg, aux = {}, {}
+    for name, p in student.collect_params().items():
+        if name in args:
+            arg[name] = p.data(p.list_ctx()[0]).copy()
+        elif name in auxs:
+            aux[name] = p.data(p.list_ctx()[0]).copy()
+    return arg, aux
+
+
+def _checkpoint_params(method, student, sym):
+    """(arg, aux, rest): the embedding network's parameters plus the classifier ``fc7*``
+    (InsightFace keeps it beside ``fc1`` in training checkpoints; MarginDistillation and KD
+    read the teacher's class centres from there), and everything else that is trained
+    (adapters H_i) for the ``.head.params`` file."""
+    arg, aux = _student_params(student, sym)
+    own = set(student.collect_params().keys()) if student is not None else set()
+    rest = {}
+    for name, p in method.collect_params().items():
+        if name in own:
+            continue
+        value = p.data(p.list_ctx()[0]).copy()
+        if name.startswith("fc7"):
+            arg[name] = value
+        else:
+            rest[name] = value
+    return arg, aux, rest
+
+
+def fresh_state(cfg):
+    """The run state of a new run: position 0, no checkpoint, the config (``PREFIX-state.json``)."""
+    return {"epoch": 0, "batch": 0, "step": 0, "checkpoint": 0, "kept": [], "best": {}, "nonfinite_skipped": 0,
+            "seed": int(cfg.seed), "config": dict(cfg)}
+
+
+def resumed_state(state, saved):
+    """``state`` continued from ``saved`` (a ``PREFIX-state.json``): position, checkpoints and
+    skip count from the saved run, and its loss curve up to the saved step (points a killed run
+    recorded after its last checkpoint are replayed, not doubled)."""
+    state = dict(state)
+    for k in RESUMED_KEYS:
+        state[k] = saved[k]
+    state["curve"] = [p for p in saved.get("curve", []) if p["step"] <= saved["step"]]
+    return state
+
+
+def next_position(epoch, batch, batches_per_epoch):
+    """(epoch, batch) of the batch after ``batch``: the position a checkpoint resumes at."""
+    return (epoch, batch + 1) if batch + 1 < batches_per_epoch else (epoch + 1, 0)
+
+
+def set_classifier_multipliers(params, cfg):
+    """InsightFace's ``fc7_wd_mult``/``fc7_lr_mult`` on the classifier (``fc7*``) parameters."""
+    for name, p in params.items():
+        if name.startswith("fc7"):
+            p.wd_mult = float(cfg.fc7_wd_mult)
+            p.lr_mult = float(cfg.fc7_lr_mult)
+
+
+class Fit:
+    """One training run of ``method`` over ``loader``; ``run(resume)`` returns the summary.
+
+    ``method(data, label[, teacher_emb]) -> {name: (batch,) NDArray}`` of already-weighted
+    loss parts; ``method.trainable_params()`` are updated.  ``loader.epoch(epoch, start_batch)``
+    yields batches with ``data``, ``label``, ``index``, ``flipped``; ``len(loader)`` batches per
+    epoch.  ``job``: contexts, kvstore, rank (``train.Context``).  ``student``: the embedding
+    block whose parameters form the InsightFace checkpoint (symbol ``student_symbol``); every
+    other non-frozen parameter of ``method`` goes to the ``.head.params`` file.
+    ``verify(arg, aux) -> {target: {accuracy, ...}}`` runs every ``cfg.verbose`` batches.
+    ``callbacks``: ``cb(info)`` after each step; may raise ``StopTraining``.
+    """
+
+    def __init__(self, method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None,
+                 callbacks=(), verify=None):
+        self.method, self.loader, self.cfg, self.job = method, loader, cfg, job
+        self.student, self.symbol, self.teacher_cache = student, student_symbol, teacher_cache
+        self.callbacks, self.verify = tuple(callbacks), verify
+        self.ctx_list = job.ctx_list
+        self.params = method.trainable_params()
+        set_classifier_multipliers(self.params, cfg)
+        self.batches_per_epoch = len(loader)
+        if self.batches_per_epoch <= 0:
+            raise InputError(f"data: fewer images in this shard than one batch ({cfg.batch_size} global)")
+        self.num_batches = total_batches(cfg, self.batches_per_epoch)
+        self.schedule = build_lr_schedule(cfg, self.batches_per_epoch, self.num_batches)
+        self.global_batch = loader.batch_size * job.num_workers if hasattr(loader, "batch_size") else cfg.batch_size
+        self.prefix = cfg.out
+        self.is_chief = job.rank == 0
+        self.ckpt = checkpoint.Checkpointer(self.prefix, cfg.keep_last) if self.prefix else None
+        self.verbose = int(cfg.verbose or 0)
+        self.window = deque(maxlen=max(int(cfg.frequent), 1))  # the last good steps' loss parts
+        self.speed_imgs = self.speed_time = 0.0
+        self.trainer = self.state = self.guard = self.monitor = None
+        self.aux_params = []
+        self.saved_at = -1  # the step of the last checkpoint written (or resumed from)
+
+    # -- phases ------------------------------------------------------------------------------
+    def run(self, resume=False):
+        """All phases; returns the summary dict (final losses, img/s, best verification, position)."""
+        self.build_trainer()
+        self.start(resume)
+        self.open_hooks()
+        try:
+            self.run_epochs()
+        except StopTraining:
+            log.info("stopped by a callback at step %d", self.state["step"])
+        finally:
+            self.monitor.close()
+        self.final_checkpoint()
+        return self.summary()
+
+    def build_trainer(self):
+        """``gluon.Trainer`` (SGD, momentum, wd) over the trainable parameters, AMP when ``fp16``;
+        every deferred parameter gets its shape and the plain layout before anything reads it."""
+        from mxnet import gluon
+
+        cfg, kv = self.cfg, self.job.kvstore
+        self.trainer = gluon.Trainer(self.params, "sgd",
+                                     {"learning_rate": cfg.lr, "momentum": cfg.momentum, "wd": cfg.wd},
+                                     kvstore=kv if kv is not None else "device",
+                                     # reduce-then-update locally: the guard can then veto a step on every
+                                     # worker alike, and Trainer.save_states works under dist_sync too
+                                     update_on_kvstore=False)
+        if cfg.fp16:
+            from mxnet.contrib import amp
+
+            amp.init_trainer(self.trainer)
+        _materialize(self.method, self.loader, self.ctx_list, self.teacher_cache)
+        _default_layout(self.params)  # before a resume's set_data and before the kvstore first reads the weights
+
+    def start(self, resume):
+        """A fresh state, or the saved run's (``resume``); then the kvstore's initial broadcast."""
+        self.state = fresh_state(self.cfg)
+        if resume:
+            self.resume()
+        # after a resume's set_data/load_states, so that rank 0 broadcasts the restored weights
+        sync_initial_params(self.trainer, self.job)
+        self.saved_at = self.state["step"] if resume else -1
+
+    def resume(self):
+        """Continue the run of ``PREFIX-state.json``: same config (``run_folder.check_resume_config``),
+        parameters and optimizer state from its checkpoint, position and curve from the state."""
+        from shrinkteanet.training.run_folder import check_resume_config
+
+        prefix = self.prefix
+        saved = checkpoint.read_state(prefix) if prefix else None
+        if saved is None:
+            raise InputError(f"--resume: no {prefix}{STATE_SUFFIX} to resume from")
+        check_resume_config(prefix + STATE_SUFFIX, saved.get("config"), self.state["config"])
+        checkpoint.restore(saved, prefix, self.method, self.trainer)
+        self.state = resumed_state(self.state, saved)
+        log.info("resumed from %s-%04d at epoch %d batch %d (step %d)", prefix, saved["checkpoint"],
+                 saved["epoch"], saved["batch"], saved["step"])
+
+    def open_hooks(self):
+        """The NaN guard (its count continues a resumed run's) and the monitor."""
+        cfg = self.cfg
+        self.guard = NonFiniteGuard(cfg.nan_guard)
+        self.guard.skipped = self.state["nonfinite_skipped"]
+        # BatchNorm running statistics: not trained, but moved by the forward pass (the guard undoes them)
+        self.aux_params = [p for name, p in self.method.collect_params().items()
+                           if p.grad_req == "null" and name not in self.params]
+        self.monitor = Monitor(self.num_batches, self.state["step"], frequent=cfg.frequent,
+                               tensorboard=cfg.get("tensorboard", ""), enabled=self.is_chief)
+
+    def run_epochs(self):
+        """Epochs from the state's position until ``num_batches`` steps; a checkpoint at each epoch end."""
+        state = self.state
+        epoch, start = state["epoch"], state["batch"]
+        while state["step"] < self.num_batches:
+            for b, batch in enumerate(self.loader.epoch(epoch, start), start):
+                if state["step"] >= self.num_batches:
+                    break
+                self.train_batch(epoch, b, batch)
+            if state["epoch"] > epoch:
+                epoch, start = state["epoch"], 0
+                self.save()  # epoch end
+            elif state["step"] < self.num_batches:
+                raise RuntimeError(f"loader gave {state['batch']} of {self.batches_per_epoch} batches in "
+                                   f"epoch {epoch}")
+
+    def train_batch(self, epoch, b, batch):
+        """One step at (``epoch``, ``b``) and its after-step hooks."""
+        import mxnet as mx
+
+        t0 = time.time()
+        s = step_seed(self.cfg.seed, epoch, b)
+        mx.random.seed(s)
+        np.random.seed(s)
+        lr = float(self.schedule(self.state["step"]))
+        self.trainer.set_learning_rate(lr)
+        ok, values, n = self.update(batch)
+        self.advance(epoch, b, ok, values)
+        self.observe(lr, values, n, time.time() - t0)
+        info = {"epoch": epoch, "batch": b, "step": self.state["step"], "lr": lr, "losses": values, "ok": ok,
+                "trainer": self.trainer, "method": self.method}
+        for cb in self.callbacks:
+            cb(info)
+        self.scheduled_checkpoint()
+
+    # -- one step ----------------------------------------------------------------------------
+    def update(self, batch):
+        """Forward/backward over the contexts, reduce, check, update.  Returns (updated, losses, n)."""
+        import mxnet as mx
+
+        # BatchNorm moves its running statistics in the forward pass: keep them to undo a bad step
+        backup = [(p, [a.copy() for a in p.list_data()]) for p in self.aux_params] if self.guard.limit > 0 else []
+        losses, part_sums = self._forward(batch)
+        self._backward(losses)
+        self.trainer.allreduce_grads()
+        n = int(batch.data.shape[0])
+        values = OrderedDict((k, float(sum(x.asscalar() for x in v)) / n) for k, v in part_sums.items())
+        ok = self._verdict(values, backup)
+        if ok:
+            self.trainer.update(self.global_batch)
+        else:
+            for p, saved in backup:
+                for dst, src in zip(p.list_data(), saved):
+                    src.copyto(dst)
+        mx.nd.waitall()
+        return ok, values, n
+
+    def _forward(self, batch):
+        """Recorded forward pass per context: (summed loss per context, {part: [sums]})."""
+        import mxnet as mx
+        from mxnet import autograd
+
+        cache, ctx_list = self.teacher_cache, self.ctx_list
+        temb = cache.lookup(batch.index, batch.flipped) if cache is not None else None
+        datas = _split(batch.data, ctx_list, "float32")
+        labels = _split(batch.label, ctx_list, "float32")  # float32 holds class ids exactly up to 2**24
+        tembs = _split(temb, ctx_list, "float32")
+        losses, part_sums = [], OrderedDict()
+        with autograd.record():
+            for d, lab, t in zip(datas, labels, tembs):
+                parts = self.method(d, lab, t) if t is not None else self.method(d, lab)
+                vals = list(parts.values())
+                losses.append(mx.nd.add_n(*vals) if len(vals) > 1 else vals[0])
+                for k, v in parts.items():
+                    part_sums.setdefault(k, []).append(v.sum())
+        return losses, part_sums
+
+    def _backward(self, losses):
+        from mxnet import autograd
+
+        if self.cfg.fp16:
+            from mxnet.contrib import amp
+
+            with amp.scale_loss(losses, self.trainer) as scaled:
+                autograd.backward(scaled)
+        else:
+            autograd.backward(losses)
+
+    def _verdict(self, values, backup):
+        """The guard's verdict on the reduced step: finite losses, gradients and statistics."""
+        # AMP's dynamic loss scaling deals with fp16 gradient overflow itself
+        finite = True if self.cfg.fp16 else grads_all_finite(self.params.values())
+        distributed = self.job.distributed
+        # running statistics are per worker: in data-parallel runs only the reduced gradients agree
+        stats_ok = distributed or arrays_all_finite([p.list_data()[0] for p, _ in backup])
+        return self.guard.check({} if distributed else values, finite, stats_ok)
+
+    # -- after-step hooks --------------------------------------------------------------------
+    def advance(self, epoch, b, ok, values):
+        """Count the step; the position becomes that of the next batch to run."""
+        state = self.state
+        state["nonfinite_skipped"] = self.guard.skipped
+        state["step"] += 1
+        state["epoch"], state["batch"] = next_position(epoch, b, self.batches_per_epoch)
+        if ok:
+            self.window.append(values)
+
+    def observe(self, lr, values, n, seconds):
+        """Throughput, the monitor's line and scalars, and every ``frequent`` steps a curve point."""
+        imgs = n * self.job.num_workers
+        self.speed_imgs += imgs
+        self.speed_time += seconds
+        self.monitor.step(self.state["step"], lr=lr, parts=values, speed=imgs / max(seconds, 1e-9),
+                          skipped=self.guard.skipped)
+        if self.state["step"] % self.monitor.frequent == 0:
+            record_curve_point(self.state, self.window, lr)
+
+    def scheduled_checkpoint(self):
+        """Verification (and a checkpoint) every ``verbose`` steps, else a checkpoint every ``ckpt_every``."""
+        step = self.state["step"]
+        if self.verbose and step % self.verbose == 0:
+            self.verify_and_save()
+        elif self.cfg.ckpt_every and step % self.cfg.ckpt_every == 0:
+            self.save()
+
+    def final_checkpoint(self):
+        if self.verbose:
+            self.verify_and_save()
+        else:
+            self.save()
+
+    def save(self):
+        """A numbered checkpoint of the current step (worker 0, once per step, finite values only)."""
+        if self.ckpt is None or not self.is_chief or self.saved_at == self.state["step"]:
+            return
+        arg, aux, head = _checkpoint_params(self.method, self.student, self.symbol)
+        if not checkpoint.checkpoint_is_finite(arg, aux, head, self.state):
+            return
+        self.state["checkpoint"] += 1
+        self.ckpt.save(self.state["checkpoint"], symbol=self.symbol, arg_params=arg, aux_params=aux,
+                       head_params=head, trainer=self.trainer, state=self.state)
+        self.saved_at = self.state["step"]
+
+    def verify_and_save(self):
+        """Verification on the ``.bin`` sets of the current weights, then the checkpoint, then
+        the best result (which names that checkpoint)."""
+        if self.verify is None or not self.is_chief:
+            self.save()
+            return
+        arg, aux = _student_params(self.student, self.symbol)
+        results = self.verify(arg, aux)
+        self.save()
+        if results:
+            self.record_verification(results)
+
+    def record_verification(self, results):
+        """Log the accuracies; keep the best mean accuracy (and its checkpoint) in the state."""
+        state = self.state
+        acc = float(np.mean([r["accuracy"] for r in results.values()]))
+        log.info("verification at step %d: %s (mean %.5f)", state["step"],
+                 " ".join(f"{k}={r['accuracy']:.5f}" for k, r in results.items()), acc)
+        self.monitor.scalars("verification", {k: r["accuracy"] for k, r in results.items()}, state["step"])
+        if not state["best"] or acc > state["best"]["mean_accuracy"]:
+            state["best"] = {"checkpoint": state["checkpoint"] if self.ckpt is not None else None,
+                             "step": state["step"], "mean_accuracy": acc, "results": results}
+            if self.ckpt is not None:
+                checkpoint.write_state(self.prefix, state)
+
+    # -- summary -----------------------------------------------------------------------------
+    def summary(self):
+        state, window = self.state, self.window
+        summary = OrderedDict()
+        summary["losses"] = OrderedDict(
+            (k, float(np.mean([w[k] for w in window]))) for k in (window[-1] if window else {}))
+        summary["img_per_s"] = self.speed_imgs / self.speed_time if self.speed_time > 0 else 0.0
+        summary["best_verification"] = state["best"].get("results", {})
+        summary["best_checkpoint"] = state["best"].get("checkpoint")
+        summary["checkpoint"] = state["checkpoint"] if self.ckpt is not None and self.is_chief else None
+        summary["prefix"] = self.prefix or None
+        summary["epoch"] = state["epoch"]
+        summary["batch"] = state["batch"]
+        summary["steps"] = state["step"]
+        summary["nonfinite_skipped"] = self.guard.skipped
+        summary["rank"] = self.job.rank
+        summary["num_workers"] = self.job.num_workers
+        summary["params_sha1"] = params_digest(self.method.trainable_params())
+        summary["curve"] = state.get("curve", [])
+        return summary
