@@ -144,15 +144,64 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def launch(command, num_workers, num_servers=None, hosts=None, launcher=None, env=(), timeout=0):
-    """Run ``command`` on ``num_workers`` workers and ``num_servers`` servers plus a
-    scheduler.  ``launcher``: ``local`` (default without ``hosts``) or ``ssh``.
-    ``env``: ``NAME:VALUE`` pairs for every node.  Returns the exit status."""
+def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None, env=(), timeout=0):
+    """Run ``command`` on ``num_workers`` workers and ``num_servers`` servers plus a scheduler.
+
+    Parameters
+    ----------
+    command : list of str
+        The command every node runs (``shrinkteanet train --kvstore dist_sync ...``).
+    num_workers, num_servers : int
+        Workers; servers (default: as many as workers).
+    hosts : str, optional
+        A hosts file (one ``host[:port]`` per line) for ``ssh``.
+    launcher : str, optional
+        ``local`` (default without ``hosts``) or ``ssh``.
+    env : sequence of str
+        ``NAME:VALUE`` pairs for every node.
+    timeout : float
+        Stop the job after this many seconds (0: never); the status is then 124.
+
+    Returns
+    -------
+    int
+        The exit status: 0, the first failing node's status, 124 (timeout) or 130 (Ctrl-C).
+    """
+    launcher = _check_launch(command, num_workers, hosts, launcher)
+    num_servers = num_workers if num_servers is None else num_servers
+    local = launcher == "local"
+    _set_node_env(local, env)
+    argv = _tracker_argv(command, num_workers=num_workers, num_servers=num_servers, launcher=launcher, hosts=hosts)
+    procs = _Processes()
+    _install_shims(procs, local)
+    log.info("launch: %d worker(s), %d server(s), %s: %s", num_workers, num_servers, launcher, " ".join(command))
+    tracker = _Tracker(argv)
+    # launch.py installs a SIGINT handler; signal handlers can only be set from the main thread
+    old_signal = signal.signal
+    signal.signal = lambda *a, **k: None
+    try:
+        tracker.start()
+        rc = _watch(tracker, procs, timeout)
+    except KeyboardInterrupt:
+        procs.terminate_all()
+        return 130
+    finally:
+        signal.signal = old_signal
+    if rc is not None:
+        return rc
+    if procs.failures:
+        return procs.failures[0][1] or 1
+    if tracker.error is not None:
+        raise InputError(f"launch: {tracker.error}")
+    return int(tracker.rc or 0)
+
+
+def _check_launch(command, num_workers, hosts, launcher):
+    """One-line ``InputError`` for an empty command, no worker or a bad launcher/hosts; returns the launcher."""
     if not command:
         raise InputError("launch: no command given (put it after --)")
     if num_workers < 1:
         raise InputError(f"launch -n {num_workers}: need at least one worker")
-    num_servers = num_workers if num_servers is None else num_servers
     launcher = launcher or ("ssh" if hosts else "local")
     if launcher not in ("local", "ssh"):
         raise InputError(f"launch --launcher {launcher!r}: expected local or ssh")
@@ -160,7 +209,11 @@ def launch(command, num_workers, num_servers=None, hosts=None, launcher=None, en
         raise InputError("launch --launcher ssh needs --hosts FILE (one host[:port] per line)")
     if hosts and not os.path.exists(hosts):
         raise InputError(f"--hosts {hosts}: no such file")
-    local = launcher == "local"
+    return launcher
+
+
+def _set_node_env(local, env):
+    """The environment every node inherits: loopback node host for local runs, ``--env`` pairs."""
     if local:
         os.environ["DMLC_NODE_HOST"] = "127.0.0.1"
     for item in env:
@@ -168,55 +221,54 @@ def launch(command, num_workers, num_servers=None, hosts=None, launcher=None, en
         if not sep:
             raise InputError(f"--env {item!r}: expected NAME:VALUE")
         os.environ[name] = value
+
+
+def _tracker_argv(command, *, num_workers, num_servers, launcher, hosts):
+    """``sys.argv`` of ``mxnet/tools/launch.py`` for the job."""
     argv = [mxnet_launch_script(), "-n", str(num_workers), "-s", str(num_servers), "--launcher", launcher]
     if hosts:
         argv += ["-H", hosts]
     # launch.py joins the command with spaces and runs it through bash: quote each word
-    argv += [shlex.quote(c) for c in command]
-    procs = _Processes()
-    _install_shims(procs, local)
-    log.info("launch: %d worker(s), %d server(s), %s: %s", num_workers, num_servers, launcher, " ".join(command))
+    return argv + [shlex.quote(c) for c in command]
 
-    outcome = {}
 
-    def run():
+class _Tracker(threading.Thread):
+    """``mxnet/tools/launch.py`` run through ``runpy`` in a daemon thread; its exit status
+    (``rc``) or the exception it raised (``error``) are kept when it ends."""
+
+    def __init__(self, argv):
+        super().__init__(name="dmlc-launch", daemon=True)
+        self.argv = argv
+        self.rc = None
+        self.error = None
+
+    def run(self):
         saved = sys.argv
-        sys.argv = argv
+        sys.argv = self.argv
         try:
-            runpy.run_path(argv[0], run_name="__main__")
-            outcome["rc"] = 0
+            runpy.run_path(self.argv[0], run_name="__main__")
+            self.rc = 0
         except SystemExit as e:
-            outcome["rc"] = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            outcome["error"] = e
+            self.rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException as e:  # noqa: BLE001 - reported by launch
+            self.error = e
         finally:
             sys.argv = saved
 
-    # launch.py installs a SIGINT handler; signal handlers can only be set from the main thread
-    old_signal = signal.signal
-    signal.signal = lambda *a, **k: None
-    thread = threading.Thread(target=run, name="dmlc-launch", daemon=True)
-    try:
-        thread.start()
-        start = time.time()
-        while thread.is_alive():
-            thread.join(0.2)
-            if procs.failures:
-                role, rc = procs.failures[0]
-                log.error("launch: a %s exited with status %d; stopping the job", role, rc)
-                procs.terminate_all()
-                return rc if rc > 0 else 1
-            if timeout and time.time() - start > timeout:
-                log.error("launch: the job ran past %s s; stopping it", timeout)
-                procs.terminate_all()
-                return 124
-    except KeyboardInterrupt:
-        procs.terminate_all()
-        return 130
-    finally:
-        signal.signal = old_signal
-    if procs.failures:
-        return procs.failures[0][1] or 1
-    if "error" in outcome:
-        raise InputError(f"launch: {outcome['error']}")
-    return int(outcome.get("rc", 0) or 0)
+
+def _watch(tracker, procs, timeout):
+    """Wait for the tracker; the first failing node or the timeout stops the job.  Returns the
+    status to exit with then, or None when the tracker ended by itself."""
+    start = time.time()
+    while tracker.is_alive():
+        tracker.join(0.2)
+        if procs.failures:
+            role, rc = procs.failures[0]
+            log.error("launch: a %s exited with status %d; stopping the job", role, rc)
+            procs.terminate_all()
+            return rc if rc > 0 else 1
+        if timeout and time.time() - start > timeout:
+            log.error("launch: the job ran past %s s; stopping it", timeout)
+            procs.terminate_all()
+            return 124
+    return None

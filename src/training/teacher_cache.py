@@ -97,22 +97,54 @@ class TeacherCache:
         self.rows(np.asarray(keys))
 
 
-def build_cache(model, data, out, batch_size=64, ctx=None, chunk=1024, progress=True, mkldnn=True):
-    """Compute (or finish) the cache of ``model`` (``PREFIX,EPOCH`` or ``(prefix, epoch)``)
-    over the RecordIO set ``data`` into the folder ``out``.  Returns the metadata.
+def build_cache(model, data, out, *, batch_size=64, ctx=None, chunk=1024, progress=True, mkldnn=True):
+    """Compute (or finish) the cache of ``model`` over the RecordIO set ``data`` into the folder ``out``.
 
     Embeddings are the ``fc1`` outputs of ``shrinkteanet.eval.embed.Embedder`` (inference
-    mode: BatchNorm global statistics, as the frozen teacher in training)."""
-    from tqdm import tqdm
+    mode: BatchNorm global statistics, as the frozen teacher in training).
 
+    Parameters
+    ----------
+    model : str or (str, int)
+        ``PREFIX,EPOCH`` or ``(prefix, epoch)`` of the teacher.
+    data : str
+        The ``.rec`` (or its folder).
+    out : str
+        The cache folder; a partial cache of the same model and data is finished.
+    batch_size, ctx, mkldnn
+        Passed to the ``Embedder``.
+    chunk : int
+        Rows written (and ``done`` advanced) at a time.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The metadata (``meta.json``).
+    """
+    from shrinkteanet.core.utils import parse_model_arg
     from shrinkteanet.data.recordio import FaceRecordDataset
     from shrinkteanet.eval.embed import Embedder
-    from shrinkteanet.core.utils import parse_model_arg
 
     model_arg = model if isinstance(model, str) else f"{model[0]},{model[1]}"
     prefix, epoch = parse_model_arg(model_arg)
     ds = FaceRecordDataset(data)
     keys = np.asarray(sorted(int(k) for k in ds.all_record_ids), dtype=np.int64)
+    image_size = _square_image_size(ds)
+    embedder = Embedder((prefix, epoch), ctx=ctx, batch_size=batch_size, image_size=image_size[0], mkldnn=mkldnn)
+    probe = embedder.embed(np.zeros((1,) + tuple(image_size) + (3,), np.uint8), flip=False)
+    ident = {"version": VERSION, "model": f"{os.path.abspath(prefix)},{epoch}", "data": os.path.abspath(ds.path_rec),
+             "num_images": len(keys), "emb_size": int(probe.shape[1]), "image_size": int(image_size[0]),
+             "dtype": "float16"}
+    meta = _open_cache(out, ident, keys)
+    if meta["done"] < meta["num_images"]:
+        _fill(out, meta, _Source(ds, keys, image_size, embedder), chunk=chunk, progress=progress)
+    return meta
+
+
+def _square_image_size(ds):
+    """(H, W) of the set's images; the cache needs square faces."""
     if ds.image_size is None:
         img, _ = ds[0]
         image_size = img.shape[:2]
@@ -120,46 +152,64 @@ def build_cache(model, data, out, batch_size=64, ctx=None, chunk=1024, progress=
         image_size = tuple(ds.image_size)
     if image_size[0] != image_size[1]:
         raise InputError(f"{ds.path_rec}: images are {image_size[0]}x{image_size[1]}; the cache needs square faces")
-    embedder = Embedder((prefix, epoch), ctx=ctx, batch_size=batch_size, image_size=image_size[0], mkldnn=mkldnn)
-    probe = embedder.embed(np.zeros((1,) + tuple(image_size) + (3,), np.uint8), flip=False)
-    d = int(probe.shape[1])
-    n = len(keys)
-    ident = {"version": VERSION, "model": f"{os.path.abspath(prefix)},{epoch}", "data": os.path.abspath(ds.path_rec),
-             "num_images": n, "emb_size": d, "image_size": int(image_size[0]), "dtype": "float16"}
+    return image_size
+
+
+def _open_cache(out, ident, keys):
+    """The metadata of the cache in ``out``: an existing one of the same ``ident`` (model, data,
+    sizes), or a new empty one (keys and a zero-filled embedding file written)."""
     os.makedirs(out, exist_ok=True)
     meta = _read_meta(out)
-    emb_path = os.path.join(out, EMB)
+    n = ident["num_images"]
     if meta is not None:
-        same = all(meta.get(k) == v for k, v in ident.items())
-        if not same:
-            diff = [k for k, v in ident.items() if meta.get(k) != v]
+        diff = [k for k, v in ident.items() if meta.get(k) != v]
+        if diff:
             raise InputError(f"{os.path.join(out, META)}: cache was built for another {diff[0]} "
                              f"({meta.get(diff[0])!r} != {ident[diff[0]]!r}); use a new --out")
         if meta["done"] >= n:
             log.info("%s: complete (%d images)", out, n)
-            return meta
-        log.info("%s: resuming at image %d of %d", out, meta["done"], n)
-    else:
-        meta = dict(ident, done=0)
-        np.save(os.path.join(out, KEYS + ".tmp.npy"), keys)
-        os.replace(os.path.join(out, KEYS + ".tmp.npy"), os.path.join(out, KEYS))
-        with open(emb_path, "wb") as f:
-            f.truncate(n * 2 * d * 2)
-        write_json(os.path.join(out, META), meta)
-    emb = np.memmap(emb_path, dtype=np.float16, mode="r+", shape=(n, 2, d))
+        else:
+            log.info("%s: resuming at image %d of %d", out, meta["done"], n)
+        return meta
+    meta = dict(ident, done=0)
+    np.save(os.path.join(out, KEYS + ".tmp.npy"), keys)
+    os.replace(os.path.join(out, KEYS + ".tmp.npy"), os.path.join(out, KEYS))
+    with open(os.path.join(out, EMB), "wb") as f:
+        f.truncate(n * 2 * ident["emb_size"] * 2)
+    write_json(os.path.join(out, META), meta)
+    return meta
+
+
+class _Source:
+    """The images of record ``keys`` of ``ds`` and the ``embedder`` that embeds them."""
+
+    def __init__(self, ds, keys, image_size, embedder):
+        self.ds, self.keys, self.image_size, self.embedder = ds, keys, tuple(image_size), embedder
+
+    def embed(self, a, b):
+        """(emb, emb_mirror) of rows ``a:b``, float16."""
+        images = np.empty((b - a,) + self.image_size + (3,), np.uint8)
+        for i, k in enumerate(self.keys[a:b]):
+            img, _ = self.ds.read_key(int(k))
+            if img is None:  # corrupt JPEG: the loader never yields this key, any value will do
+                img = np.zeros(self.image_size + (3,), np.uint8)
+            images[i] = img
+        e, ef = self.embedder.embed_parts(images)
+        return e.astype(np.float16), ef.astype(np.float16)
+
+
+def _fill(out, meta, source, *, chunk, progress):
+    """Embed rows ``meta['done']..`` chunk by chunk; ``done`` moves on (atomically) after each
+    flushed chunk, so a killed build resumes where it stopped."""
+    from tqdm import tqdm
+
+    n = meta["num_images"]
+    emb = np.memmap(os.path.join(out, EMB), dtype=np.float16, mode="r+", shape=(n, 2, meta["emb_size"]))
     bar = tqdm(total=n, initial=meta["done"], unit="img", desc="cache-teacher", disable=not progress)
     try:
         for a in range(meta["done"], n, chunk):
             b = min(a + chunk, n)
-            images = np.empty((b - a,) + tuple(image_size) + (3,), np.uint8)
-            for i, k in enumerate(keys[a:b]):
-                img, _ = ds.read_key(int(k))
-                if img is None:  # corrupt JPEG: the loader never yields this key, any value will do
-                    img = np.zeros(tuple(image_size) + (3,), np.uint8)
-                images[i] = img
-            e, ef = embedder.embed_parts(images)
-            emb[a:b, 0] = e.astype(np.float16)
-            emb[a:b, 1] = ef.astype(np.float16)
+            emb[a:b, 0], emb[a:b, 1] = source.embed(a, b)
             emb.flush()
             meta["done"] = b
             write_json(os.path.join(out, META), meta)
@@ -167,4 +217,3 @@ def build_cache(model, data, out, batch_size=64, ctx=None, chunk=1024, progress=
     finally:
         bar.close()
         del emb
-    return meta
