@@ -1,0 +1,110 @@
+"""shrinkteanet.training.fit: the loop's phases on their own (start vs resume, position, one-save-per-step)."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+from _tiny_train import make_set, overrides
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.model import checkpoint
+from shrinkteanet.training import config, fit, train
+
+
+def test_next_position_wraps_at_the_epoch_end():
+    assert fit.next_position(2, 0, 4) == (2, 1)
+    assert fit.next_position(2, 2, 4) == (2, 3)
+    assert fit.next_position(2, 3, 4) == (3, 0)
+
+
+def test_resumed_state_takes_the_saved_position_and_drops_later_curve_points():
+    cfg = config.config_by_name("mfnr_self", ["seed=5"])
+    fresh = fit.fresh_state(cfg)
+    assert (fresh["epoch"], fresh["batch"], fresh["step"], fresh["checkpoint"]) == (0, 0, 0, 0)
+    assert fresh["seed"] == 5 and fresh["config"]["seed"] == 5 and "curve" not in fresh
+    saved = dict(fresh, epoch=3, batch=1, step=13, checkpoint=4, kept=[3, 4], best={"checkpoint": 3},
+                 nonfinite_skipped=2, seed=99, curve=[{"step": 10, "lr": 0.1}, {"step": 13, "lr": 0.1},
+                                                      {"step": 14, "lr": 0.1}])
+    state = fit.resumed_state(fresh, saved)
+    assert (state["epoch"], state["batch"], state["step"], state["checkpoint"]) == (3, 1, 13, 4)
+    assert state["kept"] == [3, 4] and state["best"] == {"checkpoint": 3} and state["nonfinite_skipped"] == 2
+    assert [p["step"] for p in state["curve"]] == [10, 13]  # a killed run's point after its checkpoint goes
+    assert state["seed"] == 5 and state["config"] is fresh["config"]  # the new run's own
+    assert fresh["step"] == 0  # not changed in place
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    data = make_set(root / "set", with_bin=False)
+    out = root / "run" / "model"
+    cfg = config.config_by_name("mfnr_self", overrides(data, out, "max_batches=7", "ckpt_every=3",
+                                                       "lr_schedule=constant"))
+    summary = train.train(cfg)
+    return data, out, summary
+
+
+def _phase_fit(data, out, *extra):
+    """A ``Fit`` over a freshly built method of the same run, before any phase ran."""
+    cfg = config.config_by_name("mfnr_self", overrides(data, out, "max_batches=7", "ckpt_every=3",
+                                                       "lr_schedule=constant", *extra))
+    job = train.make_job(cfg, [mx.cpu()])
+    loader = train.make_loader(cfg, job)
+    train.follow_data(cfg, loader)
+    student, method = train.build_student_method(cfg, job.ctx_list)
+    return fit.Fit(method, loader, cfg, job, student=student, student_symbol=student.embedding_symbol)
+
+
+def test_start_resume_picks_the_saved_position_weights_and_optimizer_state(run):
+    data, out, summary = run
+    saved = checkpoint.read_state(str(out))
+    # 8 images x 8 ids / batch 16 = 4 batches an epoch: checkpoints at steps 3, 4 (epoch end), 6 and 7 (the end)
+    assert saved["step"] == 7 and (saved["epoch"], saved["batch"]) == (1, 3) and saved["checkpoint"] == 4
+    f = _phase_fit(data, out)
+    f.build_trainer()
+    f.start(resume=True)
+    assert (f.state["epoch"], f.state["batch"], f.state["step"]) == (1, 3, 7)
+    assert f.state["checkpoint"] == 4 and f.saved_at == 7
+    assert fit.params_digest(f.method.trainable_params()) == summary["params_sha1"]
+    blob = mx.nd.load("%s-%04d.params" % (out, 4))
+    for name, p in f.method.collect_params().items():
+        key = f"arg:{name}" if f"arg:{name}" in blob else f"aux:{name}"
+        if key in blob:
+            assert np.array_equal(p.data().asnumpy(), blob[key].asnumpy()), name
+    # the momentum is the saved one, not zeros
+    states = f.trainer._updaters[0].states
+    assert any(float(mx.nd.abs(s).sum().asscalar()) > 0 for s in states.values() if s is not None)
+    f.open_hooks()
+    f.save()  # the resumed step is already on disk: nothing new is written
+    f.monitor.close()
+    assert checkpoint.read_state(str(out))["checkpoint"] == 4
+
+
+def test_start_fresh_is_at_zero_and_resume_without_a_state_is_refused(run, tmp_path):
+    data, _, _ = run
+    f = _phase_fit(data, tmp_path / "new" / "model")
+    f.build_trainer()
+    f.start(resume=False)
+    assert (f.state["epoch"], f.state["batch"], f.state["step"], f.state["checkpoint"]) == (0, 0, 0, 0)
+    assert f.saved_at == -1
+    g = _phase_fit(data, tmp_path / "none" / "model")
+    g.build_trainer()
+    with pytest.raises(InputError, match="no .*none/model-state.json to resume from"):
+        g.start(resume=True)
+
+
+def test_one_step_then_the_after_step_hooks_move_the_position_and_save(run, tmp_path):
+    data, _, _ = run
+    f = _phase_fit(data, tmp_path / "one" / "model", "ckpt_every=1")
+    f.build_trainer()
+    f.start(resume=False)
+    f.open_hooks()
+    batches = iter(f.loader.epoch(0, 0))
+    seen = []
+    f.callbacks = (seen.append,)
+    for b in range(4):  # the whole of epoch 0: the position wraps to epoch 1
+        f.train_batch(0, b, next(batches))
+    f.monitor.close()
+    assert [i["step"] for i in seen] == [1, 2, 3, 4] and all(i["ok"] for i in seen)
+    assert (f.state["epoch"], f.state["batch"], f.state["step"]) == (1, 0, 4)
+    saved = checkpoint.read_state(str(tmp_path / "one" / "model"))
+    assert saved["step"] == 4 and saved["checkpoint"] == 4 and f.saved_at == 4
+    assert len(f.window) == 4 and set(f.summary()["losses"]) == {"softmax"}
