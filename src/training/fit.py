@@ -275,7 +275,7 @@ def fresh_state(cfg):
 def resumed_state(state, saved):
     """``state`` continued from ``saved`` (a ``PREFIX-state.json``): position, checkpoints and
     skip count from the saved run, and its loss curve up to the saved step (points a killed run
-    recorded after its last checkpoint are replayed, not doubled)."""
+    recorded after the saved step are recorded again by the replay, not doubled)."""
     state = dict(state)
     for k in RESUMED_KEYS:
         state[k] = saved[k]
@@ -299,14 +299,30 @@ def set_classifier_multipliers(params, cfg):
 class Fit:
     """One training run of ``method`` over ``loader``; ``run(resume)`` returns the summary.
 
-    ``method(data, label[, teacher_emb]) -> {name: (batch,) NDArray}`` of already-weighted
-    loss parts; ``method.trainable_params()`` are updated.  ``loader.epoch(epoch, start_batch)``
-    yields batches with ``data``, ``label``, ``index``, ``flipped``; ``len(loader)`` batches per
-    epoch.  ``job``: contexts, kvstore, rank (``train.Context``).  ``student``: the embedding
-    block whose parameters form the InsightFace checkpoint (symbol ``student_symbol``); every
-    other non-frozen parameter of ``method`` goes to the ``.head.params`` file.
-    ``verify(arg, aux) -> {target: {accuracy, ...}}`` runs every ``cfg.verbose`` batches.
-    ``callbacks``: ``cb(info)`` after each step; may raise ``StopTraining``.
+    Parameters
+    ----------
+    method : gluon.Block
+        ``method(data, label[, teacher_emb]) -> {name: (batch,) NDArray}`` of already-weighted
+        loss parts (``methods.distill``); ``method.trainable_params()`` are updated.
+    loader
+        ``loader.epoch(epoch, start_batch)`` yields batches with ``data``, ``label``, ``index``,
+        ``flipped``; ``len(loader)`` batches per epoch.
+    cfg : EasyDict
+        The run's config (``training.config``).
+    job : train.Context
+        Contexts, kvstore, rank and number of workers.
+    student : EmbeddingNet, optional
+        The block whose parameters form the InsightFace checkpoint (symbol ``student_symbol``);
+        every other non-frozen parameter of ``method`` goes to the ``.head.params`` file.
+    student_symbol : mx.sym.Symbol, optional
+        The ``fc1`` symbol written as ``PREFIX-symbol.json``.
+    teacher_cache : TeacherCache, optional
+        Teacher embeddings looked up per batch instead of the teacher's forward pass.
+    callbacks : sequence of callable
+        ``cb(info)`` after each step (``info``: epoch, batch, step, lr, losses, ok, trainer,
+        method); may raise ``StopTraining``.
+    verify : callable, optional
+        ``verify(arg, aux) -> {target: {accuracy, ...}}``, run every ``cfg.verbose`` batches.
     """
 
     def __init__(self, method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None,
@@ -335,7 +351,18 @@ class Fit:
 
     # -- phases ------------------------------------------------------------------------------
     def run(self, resume=False):
-        """All phases; returns the summary dict (final losses, img/s, best verification, position)."""
+        """All phases in order.
+
+        Parameters
+        ----------
+        resume : bool
+            Continue the run of ``PREFIX-state.json`` instead of starting at batch 0.
+
+        Returns
+        -------
+        OrderedDict
+            ``summary()``: final losses, img/s, best verification, checkpoint, position, digest, curve.
+        """
         self.build_trainer()
         self.start(resume)
         self.open_hooks()
@@ -480,6 +507,7 @@ class Fit:
         return losses, part_sums
 
     def _backward(self, losses):
+        """Backward of every context's loss; under AMP through its dynamic loss scale."""
         from mxnet import autograd
 
         if self.cfg.fp16:
@@ -528,6 +556,7 @@ class Fit:
             self.save()
 
     def final_checkpoint(self):
+        """The end of the run: verification and checkpoint (or the checkpoint alone)."""
         if self.verbose:
             self.verify_and_save()
         else:
@@ -572,6 +601,8 @@ class Fit:
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self):
+        """The run's result: losses (mean over the last ``frequent`` good steps), img/s, best
+        verification and its checkpoint, last checkpoint, position, skips, ``params_sha1``, curve."""
         state, window = self.state, self.window
         summary = OrderedDict()
         summary["losses"] = OrderedDict(

@@ -31,11 +31,10 @@ import numpy as np
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import mxnet_reason
-# the loop's names, kept importable from here (the CLI, benches and tests use ``train.X``)
-from shrinkteanet.model.checkpoint import STATE_SUFFIX, Checkpointer, read_state  # noqa: F401
-from shrinkteanet.training.fit import (Fit, Monitor, NonFiniteGuard, NonFiniteLossError,  # noqa: F401
-                                       StopTraining, params_digest)
-from shrinkteanet.training.schedule import build_lr_schedule, seed_everything, step_seed, total_batches  # noqa: F401
+# names of the loop and its files that the CLI, benches and tests use as ``train.X``
+from shrinkteanet.model.checkpoint import read_state  # noqa: F401
+from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
+from shrinkteanet.training.schedule import build_lr_schedule, seed_everything, total_batches  # noqa: F401
 
 log = get_logger(__name__)
 
