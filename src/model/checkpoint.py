@@ -19,13 +19,12 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
-from shrinkteanet.core.utils import atomic_open, mxnet_reason, write_json
+from shrinkteanet.core.utils import atomic_open, atomic_path, mxnet_reason, write_json
 
 log = get_logger(__name__)
 
@@ -76,8 +75,8 @@ def stray_files(prefix, keep):
 # ------------------------------------------------------------------ the one writer
 def write_by_name(path, write):
     """Run ``write(temp_path)`` (a library call that wants a file name: ``mx.nd.save``,
-    ``Trainer.save_states``) on a temp file beside ``path``, then fsync it, rename it to
-    ``path`` and fsync the folder.  On failure the temp file is removed.
+    ``Trainer.save_states``) through ``core.utils.atomic_path``: temp file beside ``path``,
+    fsync, rename, fsync of the folder; on failure the temp file is removed.
 
     Parameters
     ----------
@@ -86,28 +85,8 @@ def write_by_name(path, write):
     write : callable
         ``write(temp_path)`` writes the whole file.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        _fsync(tmp, os.O_RDONLY)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-
-
-def _fsync(path, flags):
-    """Flush a file (or a folder's entries) that was written by name to disk."""
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_nd(path, arrays):
