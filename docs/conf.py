@@ -38,7 +38,7 @@ if os.environ.get("SHRINKTEANET_DOCS_INTERSPHINX") == "1":
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "results/*.json"]
+exclude_patterns = ["_build", "results/*.json", "examples/**"]
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 
@@ -107,8 +107,71 @@ def widen_simple_tables(lines):
     return lines
 
 
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def _is_markup(line):
+    text = line.lstrip()
+    return text.startswith((":", "..", "* ", "- ", "| ", ">>>")) or _is_border(line)
+
+
+def _block_end(lines, start, base):
+    end = start
+    while end < len(lines) and lines[end].strip() and _indent(lines[end]) > base:
+        end += 1
+    return end
+
+
+def close_indented_blocks(lines):
+    """Plain-text layouts that docutils rejects, rendered instead of failing the build: an indented block right
+    after a paragraph of several lines ("Unexpected indentation") becomes a literal block (the paragraph's
+    closing ``:`` becomes ``::``), and an indented block followed at once by unindented text ("ends without a
+    blank line") gets the blank line.  Valid reST (definition lists, fields, lists) is left as it is."""
+    i = 1
+    while i < len(lines):
+        prev, line = lines[i - 1], lines[i]
+        if line.strip() and prev.strip() and _indent(line) > _indent(prev) and not _is_markup(prev):
+            base = _indent(prev)
+            paragraph = i >= 2 and lines[i - 2].strip() and _indent(lines[i - 2]) == base
+            end = _block_end(lines, i, base)
+            if end < len(lines) and lines[end].strip():
+                lines.insert(end, "")
+            if paragraph:
+                lines[i - 1] = prev.rstrip() + (":" if prev.rstrip().endswith(":") else "::")
+                lines.insert(i, "")
+            i = end + 1
+        i += 1
+    return lines
+
+
+#: the docutils complaints the repairs above answer; any other message is left to fail the build
+_LAYOUT_MESSAGES = ("Malformed table", "Unexpected indentation", "ends without a blank line")
+
+
+def _layout_problems(lines):
+    """True when plain docutils reports one of ``_LAYOUT_MESSAGES`` for this docstring."""
+    from docutils.core import publish_doctree
+    from docutils.utils import SystemMessage
+
+    problems = []
+    settings = {"report_level": 5, "halt_level": 5, "warning_stream": False}
+    try:
+        tree = publish_doctree("\n".join(lines), settings_overrides=settings)
+    except SystemMessage:
+        return True
+    for msg in tree.traverse(lambda n: n.tagname == "system_message"):
+        problems.append(msg.astext())
+    return any(m in p for p in problems for m in _LAYOUT_MESSAGES)
+
+
 def _repair_docstring(app, what, name, obj, options, lines):
+    """Repair only docstrings whose layout docutils rejects; every other docstring is rendered as written."""
+    if not _layout_problems(lines):
+        return
     widen_simple_tables(lines)
+    if _layout_problems(lines):
+        close_indented_blocks(lines)
 
 
 def setup(app):
