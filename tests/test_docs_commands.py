@@ -180,7 +180,7 @@ def _tiny(words, env):
 def _run(cmd, env, out):
     env = dict(env, OUT=str(out))
     expanded = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), cmd)
-    words = _tiny(shlex.split(expanded), env)
+    words = _tiny(shlex.split(expanded, comments=True), env)
     while words and re.match(r"^[A-Z_]+=", words[0]):  # leading VAR=value words: the command's environment
         k, v = words.pop(0).split("=", 1)
         env[k] = v
