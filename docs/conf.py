@@ -4,13 +4,12 @@ The API pages are generated from the docstrings (autosummary with ``:recursive:`
 package as its sub-packages change; the guides are MyST Markdown.  The build runs with ``-W --keep-going``:
 any warning fails it (``make docs`` and ``tests/test_docs.py``).
 """
+import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "_ext"))  # the docs' own extension (scaling tables); not the package
 
 project = "shrinkteanet"
 author = "shrinkteanet authors"
@@ -23,8 +22,8 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "myst_parser",
-    "scaling_tables",
 ]
+# Equations: MathJax, which the browser loads from its CDN; offline the pages show the TeX source instead.
 
 # intersphinx to MXNet / NumPy is left out on purpose: the build must run offline (CI and this machine have
 # no network), and intersphinx with unreachable inventories prints a warning per inventory, which -W turns
@@ -177,5 +176,14 @@ def _repair_docstring(app, what, name, obj, options, lines):
         close_indented_blocks(lines)
 
 
+def _load_tables_extension():
+    """``_ext/scaling_tables.py`` (the tables computed at build time), loaded by path: no ``sys.path`` edit."""
+    spec = importlib.util.spec_from_file_location("scaling_tables", HERE / "_ext" / "scaling_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _repair_docstring)
+    return _load_tables_extension().setup(app)
