@@ -14,7 +14,7 @@ GPUS ?=
 MODEL ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-assets demo bench clean info
+.PHONY: help install test test-assets demo bench clean info docs
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ info: install  ## print package, mxnet features, versions and visible devices
 TESTS ?= tests
 test: install test-assets  ## run the pytest suite, one process per file (creates .venv first if needed)
 	$(PY) tests/run_isolated.py $(TESTS)
+
+# Sphinx: guides (MyST Markdown) + API pages from the docstrings; any warning fails (-W --keep-going).
+DOCS_OUT ?= build/docs
+docs: install  ## build the HTML documentation into build/docs/html (fails on any Sphinx warning)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs $(DOCS_OUT)/html
+	@echo "docs: $(DOCS_OUT)/html/index.html"
 
 # Real photographs for the MTCNN tests: tests/test_images of the face_recognition 1.3.0
 # source archive on PyPI (checksum-pinned), unpacked into $(TEST_ASSETS)/face_recognition/.

@@ -55,7 +55,10 @@ setup(
         "cpu": ["mxnet==1.9.1"],
         "cu112": ["mxnet-cu112==1.9.1"],
         "onnx": ["onnx==1.15.0", "onnxruntime", "protobuf"],
-        "test": ["pytest", "wheel", "onnx==1.15.0", "onnxruntime", "protobuf", "psutil", "hypothesis>=6.100,<7"],
+        "docs": ["sphinx", "myst-parser"],
+        # the suite builds the docs (tests/test_docs.py), so the test extra carries the docs tools
+        "test": ["pytest", "wheel", "onnx==1.15.0", "onnxruntime", "protobuf", "psutil", "hypothesis>=6.100,<7",
+                 "sphinx", "myst-parser"],
     },
     entry_points={"console_scripts": ["shrinkteanet=shrinkteanet.cli:main"]},
 )
