@@ -101,12 +101,12 @@ small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the t
 # demo's synthetic set with the demo's small networks and schedule (OUT=$(OUT)/recipes-small) and say so.
 SMALL_DATA = $(OUT)/demo/synth
 RECIPE_OUT = $(OUT)/recipes$(if $(DATA),,-small)
-# $(call RECIPE,row,network of the small-scale overrides)
-RECIPE = $(if $(DATA),,@echo "DATA is not set: $(1) runs on the synthetic set $(SMALL_DATA) at the demo's small scale"; \
+# $(call RECIPE,row,network of the small-scale overrides[,arguments of the recipe])
+RECIPE = $(if $(DATA),,@echo "DATA is not set: $(strip $(1) $(3)) runs on the synthetic set $(SMALL_DATA) at the demo's small scale"; \
 	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS) >/dev/null;) \
 	DATA=$(or $(DATA),$(SMALL_DATA)) OUT=$(RECIPE_OUT) GPUS=$(GPUS) SHRINKTEANET=$(CLI) $(if $(TEACHER),TEACHER=$(TEACHER)) \
 	$(if $(DATA),$(if $(MEGAFACE),MEGAFACE=$(MEGAFACE)) $(if $(IJB),IJB=$(IJB)),MEGAFACE=$(SMALL_DATA)/megaface IJB=$(SMALL_DATA)) \
-	EXTRA="$(if $(DATA),,$$($(CLI) demo --recipe-extra $(2) $(DEMO_FLAGS))) $(EXTRA)" bash recipes/$(1).sh
+	EXTRA="$(if $(DATA),,$$($(CLI) demo --recipe-extra $(2) $(DEMO_FLAGS))) $(EXTRA)" bash recipes/$(1).sh $(3)
 .PHONY: train-teacher train-teacher-r100 train-mfnr train-mfnr-self train-mfnr-l2 train-mfn-self train-mfn-l2 \
 	train-mfn-stn train-mv1-self train-mv1-l2 train-mv1-stn train-mv2-self train-mv2-l2 train-mv2-stn \
 	train-mfn-margin train-lowres-kt train-lowres-kd train-lowres-ktkd
@@ -141,11 +141,11 @@ train-mv2-stn: install  ## MobileNetV2 with ShrinkTeaNet
 train-mfn-margin: install  ## MarginDistillation, MobileFaceNet student
 	$(call RECIPE,mfn_margin,mfn)
 train-lowres-kt: install  ## low-resolution student (teacher's architecture at LOWRES=56; STUDENT=mfn..), knowledge transfer
-	$(call RECIPE,lowres_kt,lowres)
+	$(call RECIPE,lowres,lowres,kt)
 train-lowres-kd: install  ## low-resolution student, knowledge distillation
-	$(call RECIPE,lowres_kd,lowres)
+	$(call RECIPE,lowres,lowres,kd)
 train-lowres-ktkd: install  ## low-resolution student, KT + KD
-	$(call RECIPE,lowres_ktkd,lowres)
+	$(call RECIPE,lowres,lowres,ktkd)
 
 BENCHES ?= loader synth distill train eval deploy mtcnn
 bench: install test-assets  ## run every benchmark (BENCHES="loader eval ..." for some) -> docs/benchmarks.md

@@ -27,6 +27,8 @@ os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
 import numpy as np  # noqa: E402
 
+from shrinkteanet.study.tiny import random_params  # noqa: E402
+
 SECTION = "## Deployment: export and CPU inference (bench/bench_deploy.py)"
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 
@@ -46,30 +48,6 @@ def sgemm_rate(n=1024, reps=10):
             fn()
             best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t))
     return best
-
-
-def init_params(sym, size, seed=0):
-    """He-normal weights, identity BatchNorm statistics, PReLU slope 0.25."""
-    import mxnet as mx
-
-    rng = np.random.RandomState(seed)
-    a_shapes, _, x_shapes = sym.infer_shape(data=(1, 3, size, size))
-    arg, aux = {}, {}
-    for name, shape in zip(sym.list_arguments(), a_shapes):
-        if name == "data":
-            continue
-        if name.endswith("_weight"):
-            v = rng.normal(0, np.sqrt(2.0 / int(np.prod(shape[1:]))), shape)
-        elif name.endswith("relu_gamma"):
-            v = np.full(shape, 0.25)
-        elif name.endswith("_gamma"):
-            v = np.ones(shape)
-        else:
-            v = np.zeros(shape)
-        arg[name] = mx.nd.array(v, dtype="float32")
-    for name, shape in zip(sym.list_auxiliary_states(), x_shapes):
-        aux[name] = mx.nd.array(np.ones(shape) if name.endswith("var") else np.zeros(shape), dtype="float32")
-    return arg, aux
 
 
 def fit_bn_stats(sym, arg, aux, images):
@@ -118,7 +96,7 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
         source = f"checkpoint {model[0]},{model[1]}"
     else:
         sym = get_symbol(net, emb_size=512)
-        arg, aux = init_params(sym, size)
+        arg, aux = random_params(sym, size, batchnorm="identity")  # He weights, identity BatchNorm
         arg, aux = fit_bn_stats(sym, arg, aux, calib[:64])
         source = "random He init, BatchNorm statistics fitted on 64 calibration faces (no trained student)"
     macs = count_flops(sym, size)

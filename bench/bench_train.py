@@ -33,16 +33,10 @@ SIZE, IDS, PER, BATCH = 56, 32, 8, 32
 
 
 def make_set(path):
-    from shrinkteanet.data.recordio import write_rec_set
+    """The bench's 56x56 set: colour layouts on a 7x7 grid (shrinkteanet.study.tiny)."""
+    from shrinkteanet.study.tiny import write_tiny_set
 
-    rng = np.random.RandomState(0)
-    protos = rng.randint(0, 256, size=(IDS, 7, 7, 3)).astype(np.float32)
-    samples = []
-    for c in range(IDS):
-        base = np.kron(protos[c], np.ones((SIZE // 7, SIZE // 7, 1)))
-        for _ in range(PER):
-            samples.append((np.clip(base + rng.randn(SIZE, SIZE, 3) * 25, 0, 255).astype(np.uint8), c))
-    write_rec_set(path, samples, image_size=(SIZE, SIZE), workers=1, progress=False)
+    write_tiny_set(path, IDS, PER, SIZE, with_bin=False, grid=7)
 
 
 def common(data):

@@ -88,3 +88,13 @@ need_teacher() {
   TEACHER_ARG="${TEACHER:-$(teacher_default)}"
   echo "teacher: $TEACHER_ARG"
 }
+
+# lowres_row kt|kd|ktkd STUDENT: a low-resolution row; a mobile student has its own config, any other
+# network is the teacher-architecture student of mfn_lowres_* with network=STUDENT
+lowres_row() {
+  local mode="$1" student="$2"
+  case "$student" in
+    mfn|mfnr|mv1|mv2) train_row "${student}_lowres_${mode}" "${student}_lowres_${mode}" "lowres_size=${LOWRES:-56}" ;;
+    *) train_row "mfn_lowres_${mode}" "${student}_lowres_${mode}" "network=$student" "lowres_size=${LOWRES:-56}" ;;
+  esac
+}

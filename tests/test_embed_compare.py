@@ -13,7 +13,7 @@ import pytest
 
 from shrinkteanet.cli import main
 from shrinkteanet.symbols import get_symbol
-from _params import random_params
+from shrinkteanet.study.tiny import random_params
 
 SIZE = 32
 EMB = 16

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from shrinkteanet.deploy import graph, runner
 from shrinkteanet.cli import main
 from shrinkteanet.symbols import get_symbol
-from _params import random_params
+from shrinkteanet.study.tiny import random_params
 
 SIZE = 32
 EMB = 16

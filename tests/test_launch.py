@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from _tiny_train import make_set, overrides
+from shrinkteanet.study.tiny import train_overrides, write_tiny_set
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("launch") / "set", with_bin=False)
+    return write_tiny_set(tmp_path_factory.mktemp("launch") / "set", with_bin=False)
 
 
 def _launch(*args, timeout=240):
@@ -25,7 +25,7 @@ def test_two_workers_one_server_end_with_identical_parameters(data, tmp_path):
     r = _launch("-n", "2", "-s", "1", "--env", "OMP_NUM_THREADS:1", "--timeout", "200", "--",
                 sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--kvstore", "dist_sync",
                 "--max-batches", "5", "--out", str(out), "--json", str(tmp_path / "summary-{rank}.json"),
-                *overrides(data, None))
+                *train_overrides(data, None))
     assert r.returncode == 0, r.stderr[-3000:]
     s0 = json.loads((tmp_path / "summary-0.json").read_text())
     s1 = json.loads((tmp_path / "summary-1.json").read_text())
@@ -45,7 +45,7 @@ def test_two_workers_one_server_end_with_identical_parameters(data, tmp_path):
 def test_a_failing_worker_fails_the_job(data, tmp_path):
     r = _launch("-n", "2", "-s", "1", "--timeout", "120", "--",
                 sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--kvstore", "dist_sync",
-                "--max-batches", "2", *overrides(tmp_path / "no-such-set", None))
+                "--max-batches", "2", *train_overrides(tmp_path / "no-such-set", None))
     assert r.returncode == 2, r.stderr[-3000:]
     assert "a worker exited with status 2" in r.stderr and "no-such-set" in r.stderr
 
@@ -54,5 +54,5 @@ def test_launch_needs_a_command_and_dist_needs_launch(tmp_path, data):
     r = _launch("-n", "2")
     assert r.returncode == 2 and "command" in r.stderr
     r = subprocess.run([sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--kvstore",
-                        "dist_sync", *overrides(data, None, "max_batches=1")], capture_output=True, text=True)
+                        "dist_sync", *train_overrides(data, None, "max_batches=1")], capture_output=True, text=True)
     assert r.returncode == 2 and "shrinkteanet launch" in r.stderr.strip().splitlines()[-1]

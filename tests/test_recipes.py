@@ -17,7 +17,18 @@ from shrinkteanet.study import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "recipes")
-ROWS = sorted(f[:-3] for f in os.listdir(RECIPES) if f.endswith(".sh") and not f.startswith("_") and f != "eval_all.sh")
+SCRIPTS = sorted(f[:-3] for f in os.listdir(RECIPES) if f.endswith(".sh") and not f.startswith("_") and f != "eval_all.sh")
+#: recipe with a mode argument -> its modes: ``lowres.sh kt`` is the paper row lowres_kt
+MODES = {"lowres": ("kt", "kd", "ktkd")}
+ROWS = sorted(f"{s}_{m}" for s in SCRIPTS for m in MODES.get(s, ())) + [s for s in SCRIPTS if s not in MODES]
+
+
+def _command(row):
+    """``recipes/SCRIPT.sh [MODE]`` of a paper row."""
+    script, _, mode = row.rpartition("_")
+    if script in MODES and mode in MODES[script]:
+        return [os.path.join(RECIPES, f"{script}.sh"), mode]
+    return [os.path.join(RECIPES, f"{row}.sh")]
 
 #: recipe -> (config name, network, distill) the dry run must resolve
 EXPECTED = {"teacher_r90": ("teacher_r90", "r90", "none"), "teacher_r100": ("teacher_r100", "r100", "none"),
@@ -39,15 +50,14 @@ def _dry_run(row, tmp_path, **env):
     e = dict(os.environ, TMPDIR=str(tmp_path), SHRINKTEANET=_cli(), DATA="/data/faces_emore", OUT=str(tmp_path / "o"))
     e.pop("EXTRA", None)
     e.update(env)
-    return subprocess.run(["bash", os.path.join(RECIPES, f"{row}.sh"), "--dry-run"], env=e, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(["bash", *_command(row), "--dry-run"], env=e, capture_output=True, text=True, timeout=60)
 
 
 def test_every_paper_row_has_a_recipe():
     assert set(ROWS) == set(EXPECTED), set(ROWS) ^ set(EXPECTED)
 
 
-@pytest.mark.parametrize("script", ROWS + ["eval_all", "_common"])
+@pytest.mark.parametrize("script", SCRIPTS + ["eval_all", "_common"])
 def test_recipe_parses(script):
     r = subprocess.run(["bash", "-n", os.path.join(RECIPES, f"{script}.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -85,6 +95,8 @@ def test_dry_run_rejects_a_bad_override(tmp_path):
     assert r.returncode == 2 and "lr" in r.stderr
     r = subprocess.run(["bash", os.path.join(RECIPES, "mfn_self.sh"), "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "--bogus" in r.stderr
+    r = subprocess.run(["bash", os.path.join(RECIPES, "lowres.sh"), "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 2 and "kt, kd or ktkd" in r.stderr  # a mode recipe without its mode
 
 
 def test_default_teacher_is_the_newest_checkpoint(tmp_path):
@@ -132,7 +144,9 @@ def test_make_help_lists_a_train_target_per_row():
     with open(os.path.join(ROOT, "Makefile")) as f:
         mk = f.read()
     used = set(re.findall(r"^\t\$\(call RECIPE,(\w+),", mk, re.M))
-    assert used == set(ROWS)  # every recipe row has its make target
+    assert used == set(SCRIPTS)  # every recipe has its make target
+    for script, modes in MODES.items():  # ... and every mode of it
+        assert set(re.findall(rf"^\t\$\(call RECIPE,{script},\w+,(\w+)\)", mk, re.M)) == set(modes)
 
 
 def test_make_train_target_runs_the_recipe_with_data():

@@ -102,11 +102,11 @@ def test_property_files(data):
 
 @pytest.fixture(scope="module")
 def rec_set(tmp_path_factory):
-    from _tiny_train import make_images
+    from shrinkteanet.study.tiny import layout_images
     from shrinkteanet.data.recordio import write_rec_set
 
     d = tmp_path_factory.mktemp("fuzzrec")
-    write_rec_set(d, make_images(ids=3, per=2, size=16), image_size=(16, 16), workers=1, progress=False)
+    write_rec_set(d, layout_images(ids=3, per=2, size=16), image_size=(16, 16), workers=1, progress=False)
     return d
 
 

@@ -13,13 +13,13 @@ import numpy as np
 import psutil
 import pytest
 
-from _tiny_train import make_images, make_set, overrides
+from shrinkteanet.study.tiny import layout_images, train_overrides, write_tiny_set
 from shrinkteanet.core.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("inputs") / "set", with_bin=False)
+    return write_tiny_set(tmp_path_factory.mktemp("inputs") / "set", with_bin=False)
 
 
 # --- defect 2 -------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def test_labels_outside_num_classes_are_refused_naming_record_and_label(tmp_path
     from shrinkteanet.data.loader import FaceLoader
     from shrinkteanet.data.recordio import FaceRecordDataset, write_rec_set
 
-    write_rec_set(tmp_path, make_images(ids=8, per=2), image_size=(32, 32), workers=1, progress=False)
+    write_rec_set(tmp_path, layout_images(ids=8, per=2), image_size=(32, 32), workers=1, progress=False)
     (tmp_path / "property").write_text("3,32,32")  # labels 0..7 but property says 3 classes
     ds = FaceRecordDataset(str(tmp_path))
     first_bad = min(k for k in ds.all_record_ids if ds.label_of(k) >= 3)
@@ -48,7 +48,7 @@ def test_labels_outside_num_classes_are_refused_naming_record_and_label(tmp_path
 def test_loader_workers_exit_when_the_trainer_dies(data, tmp_path, sig):
     """The old workers each held the write end of their own task pipe and blocked forever."""
     cmd = [sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--out", str(tmp_path / "run"),
-           *overrides(data, None, "max_batches=100000", "lr_schedule=constant"), "workers=2"]
+           *train_overrides(data, None, "max_batches=100000", "lr_schedule=constant"), "workers=2"]
     trainer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:
@@ -106,7 +106,7 @@ def test_path_inside_follows_symbolic_links(tmp_path):
 def _jpegs(n=4):
     from shrinkteanet.data.recordio import encode_image
 
-    return [encode_image(img) for img, _ in make_images(ids=n, per=1, size=32)]
+    return [encode_image(img) for img, _ in layout_images(ids=n, per=1, size=32)]
 
 
 @pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from _tiny_train import make_set, overrides, train_teacher
+from shrinkteanet.study.tiny import train_overrides, train_tiny_teacher, write_tiny_set
 from shrinkteanet.cli import main as cli_main
 
 
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("mistakes")
-    data = make_set(root / "set")
-    return data, train_teacher(data, root / "teacher"), root
+    data = write_tiny_set(root / "set")
+    return data, train_tiny_teacher(data, root / "teacher"), root
 
 
 def error_line(capsys, argv):
@@ -30,7 +30,7 @@ def error_line(capsys, argv):
 
 
 def _train(data, *extra):
-    return ["train", "--config", "mfnr_self", *overrides(data, None, "max_batches=1", *extra)]
+    return ["train", "--config", "mfnr_self", *train_overrides(data, None, "max_batches=1", *extra)]
 
 
 def test_data_pack_image_size_not_a_number(tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_meaningless_numbers_are_refused(tiny, capsys, override, key):
 
 def test_teacher_net_opts_not_matching_the_checkpoint(tiny, capsys):
     data, teacher, _ = tiny
-    line = error_line(capsys, ["train", "--config", "mfnr_stn", *overrides(
+    line = error_line(capsys, ["train", "--config", "mfnr_stn", *train_overrides(
         data, None, "max_batches=1", f"teacher={teacher}",
         "teacher_net_opts={'units':[1,1,1,1],'filters':[8,8,16,16,64]}")])
     assert "teacher_net_opts=" in line and "stage4_unit1_conv1_weight" in line

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from _tiny_train import make_set, overrides
+from shrinkteanet.study.tiny import train_overrides, write_tiny_set
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 
@@ -16,7 +16,7 @@ RUN = ("max_batches=40", "ckpt_every=3", "keep_last=1", "lr_schedule=step", "lr_
 
 def _cli(data, out, *flags):
     return [sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--out", str(out), *flags,
-            *overrides(data, None, *RUN)]
+            *train_overrides(data, None, *RUN)]
 
 
 def _kill_after_step(cmd, state_path, step):
@@ -39,8 +39,8 @@ def _kill_after_step(cmd, state_path, step):
 
 
 def test_sigkill_at_three_points_then_resume_is_bit_exact(tmp_path):
-    data = make_set(tmp_path / "set", with_bin=False)
-    full = train.train(config.config_by_name("mfnr_self", overrides(data, tmp_path / "full" / "model", *RUN)))
+    data = write_tiny_set(tmp_path / "set", with_bin=False)
+    full = train.train(config.config_by_name("mfnr_self", train_overrides(data, tmp_path / "full" / "model", *RUN)))
     out = tmp_path / "cut"
     state = out / "model-state.json"
     steps = [_kill_after_step(_cli(data, out), state, 6)]

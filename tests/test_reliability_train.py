@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from _tiny_train import make_set, overrides
+from shrinkteanet.study.tiny import train_overrides, write_tiny_set
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 from shrinkteanet.core.errors import InputError
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_set(tmp_path_factory.mktemp("rel") / "set", with_bin=False)
+    return write_tiny_set(tmp_path_factory.mktemp("rel") / "set", with_bin=False)
 
 
 def _cfg(data, out, *extra, name="mfnr_self"):
-    return config.config_by_name(name, overrides(data, out, "lr_schedule=constant", *extra))
+    return config.config_by_name(name, train_overrides(data, out, "lr_schedule=constant", *extra))
 
 
 def _checkpoints_on_disk(folder):
@@ -94,7 +94,7 @@ def test_a_held_output_folder_is_refused_at_once_naming_the_holder(data, tmp_pat
         assert time.time() - t0 < 10
         assert not list(folder.glob("model-*"))  # nothing of the second run was written
         r = subprocess.run([sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--out",
-                            str(folder), *overrides(data, None, "max_batches=2")], capture_output=True, text=True)
+                            str(folder), *train_overrides(data, None, "max_batches=2")], capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
             f"shrinkteanet: error: {folder}: another training holds this output folder (pid {holder.pid} ")
         assert not list(folder.glob("model-*"))  # not even the log
@@ -114,7 +114,7 @@ def test_a_new_run_over_an_old_one_needs_resume_or_overwrite(data, tmp_path, cap
     assert _checkpoints_on_disk(out.parent) == [1, 2, 3, 4]
     state_before = (out.parent / "model-state.json").read_text()
     args = ["train", "--config", "mfnr_self", "--out", str(out.parent),
-            *overrides(data, None, "lr_schedule=constant", "max_batches=2")]
+            *train_overrides(data, None, "lr_schedule=constant", "max_batches=2")]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("shrinkteanet: error: ") and "--resume" in err[-1] and "--overwrite" in err[-1]
@@ -131,7 +131,7 @@ def test_out_naming_a_file_is_one_line(data, tmp_path, capsys):
 
     f = tmp_path / "afile"
     f.write_text("x")
-    assert cli_main(["train", "--config", "mfnr_self", "--out", str(f), *overrides(data, None, "max_batches=1")]) == 2
+    assert cli_main(["train", "--config", "mfnr_self", "--out", str(f), *train_overrides(data, None, "max_batches=1")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"shrinkteanet: error: --out {f}: exists and is not a directory"
 
@@ -200,7 +200,7 @@ def test_a_crash_while_pruning_loses_nothing(data, tmp_path, monkeypatch):
 
 # --- defect 11 ------------------------------------------------------------------------------
 def test_no_num_classes_warning_unless_the_config_sets_it(data, tmp_path, caplog):
-    base = [o for o in overrides(data, None, "max_batches=1") if not o.startswith("num_classes=")]
+    base = [o for o in train_overrides(data, None, "max_batches=1") if not o.startswith("num_classes=")]
     cfg = config.config_by_name("mfnr_self", base + [f"out={tmp_path / 'a' / 'model'}"])
     assert cfg.num_classes == 85742  # the emore row's count, not chosen for this set
     with caplog.at_level(logging.INFO, logger="shrinkteanet"):

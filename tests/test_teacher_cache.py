@@ -8,7 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from _tiny_train import make_set, overrides, train_teacher
+from shrinkteanet.study.tiny import train_overrides, train_tiny_teacher, write_tiny_set
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 from shrinkteanet.core.errors import InputError
@@ -18,8 +18,8 @@ from shrinkteanet.training.teacher_cache import TeacherCache, build_cache
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    data = make_set(root / "set", with_bin=False)
-    teacher = train_teacher(data, root / "teacher")
+    data = write_tiny_set(root / "set", with_bin=False)
+    teacher = train_tiny_teacher(data, root / "teacher")
     cache = root / "cache"
     r = subprocess.run([sys.executable, "-m", "shrinkteanet", "cache-teacher", "--model", teacher, "--data", str(data),
                         "--out", str(cache), "--json", str(root / "cache.json")], capture_output=True, text=True)
@@ -94,7 +94,7 @@ def test_cache_gives_the_live_teachers_losses(tiny):
     from shrinkteanet.methods.distill import build_method, build_networks
 
     data, teacher, cache, _ = tiny
-    cfg = config.config_by_name("mfnr_stn", overrides(data, None, f"teacher={teacher}", "image_size=32",
+    cfg = config.config_by_name("mfnr_stn", train_overrides(data, None, f"teacher={teacher}", "image_size=32",
                                                       "num_classes=8"))
     mx.random.seed(0)
     student, t, fc7 = build_networks(cfg)
@@ -115,7 +115,7 @@ def test_training_with_the_cache_matches_the_live_teacher(tiny):
     data, teacher, cache, root = tiny
     runs = {}
     for name, extra in (("live", ()), ("cached", (f"teacher_cache={cache}",))):
-        cfg = config.config_by_name("mfnr_stn", overrides(data, None, f"teacher={teacher}", "max_batches=4",
+        cfg = config.config_by_name("mfnr_stn", train_overrides(data, None, f"teacher={teacher}", "max_batches=4",
                                                           "lr_schedule=constant", *extra))
         seen = []
         train.train(cfg, callbacks=[lambda info: seen.append(info["losses"])])

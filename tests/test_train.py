@@ -8,7 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from _tiny_train import make_set, overrides, train_teacher
+from shrinkteanet.study.tiny import train_overrides, train_tiny_teacher, write_tiny_set
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 from shrinkteanet.core.errors import InputError
@@ -17,8 +17,8 @@ from shrinkteanet.core.errors import InputError
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    data = make_set(root / "set")
-    teacher = train_teacher(data, root / "teacher")
+    data = write_tiny_set(root / "set")
+    teacher = train_tiny_teacher(data, root / "teacher")
     return data, teacher, root
 
 
@@ -65,7 +65,7 @@ def test_guard_names_the_term_and_stops_after_k():
 def test_tiny_run_learns_and_writes_insightface_checkpoints(tiny):
     data, _, root = tiny
     out = root / "self" / "model"
-    cfg = config.config_by_name("mfnr_self", overrides(data, out, "max_batches=32", "lr_schedule=constant",
+    cfg = config.config_by_name("mfnr_self", train_overrides(data, out, "max_batches=32", "lr_schedule=constant",
                                                        "keep_last=2", "verbose=16"))
     seen = []
     summary = train.train(cfg, callbacks=[lambda info: seen.append(info["losses"]["softmax"])])
@@ -94,7 +94,7 @@ def test_tiny_run_learns_and_writes_insightface_checkpoints(tiny):
 
 
 def _resume_cfg(data, teacher, out, *extra):
-    return config.config_by_name("mfnr_stn", overrides(data, out, f"teacher={teacher}", "lr_schedule=step",
+    return config.config_by_name("mfnr_stn", train_overrides(data, out, f"teacher={teacher}", "lr_schedule=step",
                                                        "lr_steps=5,9", "warmup_batches=2", "max_batches=10",
                                                        "ckpt_every=3", *extra))
 
@@ -118,7 +118,7 @@ def test_resume_is_bit_exact(tiny):
     assert state["step"] == 6 and state["epoch"] == 1 and state["batch"] == 2
     js = root / "cut.json"
     cmd = [sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_stn", "--resume", "--json", str(js),
-           *overrides(data, root / "cut" / "model", f"teacher={teacher}", "lr_schedule=step", "lr_steps=5,9",
+           *train_overrides(data, root / "cut" / "model", f"teacher={teacher}", "lr_schedule=step", "lr_steps=5,9",
                       "warmup_batches=2", "max_batches=10", "ckpt_every=3")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -168,7 +168,7 @@ def _loader(cfg):
 
 def test_nan_batch_is_skipped_and_k_in_a_row_stop(tiny):
     data, _, root = tiny
-    cfg = config.config_by_name("mfnr_self", overrides(data, root / "nan" / "model", "max_batches=6", "nan_guard=3",
+    cfg = config.config_by_name("mfnr_self", train_overrides(data, root / "nan" / "model", "max_batches=6", "nan_guard=3",
                                                        "lr_schedule=constant", f"tensorboard={root / 'tb'}"))
     summary = train.train(cfg, loader=_Poisoned(_loader(cfg), at=[2]))
     assert summary["nonfinite_skipped"] == 1 and summary["steps"] == 6
@@ -178,7 +178,7 @@ def test_nan_batch_is_skipped_and_k_in_a_row_stop(tiny):
     assert all(np.isfinite(v.asnumpy()).all() for v in list(arg.values()) + list(aux.values()))
     assert all(math.isfinite(v) for v in summary["losses"].values())
 
-    cfg = config.config_by_name("mfnr_self", overrides(data, root / "nan2" / "model", "max_batches=12", "nan_guard=3",
+    cfg = config.config_by_name("mfnr_self", train_overrides(data, root / "nan2" / "model", "max_batches=12", "nan_guard=3",
                                                        "ckpt_every=2", "lr_schedule=constant"))
     with pytest.raises(train.NonFiniteLossError, match="'softmax'.*3 consecutive"):
         train.train(cfg, loader=_Poisoned(_loader(cfg), from_step=5))
@@ -192,7 +192,7 @@ def test_nan_batch_is_skipped_and_k_in_a_row_stop(tiny):
 
 def test_resume_without_state_and_bad_teacher_fail_in_one_line(tiny, tmp_path):
     data, _, _ = tiny
-    cfg = config.config_by_name("mfnr_self", overrides(data, tmp_path / "none" / "model", "max_batches=2"))
+    cfg = config.config_by_name("mfnr_self", train_overrides(data, tmp_path / "none" / "model", "max_batches=2"))
     with pytest.raises(InputError, match="--resume: no .*state.json"):
         train.train(cfg, resume=True)
     r = subprocess.run([sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_stn", "--data", str(data),

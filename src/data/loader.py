@@ -31,6 +31,7 @@ import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.data.recordio import FRAMED_IR_HEADER, LREC_MASK, MAGIC, class_of
 
 log = get_logger(__name__)
 
@@ -87,7 +88,7 @@ def _lowres(img, size):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def make_batch(dataset, keys, seed, cfg, out, stage=None):
+def make_batch(dataset, keys, seed, cfg, out, *, stage=None):
     """Fill ``out[:len(keys)]`` (float32 NCHW) with the augmented images of ``keys``.
 
     Returns ``(label, index, flipped, corrupt_keys)``.  A corrupt image is
@@ -95,14 +96,26 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
     mirror flag travel with it), so the batch keeps its size.  ``stage``: an
     optional uint8 (3, H, W) scratch array, reused between calls.
     """
-    import cv2
-    import simplejpeg
+    keys = [int(k) for k in keys]
+    plan = _Plan(np.random.default_rng(seed), len(keys), cfg)
+    labels, ok = _fill_batch(dataset, keys, plan=plan, cfg=cfg, out=out, stage=stage)
+    label = np.asarray(labels, dtype=np.int64)
+    check_labels(dataset, keys, label)
+    index = np.asarray(keys, dtype=np.int64)
+    flipped = plan.flip.copy()
+    corrupt = [k for k, good in zip(keys, ok) if not good]
+    if corrupt:
+        _replace_corrupt(dataset, corrupt, ok, out=out, arrays=(label, index, flipped))
+    return label, index, flipped, corrupt
 
-    from shrinkteanet.data.recordio import FRAMED_IR_HEADER, LREC_MASK, MAGIC, class_of
+
+def _fill_batch(dataset, keys, *, plan, cfg, out, stage):
+    """Decode, augment and write every image of the batch into ``out``; returns the
+    per-image labels and whether each image was readable.  The per-image loop keeps
+    its callables in locals: it runs once per training image."""
+    import cv2
 
     n = len(keys)
-    plan = _Plan(np.random.default_rng(seed), n, cfg)
-    keys = [int(k) for k in keys]
     flips = plan.flip.tolist()
     jitter = cfg["color_jitter"] > 0
     lowres = plan.lowres.tolist() if cfg["lowres"][0] > 0 else [False] * n
@@ -112,42 +125,14 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
     if stage is None or stage.shape != (3, h, w) or stage.dtype != np.uint8:
         stage = np.empty((3, h, w), np.uint8)
     planes = [stage[0], stage[1], stage[2]]
-    want = size + (3,)
-    reader = dataset.reader
-    mv, offset, read_header = reader.view, reader.offset, reader.read_header
-    size_rec = len(mv)
-    decode, split, flip, copyto = simplejpeg.decode_jpeg, cv2.split, cv2.flip, np.copyto
+    split, flip, copyto = cv2.split, cv2.flip, np.copyto
+    mv = dataset.reader.view
     labels = [0] * n
     ok = [False] * n
     for i, key in enumerate(keys):
-        # The common record (one part, scalar label: RecordIO magic + length word,
-        # then the 24-byte IRHeader) parsed with one struct call; any other shape
-        # goes through RecordReader.read_header, which also reports damage.
-        pos = offset(key)
-        magic = lrec = flag = length = 0
-        if pos + 32 <= size_rec:
-            magic, lrec, flag, lab, _, _ = FRAMED_IR_HEADER.unpack_from(mv, pos)
-            length = lrec & LREC_MASK
-        if magic == MAGIC and flag == 0 and lrec >> 29 == 0 and 24 <= length and pos + 8 + length <= size_rec:
-            payload = mv[pos + 32 : pos + 8 + length]
-            labels[i] = int(lab)
-        else:
-            header, payload = read_header(key)
-            labels[i] = class_of(header.label)
-        try:
-            img = decode(payload, colorspace="RGB")
-        except Exception:
-            img = None
-        if img is None or img.shape != want:
-            # Anything unusual (corrupt, not a JPEG, another size) takes the
-            # dataset's own path, which logs, falls back to cv2 and checks sizes.
-            img, labels[i] = dataset.read_key(key)
-            if img is None:
-                continue
-            if img.shape[:2] != size:
-                raise InputError(
-                    f"{dataset.path_rec}: record {key} is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}"
-                )
+        img, labels[i] = _read_image(dataset, mv, key, size)
+        if img is None:
+            continue
         ok[i] = True
         if lowres[i]:
             img = _lowres(img, lowres_size[i])
@@ -162,20 +147,58 @@ def make_batch(dataset, keys, seed, cfg, out, stage=None):
             # whole batch are cast at the end and ~10 us for numpy's transposing cast.
             split(img, planes)
             copyto(out[i], stage)
-    label = np.asarray(labels, dtype=np.int64)
-    check_labels(dataset, keys, label)
-    index = np.asarray(keys, dtype=np.int64)
-    flipped = plan.flip.copy()
-    corrupt = [k for k, good in zip(keys, ok) if not good]
-    if corrupt:
-        good = np.flatnonzero(ok)
-        if len(good) == 0:
-            raise InputError(f"{dataset.path_rec}: every image of a batch is corrupt (records {corrupt[:5]}...)")
-        for i in np.flatnonzero(~np.asarray(ok)):
-            j = good[np.searchsorted(good, i) % len(good)]
-            out[i] = out[j]
-            label[i], index[i], flipped[i] = label[j], index[j], flipped[j]
-    return label, index, flipped, corrupt
+    return labels, ok
+
+
+def _read_image(dataset, mv, key, size):
+    """``(RGB uint8 HWC image or None when corrupt, class id)`` of record ``key``; ``mv``:
+    the reader's memory map, fetched once per batch."""
+    import simplejpeg
+
+    payload, label = _record_payload(dataset.reader, mv, key)
+    try:
+        img = simplejpeg.decode_jpeg(payload, colorspace="RGB")
+    except Exception:
+        img = None
+    if img is None or img.shape != size + (3,):
+        # Anything unusual (corrupt, not a JPEG, another size) takes the
+        # dataset's own path, which logs, falls back to cv2 and checks sizes.
+        img, label = dataset.read_key(key)
+        if img is not None and img.shape[:2] != size:
+            raise InputError(
+                f"{dataset.path_rec}: record {key} is {img.shape[0]}x{img.shape[1]}, expected {size[0]}x{size[1]}"
+            )
+    return img, label
+
+
+def _record_payload(reader, mv, key):
+    """``(JPEG payload view, class id)`` of record ``key``.
+
+    The common record (one part, scalar label: RecordIO magic + length word, then the
+    24-byte IRHeader) is parsed with one struct call; any other shape goes through
+    ``RecordReader.read_header``, which also reports damage."""
+    pos = reader.offset(key)
+    magic = lrec = flag = length = 0
+    if pos + 32 <= len(mv):
+        magic, lrec, flag, lab, _, _ = FRAMED_IR_HEADER.unpack_from(mv, pos)
+        length = lrec & LREC_MASK
+    if magic == MAGIC and flag == 0 and lrec >> 29 == 0 and 24 <= length and pos + 8 + length <= len(mv):
+        return mv[pos + 32 : pos + 8 + length], int(lab)
+    header, payload = reader.read_header(key)
+    return payload, class_of(header.label)
+
+
+def _replace_corrupt(dataset, corrupt, ok, *, out, arrays):
+    """Each unreadable slot takes the next readable image of the batch (cyclically), with
+    its entries of ``arrays`` (label, index, flipped), so the batch keeps its size."""
+    good = np.flatnonzero(ok)
+    if len(good) == 0:
+        raise InputError(f"{dataset.path_rec}: every image of a batch is corrupt (records {corrupt[:5]}...)")
+    for i in np.flatnonzero(~np.asarray(ok)):
+        j = good[np.searchsorted(good, i) % len(good)]
+        out[i] = out[j]
+        for a in arrays:
+            a[i] = a[j]
 
 
 def check_labels(dataset, keys, label):
@@ -247,7 +270,7 @@ def _worker_main(dataset, cfg, slots, slot_shape, task_conn, result_conn, parent
                 out = np.empty(slot_shape, np.float32)
             else:
                 out = np.frombuffer(slots[slot], np.float32, slot_items).reshape(slot_shape)
-            res = make_batch(dataset, keys, seed, cfg, out, stage)
+            res = make_batch(dataset, keys, seed, cfg, out, stage=stage)
             result_conn.send((b, slot, len(keys), res, None, out[: len(keys)] if slot is None else None))
             del out
         except InputError as e:
@@ -472,7 +495,7 @@ class FaceLoader:
             for b in range(start_batch, nb):
                 kb = keys[b * bs : (b + 1) * bs]
                 label, index, flipped, corrupt = make_batch(
-                    self.dataset, kb, self._batch_seed(epoch, b), self.cfg, out, stage
+                    self.dataset, kb, self._batch_seed(epoch, b), self.cfg, out, stage=stage
                 )
                 self._account(corrupt)
                 yield Batch(out[: len(kb)].copy(), label, index, flipped)

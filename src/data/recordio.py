@@ -380,6 +380,7 @@ def _label_vector(label, extra):
 def write_rec_set(
     out_dir,
     samples,
+    *,
     num_classes=None,
     quality=95,
     workers=None,
@@ -402,105 +403,164 @@ def write_rec_set(
     """
     from tqdm import tqdm
 
-    from shrinkteanet.core.utils import atomic_write_bytes, process_pool
+    from shrinkteanet.core.utils import process_pool
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    rec = os.path.join(out_dir, name + ".rec")
-    idx = os.path.join(out_dir, name + ".idx")
+    rec, idx = os.path.join(out_dir, name + ".rec"), os.path.join(out_dir, name + ".idx")
     tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
     writer = RecordWriter(rec + tag, idx + tag)
     workers = max(1, (os.cpu_count() or 1) if workers is None else int(workers))
     pool = process_pool(workers) if workers > 1 else None
-    ids = []  # (label, first key, last key + 1)
-    key = 1
-    last_label = None
     bar = tqdm(total=total, unit="img", desc=f"pack {name}", disable=not progress, leave=False)
     try:
-        # Record 0 is rewritten in place at the end; reserve its exact size now.
-        header_len = len(frame(pack([0.0, 0.0], b"", 0)))
-        writer._idx.append(f"0\t{writer.pos}\n")
-        writer._f.write(b"\0" * header_len)
-        writer.pos += header_len
-        it = iter(samples)
-        while True:
-            batch = []
-            for s in it:
-                batch.append(s)
-                if len(batch) >= chunk:
-                    break
-            if not batch:
-                break
-            labels, extras, jobs = [], [], []
-            for n, s in enumerate(batch):
-                if len(s) not in (2, 3):
-                    raise InputError(f"sample {key + n - 1}: expected (image, label[, extra]), got {len(s)} fields")
-                img, lab = s[0], s[1]
-                if not isinstance(img, (bytes, bytearray, memoryview)):
-                    img = np.asarray(img)
-                    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                        raise InputError(f"sample {key + n - 1}: image must be HWC RGB uint8, got {img.dtype} {img.shape}")
-                    if tuple(img.shape[:2]) != tuple(image_size):
-                        raise InputError(
-                            f"sample {key + n - 1}: image is {img.shape[0]}x{img.shape[1]}, "
-                            f"expected {image_size[0]}x{image_size[1]}"
-                        )
-                labels.append(int(lab))
-                extras.append(s[2] if len(s) == 3 else None)
-                jobs.append((img, quality))
-            if pool is not None and sum(not isinstance(j[0], (bytes, bytearray)) for j in jobs) > 1:
-                jpegs = pool.map(_encode_job, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
-            else:
-                jpegs = [_encode_job(j) for j in jobs]
-            for lab, ex, jpg in zip(labels, extras, jpegs):
-                if lab < 0:
-                    raise InputError(f"sample {key - 1}: negative label {lab}")
-                if last_label is None or lab != last_label:
-                    if last_label is not None and lab < last_label:
-                        raise InputError(
-                            f"sample {key - 1}: labels must be sorted (label {lab} after {last_label})"
-                        )
-                    ids.append([lab, key, key])
-                    last_label = lab
-                writer.write(key, pack(_label_vector(lab, ex), jpg, key))
-                ids[-1][2] = key + 1
-                key += 1
+        header_len = _reserve_meta_header(writer)
+        images = _ImageRecords(writer)
+        for batch in _chunks(samples, chunk):
+            labels, extras, jobs = _checked_jobs(batch, first=images.key, image_size=image_size, quality=quality)
+            images.append(labels, extras, _encode_jobs(jobs, pool, workers))
             bar.update(len(batch))
-        num_images = key - 1
+        num_images = images.key - 1
         if num_images == 0:
             raise InputError(f"{out_dir}: no samples to write")
-        for lab, first, end in ids:
-            writer.write(key, pack([float(first), float(end)], b"", key))
-            key += 1
-        head = frame(pack([float(num_images + 1), float(num_images + 1 + len(ids))], b"", 0))
-        assert len(head) == header_len
-        writer._f.seek(0)
-        writer._f.write(head)
-        writer._f.seek(0, os.SEEK_END)
+        _write_identity_records(writer, images.ids, images.key, header_len)
         writer.close()
-        max_label = ids[-1][0]
-        if num_classes is None:
-            num_classes = max_label + 1
-        elif max_label >= num_classes:
-            raise InputError(f"label {max_label} does not fit num_classes={num_classes}")
-        os.replace(rec + tag, rec)
-        os.replace(idx + tag, idx)
-        atomic_write_bytes(
-            os.path.join(out_dir, "property"), f"{int(num_classes)},{image_size[0]},{image_size[1]}".encode()
-        )
+        num_classes = _checked_num_classes(images.ids, num_classes)
+        _publish_set(out_dir, (rec, idx), tag, f"{int(num_classes)},{image_size[0]},{image_size[1]}")
     except BaseException:
-        writer.close()
-        for p in (rec + tag, idx + tag):
-            if os.path.exists(p):
-                os.unlink(p)
+        _discard_temp(writer, (rec, idx), tag)
         raise
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
-    log.info("wrote %s: %d images, %d identities, %d classes", rec, num_images, len(ids), num_classes)
-    return {"num_images": num_images, "num_ids": len(ids), "num_classes": int(num_classes), "rec": rec}
+    log.info("wrote %s: %d images, %d identities, %d classes", rec, num_images, len(images.ids), num_classes)
+    return {"num_images": num_images, "num_ids": len(images.ids), "num_classes": int(num_classes), "rec": rec}
+
+
+def _reserve_meta_header(writer):
+    """Record 0 (the meta header) is rewritten in place at the end: reserve its exact size now."""
+    header_len = len(frame(pack([0.0, 0.0], b"", 0)))
+    writer._idx.append(f"0\t{writer.pos}\n")
+    writer._f.write(b"\0" * header_len)
+    writer.pos += header_len
+    return header_len
+
+
+def _chunks(samples, chunk):
+    """Lists of up to ``chunk`` samples, in order (one encoding round each)."""
+    it = iter(samples)
+    while True:
+        batch = []
+        for s in it:
+            batch.append(s)
+            if len(batch) >= chunk:
+                break
+        if not batch:
+            return
+        yield batch
+
+
+def _checked_jobs(batch, *, first, image_size, quality):
+    """Validate one chunk of samples (record keys from ``first``): ``(labels, extras, jobs)``
+    with one ``(image, quality)`` encoding job per sample; a bad sample is an ``InputError``
+    naming its 0-based position."""
+    labels, extras, jobs = [], [], []
+    for n, s in enumerate(batch):
+        if len(s) not in (2, 3):
+            raise InputError(f"sample {first + n - 1}: expected (image, label[, extra]), got {len(s)} fields")
+        img = _checked_image(s[0], first + n - 1, image_size)
+        labels.append(int(s[1]))
+        extras.append(s[2] if len(s) == 3 else None)
+        jobs.append((img, quality))
+    return labels, extras, jobs
+
+
+def _checked_image(img, pos, image_size):
+    """JPEG bytes pass through; an array must be HWC RGB uint8 of ``image_size``."""
+    if isinstance(img, (bytes, bytearray, memoryview)):
+        return img
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(f"sample {pos}: image must be HWC RGB uint8, got {img.dtype} {img.shape}")
+    if tuple(img.shape[:2]) != tuple(image_size):
+        raise InputError(
+            f"sample {pos}: image is {img.shape[0]}x{img.shape[1]}, expected {image_size[0]}x{image_size[1]}"
+        )
+    return img
+
+
+def _encode_jobs(jobs, pool, workers):
+    """JPEG bytes of every job, in order; in the pool only when more than one image needs encoding."""
+    if pool is not None and sum(not isinstance(j[0], (bytes, bytearray)) for j in jobs) > 1:
+        return pool.map(_encode_job, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+    return [_encode_job(j) for j in jobs]
+
+
+class _ImageRecords:
+    """Appends image records ``1..N`` and tracks the identity ranges ``[label, first, end)``
+    (face2rec2: identities contiguous, labels ascending)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.key = 1  # the next record key
+        self.ids = []  # [label, first key, last key + 1]
+
+    def append(self, labels, extras, jpegs):
+        for lab, ex, jpg in zip(labels, extras, jpegs):
+            if lab < 0:
+                raise InputError(f"sample {self.key - 1}: negative label {lab}")
+            last_label = self.ids[-1][0] if self.ids else None
+            if last_label is None or lab != last_label:
+                if last_label is not None and lab < last_label:
+                    raise InputError(f"sample {self.key - 1}: labels must be sorted (label {lab} after {last_label})")
+                self.ids.append([lab, self.key, self.key])
+            self.writer.write(self.key, pack(_label_vector(lab, ex), jpg, self.key))
+            self.ids[-1][2] = self.key + 1
+            self.key += 1
+
+
+def _write_identity_records(writer, ids, key, header_len):
+    """One record per identity from ``key`` on (label ``[first, end)``), then the meta header
+    ``[N+1, N+1+K]`` into the space reserved for record 0."""
+    num_images = key - 1
+    for _, first, end in ids:
+        writer.write(key, pack([float(first), float(end)], b"", key))
+        key += 1
+    head = frame(pack([float(num_images + 1), float(num_images + 1 + len(ids))], b"", 0))
+    assert len(head) == header_len
+    writer._f.seek(0)
+    writer._f.write(head)
+    writer._f.seek(0, os.SEEK_END)
+
+
+def _checked_num_classes(ids, num_classes):
+    """``num_classes`` (default: the largest label + 1), which every label must fit."""
+    max_label = ids[-1][0]
+    if num_classes is None:
+        return max_label + 1
+    if max_label >= num_classes:
+        raise InputError(f"label {max_label} does not fit num_classes={num_classes}")
+    return num_classes
+
+
+def _discard_temp(writer, paths, tag):
+    """A failed write leaves nothing behind: close and delete the temp files."""
+    writer.close()
+    for path in paths:
+        if os.path.exists(path + tag):
+            os.unlink(path + tag)
+
+
+def _publish_set(out_dir, paths, tag, property_text):
+    """Rename the finished temp files onto their names; ``property`` is written last, so a set
+    with a ``property`` is complete."""
+    from shrinkteanet.core.utils import atomic_write_bytes
+
+    for path in paths:
+        os.replace(path + tag, path)
+    atomic_write_bytes(os.path.join(out_dir, "property"), property_text.encode())
 
 
 # ----------------------------------------------------------------------------- reading

@@ -77,8 +77,18 @@ def _clip_rgb(c):
 
 def sample_identity(rng):
     """Persistent appearance of one individual (face units = pixels of the 112 template frame,
-    origin at the centre of the head ellipsoid, x right, y down)."""
+    origin at the centre of the head ellipsoid, x right, y down).  The parts draw from ``rng``
+    in a fixed order, so an identity is a pure function of its generator's seed."""
     g = {}
+    _sample_head_and_eyes(rng, g)
+    _sample_brows_nose_mouth(rng, g)
+    _sample_colours(rng, g)
+    _sample_hair_and_accessories(rng, g)
+    _sample_skin_marks(rng, g)
+    return g
+
+
+def _sample_head_and_eyes(rng, g):
     a = rng.uniform(33, 43)
     g["a"] = a
     g["b"] = a * rng.uniform(1.18, 1.45)
@@ -92,6 +102,9 @@ def sample_identity(rng):
     g["eye_tilt"] = rng.uniform(-0.18, 0.18)
     g["iris_r"] = min(rng.uniform(2.0, 3.0), g["eye_w"] * 0.6)
     g["iris_rgb"] = _clip_rgb(_IRIS_PALETTE[rng.choice(len(_IRIS_PALETTE), p=_IRIS_P)] + rng.normal(0, 12, 3))
+
+
+def _sample_brows_nose_mouth(rng, g):
     g["brow_gap"] = rng.uniform(4.5, 9.5)
     g["brow_th"] = rng.uniform(0.9, 3.2)
     g["brow_len"] = rng.uniform(10, 16.5)
@@ -108,6 +121,9 @@ def sample_identity(rng):
     g["lip_up"] = rng.uniform(1.1, 3.6)
     g["lip_lo"] = rng.uniform(1.6, 4.6)
     g["mouth_curve"] = rng.uniform(-1.2, 1.2)
+
+
+def _sample_colours(rng, g):
     t = rng.uniform(0, 1) ** 1.2
     skin = _SKIN_LIGHT * (1 - t) + _SKIN_DARK * t + rng.normal(0, [9, 7, 7])
     g["skin_rgb"] = _clip_rgb(skin)
@@ -115,6 +131,9 @@ def sample_identity(rng):
     hair = _HAIR_PALETTE[rng.choice(len(_HAIR_PALETTE), p=_HAIR_P)] + rng.normal(0, 10, 3)
     g["hair_rgb"] = _clip_rgb(hair)
     g["brow_rgb"] = _clip_rgb(g["hair_rgb"] * rng.uniform(0.55, 0.95))
+
+
+def _sample_hair_and_accessories(rng, g):
     g["hairline"] = -g["b"] * rng.uniform(0.38, 0.72)
     g["hair_part"] = rng.uniform(-0.35, 0.35)
     g["hair_vol"] = rng.uniform(1.5, 11)
@@ -129,6 +148,11 @@ def sample_identity(rng):
     g["glasses"] = bool(rng.uniform() < 0.14)
     g["glasses_rgb"] = _clip_rgb(rng.choice([20, 60, 120, 180]) + rng.normal(0, 15, 3))
     g["glasses_round"] = bool(rng.uniform() < 0.5)
+
+
+def _sample_skin_marks(rng, g):
+    """Moles, texture blobs, blush, age and the clothes colour."""
+    a = g["a"]
     n = int(rng.poisson(1.2))
     g["moles"] = np.stack([rng.uniform(-0.6, 0.6, n) * a, rng.uniform(-0.3, 0.7, n) * g["b"],
                            rng.uniform(0.5, 1.3, n)], 1) if n else np.zeros((0, 3))
@@ -139,7 +163,6 @@ def sample_identity(rng):
     g["blush"] = rng.uniform(0, 0.12)
     g["age"] = rng.uniform(0, 0.5)
     g["cloth_rgb"] = _clip_rgb(rng.uniform(20, 235, 3))
-    return g
 
 
 def age_identity(g, rng, amount=1.0):
@@ -259,44 +282,68 @@ def _mix(c1, c2, t):
 
 
 def _face_shapes(g, n):
-    """Ordered drawing list of the face model (back to front) and the 5 landmark points."""
-    a, b = g["a"], g["b"]
-    skin = g["skin_rgb"]
+    """Ordered drawing list of the face model (back to front) and the 5 landmark points
+    (eye centres, nose tip, mouth corners: InsightFace order), in face units with depth."""
     hair = _clip_rgb(g["hair_rgb"])
-    S = []
     hv = max(0.5, g["hair_vol"] + n["hair_jitter"])
-    # hair behind the head (medium/long)
-    if g["hair_len"] and not g["bald"]:
-        y_end = b * (0.45 if g["hair_len"] == 1 else 1.5)
-        w = a + hv * 0.8
-        top = _ellipse(0, 0, w, b + hv, 0, np.pi, 2 * np.pi, 16)
-        S.append(_Shape(np.concatenate([top, [[w, y_end], [-w, y_end]]]), _shade(hair, 0.85), "sil"))
-    # shoulders and neck: the body does not follow the head rotation
+    jaw = _jaw_outline(g)
+    S = _hair_behind(g, hair, hv) + _body_and_ears(g, n) + _head_and_skin(g, jaw) + _beard(g, jaw, hair)
+    S += _nose(g)
+    mouth, corners = _mouth(g, n)
+    eyes, irises = _eyes(g, n)
+    S += mouth + eyes + _glasses(g, n) + _hair_front(g, n, hair, hv) + _face_occluder(g, n)
+    nose_tip = (0.0, g["nose_y"] + 0.5, g["nose_depth"])
+    lm = [irises[0], irises[1], nose_tip, (corners[0][0], corners[0][1], 1.5), (corners[1][0], corners[1][1], 1.5)]
+    return S, np.array(lm, np.float64)
+
+
+def _hair_behind(g, hair, hv):
+    """Medium and long hair: a silhouette behind the head."""
+    if not g["hair_len"] or g["bald"]:
+        return []
+    a, b = g["a"], g["b"]
+    y_end = b * (0.45 if g["hair_len"] == 1 else 1.5)
+    w = a + hv * 0.8
+    top = _ellipse(0, 0, w, b + hv, 0, np.pi, 2 * np.pi, 16)
+    return [_Shape(np.concatenate([top, [[w, y_end], [-w, y_end]]]), _shade(hair, 0.85), "sil")]
+
+
+def _body_and_ears(g, n):
+    """Shoulders and neck (the body does not follow the head rotation), then the ears."""
+    a, b, skin = g["a"], g["b"], g["skin_rgb"]
     cloth = _clip_rgb(g["cloth_rgb"] + n["cloth_jitter"])
-    S.append(_Shape(_ellipse(0, b * 2.15, a * 2.6, b * 1.05), cloth, "fix"))
-    S.append(_Shape([[-a * 0.5, b * 0.3], [a * 0.5, b * 0.3], [a * 0.58, b * 1.35], [-a * 0.58, b * 1.35]],
-                    _shade(skin, 0.82), "fix"))
-    # ears
+    S = [_Shape(_ellipse(0, b * 2.15, a * 2.6, b * 1.05), cloth, "fix"),
+         _Shape([[-a * 0.5, b * 0.3], [a * 0.5, b * 0.3], [a * 0.58, b * 1.35], [-a * 0.58, b * 1.35]],
+                _shade(skin, 0.82), "fix")]
     for s in (-1, 1):
         S.append(_Shape(_ellipse(s * a * 0.97, g["ear_y"], g["ear_w"], g["ear_h"] / 2), _shade(skin, 0.93), "surf",
                         dz=-1.0))
-    # head: cranium silhouette plus a jaw polygon on the surface (the chin moves with the face)
-    S.append(_Shape(_ellipse(0, 0, a, b, 0, np.pi * 0.97, np.pi * 2.03, 20), skin, "sil"))
+    return S
+
+
+def _jaw_outline(g):
+    """The jaw polygon from the cheeks down to the chin, narrowing as ``g["jaw"]`` says."""
+    a, b = g["a"], g["b"]
     ys = np.linspace(0, b, 12)
     w = a * np.sqrt(np.clip(1 - (ys / b) ** 2, 0, 1)) * (1 - (1 - g["jaw"]) * (ys / b) ** 1.5)
     w[-1] = 0.0
-    jaw = np.concatenate([np.stack([w, ys], 1), np.stack([-w[::-1], ys[::-1]], 1)])
+    return np.concatenate([np.stack([w, ys], 1), np.stack([-w[::-1], ys[::-1]], 1)])
+
+
+def _head_and_skin(g, jaw):
+    """Cranium silhouette plus the jaw on the surface (the chin moves with the face), the
+    persistent skin texture (blobs, cheeks) and the wrinkles that grow with age."""
+    a, b, skin = g["a"], g["b"], g["skin_rgb"]
+    S = [_Shape(_ellipse(0, 0, a, b, 0, np.pi * 0.97, np.pi * 2.03, 20), skin, "sil")]
     dzj = g["c"] * g["chin"] * (jaw[:, 1] / b) ** 2
     S.append(_Shape(jaw, skin, "surf", dz=dzj))
-    # persistent skin texture: blobs and moles, cheeks
     for x, y, rx, ry, ang, k in g["blobs"]:
         S.append(_Shape(_ellipse(x, y, rx, ry, ang), _shade(skin, 1 + k), "surf"))
     if g["blush"] > 0.02:
         for s in (-1, 1):
             S.append(_Shape(_ellipse(s * g["eye_dx"] * 1.1, g["nose_y"] - 2, 6, 4),
                             _mix(skin, (200, 70, 80), g["blush"]), "surf"))
-    # wrinkles grow with age: forehead lines and nasolabial folds
-    if g["age"] > 0.15:
+    if g["age"] > 0.15:  # forehead lines and nasolabial folds
         dark = _shade(skin, 1 - 0.25 * g["age"])
         for i in range(1 + int(g["age"] * 3)):
             y = g["eye_y"] - g["brow_gap"] - 6 - 3.5 * i
@@ -305,34 +352,48 @@ def _face_shapes(g, n):
         for s in (-1, 1):
             S.append(_Shape([[s * g["nose_w"] * 1.3, g["nose_y"] - 1], [s * (g["mouth_w"] + 2.5), g["mouth_y"] + 3]],
                             dark, "surf", thick=0.6 * g["age"] + 0.3, closed=False))
-    # beard (below the mouth along the jaw) as a colour mix of skin and hair
-    if g["beard"] > 0:
-        inner = _ellipse(0, g["mouth_y"] + 1, g["mouth_w"] + 3, 6, 0, 0, np.pi, 10)
-        outer = jaw[jaw[:, 1] > g["nose_y"]] * np.array([0.99, 1.0])
-        pts = np.concatenate([outer, inner[::-1]])  # right cheek, chin, left cheek, back under the lip
-        S.append(_Shape(pts, _mix(skin, hair, g["beard"]), "surf", dz=0.5))
-    # nose: bridge shading, wedge, nostrils
+    return S
+
+
+def _beard(g, jaw, hair):
+    """Below the mouth along the jaw, as a colour mix of skin and hair."""
+    if g["beard"] <= 0:
+        return []
+    inner = _ellipse(0, g["mouth_y"] + 1, g["mouth_w"] + 3, 6, 0, 0, np.pi, 10)
+    outer = jaw[jaw[:, 1] > g["nose_y"]] * np.array([0.99, 1.0])
+    pts = np.concatenate([outer, inner[::-1]])  # right cheek, chin, left cheek, back under the lip
+    return [_Shape(pts, _mix(g["skin_rgb"], hair, g["beard"]), "surf", dz=0.5)]
+
+
+def _nose(g):
+    """Bridge shading, wedge, tip and nostrils."""
+    skin = g["skin_rgb"]
     ny, nw, nd = g["nose_y"], g["nose_w"], g["nose_depth"]
     ns = _shade(skin, 1 - g["nose_shade"])
     bridge = np.array([[-1.5, g["eye_y"] + 1], [1.5, g["eye_y"] + 1], [nw * 0.55, ny - 1], [-nw * 0.55, ny - 1]])
-    S.append(_Shape(bridge, _shade(skin, 1 - g["nose_shade"] * 0.5), "surf",
-                    dz=np.array([1.0, 1.0, nd * 0.8, nd * 0.8])))
+    S = [_Shape(bridge, _shade(skin, 1 - g["nose_shade"] * 0.5), "surf", dz=np.array([1.0, 1.0, nd * 0.8, nd * 0.8]))]
     wedge = np.array([[0, g["eye_y"] + 3], [nw, ny + 1], [0, ny + 2.5], [-nw, ny + 1]])
     S.append(_Shape(wedge, ns, "surf", dz=np.array([1.5, 2.0, nd * 0.7, 2.0])))
     S.append(_Shape(_ellipse(0, ny, nw * 0.55, 2.2), _shade(skin, 1.04), "surf", dz=nd))
     for s in (-1, 1):
         S.append(_Shape(_ellipse(s * nw * 0.5, ny + 1.8, g["nostril"], g["nostril"] * 0.6), _shade(skin, 0.45),
                         "surf", dz=nd * 0.45))
-    # mouth: expression moves the corners (and the landmarks with them)
+    return S
+
+
+def _mouth(g, n):
+    """Lips, the open mouth and teeth, the moustache; expression moves the corners (and the
+    landmarks with them).  Returns ``(shapes, (left corner, right corner))``."""
     mw = g["mouth_w"] * (1 + 0.12 * n["smile"])
     my = g["mouth_y"]
     lift = 3.0 * n["smile"] - 0.5 * g["mouth_curve"]
     op = 5.0 * n["open"]
-    corner_l, corner_r = np.array([-mw, my - lift]), np.array([mw, my - lift])
+    corners = (np.array([-mw, my - lift]), np.array([mw, my - lift]))
     xs = np.linspace(-mw, mw, 9)
     mid = my - lift + lift * (1 - (xs / mw) ** 2)  # the lip line sags to the centre when smiling
     up_top = mid - g["lip_up"] * (1 - (xs / mw) ** 2) ** 0.7 - 0.6 * np.abs(np.sin(xs / mw * np.pi)) * 0.5
     lo_bot = mid + op + g["lip_lo"] * (1 - (xs / mw) ** 2) ** 0.8
+    S = []
     if op > 0:
         inner = np.concatenate([np.stack([xs, mid - 0.3], 1), np.stack([xs[::-1], (mid + op)[::-1]], 1)])
         S.append(_Shape(inner, (45, 20, 25), "surf", dz=1.0))
@@ -346,10 +407,16 @@ def _face_shapes(g, n):
     S.append(_Shape(np.stack([xs, mid], 1), _shade(g["lip_rgb"], 0.55), "surf", dz=1.6, thick=0.6, closed=False))
     if g["moustache"] > 0:
         m = np.concatenate([np.stack([xs * 1.05, up_top - 0.6], 1), np.stack([xs[::-1] * 0.9, up_top[::-1] - 4.5], 1)])
-        S.append(_Shape(m, _mix(skin, hair, g["moustache"]), "surf", dz=2.0))
-    # eyes: sclera, iris, pupil, then the lids cut the iris; brows above
+        S.append(_Shape(m, _mix(g["skin_rgb"], _clip_rgb(g["hair_rgb"]), g["moustache"]), "surf", dz=2.0))
+    return S, corners
+
+
+def _eyes(g, n):
+    """Per eye: sclera, iris, pupil, then the lids cut the iris; the brow above.  Returns
+    ``(shapes, iris centres (x, y, dz))``, the eye landmarks."""
+    skin = g["skin_rgb"]
     eh = g["eye_h"] * (1 - 0.55 * n["squint"])
-    landmarks = []
+    S, irises = [], []
     for s in (-1, 1):
         cx, cy = s * g["eye_dx"], g["eye_y"]
         tilt = -s * g["eye_tilt"]
@@ -366,73 +433,92 @@ def _face_shapes(g, n):
         S.append(_Shape(up_band, _shade(skin, 0.88), "surf", dz=-0.6))
         S.append(_Shape(lo_band, _shade(skin, 0.92), "surf", dz=-0.6))
         S.append(_Shape(upper, (25, 20, 20), "surf", dz=-0.5, thick=0.7, closed=False))
-        # brow
-        bx = np.linspace(0, 1, 8)
-        by = cy - g["brow_gap"] - n["brow_raise"] - g["brow_arch"] * np.sin(bx * np.pi) - g["brow_tilt"] * (bx - 0.5) * 10
-        bxs = s * (g["eye_dx"] - g["brow_len"] / 2 + g["brow_in"] + bx * g["brow_len"])
-        th = g["brow_th"] * (1 - 0.5 * bx)
-        brow = np.concatenate([np.stack([bxs, by - th / 2], 1), np.stack([bxs[::-1], (by + th / 2)[::-1]], 1)])
-        S.append(_Shape(brow, g["brow_rgb"], "surf", dz=0.5))
-        landmarks.append((ix, iy, -0.8))
-    glasses = g["glasses"] and not n["no_glasses"]
-    if glasses:
-        for s in (-1, 1):
-            cx = s * g["eye_dx"]
-            if g["glasses_round"]:
-                ring = _ellipse(cx, g["eye_y"] + 1, g["eye_w"] + 3.5, g["eye_w"] + 2)
-            else:
-                w_, h_ = g["eye_w"] + 4, g["eye_w"] + 1.5
-                ring = np.array([[cx - w_, g["eye_y"] - h_ + 1], [cx + w_, g["eye_y"] - h_ + 1],
-                                 [cx + w_, g["eye_y"] + h_ + 1], [cx - w_, g["eye_y"] + h_ + 1]])
-            S.append(_Shape(ring, g["glasses_rgb"], "surf", dz=3.0, thick=1.0))
-            S.append(_Shape([[cx + s * (g["eye_w"] + 3.5), g["eye_y"]], [s * a * 0.97, g["eye_y"] - 1]],
-                            g["glasses_rgb"], "surf", dz=2.0, thick=1.0, closed=False))
-        S.append(_Shape([[-g["eye_dx"] + g["eye_w"] + 3, g["eye_y"]], [g["eye_dx"] - g["eye_w"] - 3, g["eye_y"]]],
-                        g["glasses_rgb"], "surf", dz=4.0, thick=1.0, closed=False))
-    # hair cap in front: silhouette arc outside, hairline on the surface
-    if not g["bald"]:
-        yt = g["eye_y"] - 3
-        arc = _ellipse(0, 0, a + hv * 0.7, b + hv, 0, np.pi * 0.93, np.pi * 2.07, 20)
-        hl = g["hairline"] + n["hair_jitter"] * 0.3
-        xs = np.linspace(a * 0.98, -a * 0.98, 15)
-        u = xs / a
-        part = g["hair_part"]
-        line = hl + (yt - hl) * (np.abs(u) ** 2.5) + part * 6 * u * (1 - np.abs(u))
-        if g["bangs"]:
-            fringe = g["eye_y"] - g["brow_gap"] - 4
-            line = np.minimum(yt, np.maximum(line, fringe + 1.5 * np.sin(np.arange(15) * 2.1) - 2 * (u ** 2)))
-        S.append(_Shape(np.concatenate([arc, np.stack([xs, line], 1)]), hair, "hair"))
-    else:
+        S.append(_brow(g, n, s, cy))
+        irises.append((ix, iy, -0.8))
+    return S, irises
+
+
+def _brow(g, n, s, cy):
+    """The brow of side ``s`` (-1 left, 1 right) above the eye line ``cy``, tapering outwards."""
+    bx = np.linspace(0, 1, 8)
+    by = cy - g["brow_gap"] - n["brow_raise"] - g["brow_arch"] * np.sin(bx * np.pi) - g["brow_tilt"] * (bx - 0.5) * 10
+    bxs = s * (g["eye_dx"] - g["brow_len"] / 2 + g["brow_in"] + bx * g["brow_len"])
+    th = g["brow_th"] * (1 - 0.5 * bx)
+    brow = np.concatenate([np.stack([bxs, by - th / 2], 1), np.stack([bxs[::-1], (by + th / 2)[::-1]], 1)])
+    return _Shape(brow, g["brow_rgb"], "surf", dz=0.5)
+
+
+def _glasses(g, n):
+    """Round or square rims, temples and the bridge; none when the image drops them."""
+    if not (g["glasses"] and not n["no_glasses"]):
+        return []
+    a, ey, ew, rgb = g["a"], g["eye_y"], g["eye_w"], g["glasses_rgb"]
+    S = []
+    for s in (-1, 1):
+        cx = s * g["eye_dx"]
+        if g["glasses_round"]:
+            ring = _ellipse(cx, ey + 1, ew + 3.5, ew + 2)
+        else:
+            w_, h_ = ew + 4, ew + 1.5
+            ring = np.array([[cx - w_, ey - h_ + 1], [cx + w_, ey - h_ + 1], [cx + w_, ey + h_ + 1], [cx - w_, ey + h_ + 1]])
+        S.append(_Shape(ring, rgb, "surf", dz=3.0, thick=1.0))
+        S.append(_Shape([[cx + s * (ew + 3.5), ey], [s * a * 0.97, ey - 1]], rgb, "surf", dz=2.0, thick=1.0,
+                        closed=False))
+    S.append(_Shape([[-g["eye_dx"] + ew + 3, ey], [g["eye_dx"] - ew - 3, ey]], rgb, "surf", dz=4.0, thick=1.0,
+                    closed=False))
+    return S
+
+
+def _hair_front(g, n, hair, hv):
+    """Hair cap in front (silhouette arc outside, hairline on the surface, bangs), or the
+    side patches of a bald head."""
+    a, b = g["a"], g["b"]
+    if g["bald"]:
+        S = []
         for s in (-1, 1):
             side = np.array([[s * a * 1.02, g["eye_y"] - 12], [s * a * 1.03, g["ear_y"] + 4],
                              [s * a * 0.9, g["ear_y"] + 2], [s * a * 0.9, g["eye_y"] - 10]])
             S.append(_Shape(side, hair, "surf"))
-    # face-attached occluders
-    occ = n["occlusion"]
+        return S
+    yt = g["eye_y"] - 3
+    arc = _ellipse(0, 0, a + hv * 0.7, b + hv, 0, np.pi * 0.93, np.pi * 2.07, 20)
+    hl = g["hairline"] + n["hair_jitter"] * 0.3
+    xs = np.linspace(a * 0.98, -a * 0.98, 15)
+    u = xs / a
+    line = hl + (yt - hl) * (np.abs(u) ** 2.5) + g["hair_part"] * 6 * u * (1 - np.abs(u))
+    if g["bangs"]:
+        fringe = g["eye_y"] - g["brow_gap"] - 4
+        line = np.minimum(yt, np.maximum(line, fringe + 1.5 * np.sin(np.arange(15) * 2.1) - 2 * (u ** 2)))
+    return [_Shape(np.concatenate([arc, np.stack([xs, line], 1)]), hair, "hair")]
+
+
+def _face_occluder(g, n):
+    """Face-attached occluders: sunglasses, mask, hand or hat (the bar is drawn in image space)."""
+    a, b, occ, rgb, pos = g["a"], g["b"], n["occlusion"], n["occ_rgb"], n["occ_pos"]
+    ny, nd = g["nose_y"], g["nose_depth"]
+    S = []
     if occ == "sunglasses":
         for s in (-1, 1):
             S.append(_Shape(_ellipse(s * g["eye_dx"], g["eye_y"] + 1, g["eye_w"] + 3.5, g["eye_w"] + 1.5),
-                            _shade(n["occ_rgb"], 0.25), "surf", dz=3.5))
+                            _shade(rgb, 0.25), "surf", dz=3.5))
         S.append(_Shape([[-g["eye_dx"], g["eye_y"]], [g["eye_dx"], g["eye_y"]]], (30, 30, 30), "surf", dz=4.0,
                         thick=1.2, closed=False))
     elif occ == "mask":
-        top = ny - 3 + 3 * n["occ_pos"][0]
+        top = ny - 3 + 3 * pos[0]
         pts = np.array([[-a * 0.92, top + 2], [0, top - 2], [a * 0.92, top + 2], [a * 0.7, b * 0.8], [0, b * 1.0],
                         [-a * 0.7, b * 0.8]])
-        S.append(_Shape(pts, _mix(n["occ_rgb"], (235, 235, 235), 0.5), "surf", dz=np.array([1, nd, 1, 3, 6, 3.0])))
+        S.append(_Shape(pts, _mix(rgb, (235, 235, 235), 0.5), "surf", dz=np.array([1, nd, 1, 3, 6, 3.0])))
     elif occ == "hand":
-        cx, cy = n["occ_pos"][0] * a * 0.5, g["nose_y"] + n["occ_pos"][1] * 14
-        S.append(_Shape(_ellipse(cx, cy + 10, 14, 20, n["occ_pos"][2]), _shade(skin, 0.95 + 0.1 * n["occ_pos"][3]),
-                        "surf", dz=nd + 2))
+        cx, cy = pos[0] * a * 0.5, ny + pos[1] * 14
+        S.append(_Shape(_ellipse(cx, cy + 10, 14, 20, pos[2]), _shade(g["skin_rgb"], 0.95 + 0.1 * pos[3]), "surf",
+                        dz=nd + 2))
     elif occ == "hat":
-        brim = g["eye_y"] - g["brow_gap"] - 3 + 3 * n["occ_pos"][0]
+        brim = g["eye_y"] - g["brow_gap"] - 3 + 3 * pos[0]
         crown = _ellipse(0, brim, a + 4, b * 0.75, 0, np.pi, 2 * np.pi, 14)
-        S.append(_Shape(crown, n["occ_rgb"], "hair"))
+        S.append(_Shape(crown, rgb, "hair"))
         S.append(_Shape([[-a - 6, brim - 2], [a + 6, brim - 2], [a + 6, brim + 2], [-a - 6, brim + 2]],
-                        _shade(n["occ_rgb"], 0.8), "hair"))
-    nose_tip = (0.0, ny + 0.5, nd)
-    lm = [landmarks[0], landmarks[1], nose_tip, (corner_l[0], corner_l[1], 1.5), (corner_r[0], corner_r[1], 1.5)]
-    return S, np.array(lm, np.float64)
+                        _shade(rgb, 0.8), "hair"))
+    return S
 
 
 def _surface_z(g, x, y):
