@@ -3,7 +3,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from _tiny_train import make_set, overrides
+from shrinkteanet.study.tiny import train_overrides as overrides, write_tiny_set as make_set
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model import checkpoint
 from shrinkteanet.training import config, fit, train

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from _tiny_train import make_set, overrides, train_teacher
+from shrinkteanet.study.tiny import train_overrides as overrides, train_tiny_teacher as train_teacher, write_tiny_set as make_set
 from shrinkteanet import methods as methods_pkg
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.methods import registry
