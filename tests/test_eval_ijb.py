@@ -1,6 +1,5 @@
 """IJB: template pooling and TAR@FAR against InsightFace-style loops, 1:N against brute force,
 malformed meta and missing images."""
-import importlib.util
 import os
 
 import numpy as np
@@ -8,14 +7,7 @@ import pytest
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.eval import ijb
-
-
-def _ref():
-    path = os.path.join(os.path.dirname(__file__), "..", "bench", "_insightface_ref.py")
-    spec = importlib.util.spec_from_file_location("_insightface_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _insightface import insightface_ref
 
 
 def _synthetic(rs, n_img=2500, n_t=200, dim=32):
@@ -30,7 +22,7 @@ def test_template_pooling_bit_identical_to_loop():
     feats, templates, medias = _synthetic(rs)
     x = ijb.input_features(feats, rs.uniform(0.1, 1, len(feats)), norm_score=False, detector_score=True)
     a, ua = ijb.template_features(x, templates, medias)
-    b, ub = _ref().loop_template_features(x, templates, medias)
+    b, ub = insightface_ref().loop_template_features(x, templates, medias)
     np.testing.assert_array_equal(ua, ub)
     np.testing.assert_array_equal(a, b)
     # hand check of one template: mean within media, sum over media, normalise
@@ -51,11 +43,11 @@ def test_pair_scores_and_tar_against_direct_numpy():
     swap = rs.rand(len(t1)) < 0.5
     t1, t2 = np.where(swap, t2, t1), np.where(swap, t1, t2)
     s = ijb.pair_scores(tf, u, t1, t2, block=32, progress=False)
-    ref_s = _ref().loop_pair_scores(tf, u, t1, t2)
+    ref_s = insightface_ref().loop_pair_scores(tf, u, t1, t2)
     np.testing.assert_allclose(s, ref_s, rtol=0, atol=1e-12)
     labels = (s + rs.randn(len(s)) * 0.2 > 0.1).astype(int)
     tars, area, _ = ijb.tar_at_far(labels, s)
-    ref_tars, ref_auc = _ref().loop_tar_at_far(labels, ref_s)
+    ref_tars, ref_auc = insightface_ref().loop_tar_at_far(labels, ref_s)
     assert tars == ref_tars and list(tars) == ["1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"]
     assert area == pytest.approx(ref_auc, abs=1e-12)
     with pytest.raises(InputError, match="template 999999"):
@@ -90,7 +82,7 @@ def test_fast_roc_equals_sklearn_with_ties_and_duplicates():
     """_roc_curve rebuilds sklearn's curve (drop_intermediate included) from sorted negatives:
     every element equal on random scores with ties, duplicates, +-0.0, float32 and label types;
     TARs and AUC equal to the InsightFace loop that calls sklearn."""
-    ref = _ref()
+    ref = insightface_ref()
     rs = np.random.RandomState(4)
     checked = 0
     for trial in range(1500):

@@ -1,20 +1,10 @@
 """Verification metrics against hand-worked cases and InsightFace-style loops."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.eval import verification as V
-
-
-def _ref():
-    path = os.path.join(os.path.dirname(__file__), "..", "bench", "_insightface_ref.py")
-    spec = importlib.util.spec_from_file_location("_insightface_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _insightface import insightface_ref
 
 
 def _pairs_with_dist(dists, d=4):
@@ -60,7 +50,7 @@ def test_fold_order_matters_and_is_kept():
     perm = rs.permutation(p)
     b = V.evaluate(_pairs_with_dist(d[perm]), same[perm])
     assert a["accuracy"] != b["accuracy"] or a["accuracy_std"] != b["accuracy_std"]
-    assert a == _ref().loop_evaluate(_pairs_with_dist(d), same)
+    assert a == insightface_ref().loop_evaluate(_pairs_with_dist(d), same)
 
 
 @pytest.mark.parametrize("seed,noise", [(0, 1.0), (1, 1.4), (2, 0.7)])
@@ -73,11 +63,11 @@ def test_identical_to_insightface_loops(seed, noise):
     e2 = np.where(same[:, None], base + rs.randn(p, dim) * noise, rs.randn(p, dim) * 1.3)
     emb = np.empty((2 * p, dim))
     emb[0::2], emb[1::2] = e1, e2
-    assert V.evaluate(emb, same) == _ref().loop_evaluate(emb, same)
+    assert V.evaluate(emb, same) == insightface_ref().loop_evaluate(emb, same)
 
 
 def test_legacy_slinear_matches_old_scipy_path_with_duplicates():
-    ref = _ref().old_scipy_slinear
+    ref = insightface_ref().old_scipy_slinear
     thresholds = np.arange(0, 4, 0.001)
     rs = np.random.RandomState(0)
     neg = np.sort(rs.uniform(0.5, 3.9, 2700))
@@ -106,7 +96,7 @@ def test_tar_hand_worked():
     # every accepted pair then has dist < threshold, and TAR/FAR are the counts below it
     dists[1] = 1.99
     res = V.evaluate(_pairs_with_dist(dists), np.array(same), nrof_folds=2)
-    ref = _ref().loop_evaluate(_pairs_with_dist(dists), np.array(same), nrof_folds=2)
+    ref = insightface_ref().loop_evaluate(_pairs_with_dist(dists), np.array(same), nrof_folds=2)
     assert res == ref
 
 
