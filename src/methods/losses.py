@@ -117,6 +117,10 @@ class MarginDistillationHead(MarginHead):
     so the student learns the teacher's angles.  Only where the authors' code would
     go outside ``[0, Mmax]`` (``d_j < 0``, or ``D <= 0``) is ``d_j`` clipped at 0 here.
 
+    ``D`` is the maximum over the batch this head is called with: in a multi-device run, over
+    one device's share of the global batch (the training loop calls the method once per
+    device), so the margins depend a little on the number of devices (issue 24: not yet global).
+
     ``forward(emb, label, teacher_emb) -> logits``.  The weight never gets gradient.
     """
 
