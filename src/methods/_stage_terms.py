@@ -91,7 +91,9 @@ class StageTerms(Term):
             elif stage == LAST_STAGE:
                 value = self.distance(batch.emb, batch.t_emb)
             else:
-                feat = self._adapters[stage](batch.taps[stage - 1])
+                # float32 at the boundary: the tail's input is a float32 Variable (under AMP the
+                # adapter's output is float16; the tail casts again where its graph runs fp16)
+                feat = self._adapters[stage](batch.taps[stage - 1]).astype("float32", copy=False)
                 # the tail is frozen in its graph (global BN statistics, no Dropout), so it is
                 # recorded in the caller's mode: under predict_mode MKLDNN's BatchNorm backward
                 # (the gradient to feat) ran ~100x slower for the same numbers (docs/benchmarks.md)

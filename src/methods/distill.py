@@ -258,7 +258,7 @@ def stage_cosines(method, data):
         t_emb, _ = method.teacher_forward(data)
         views = {LAST_STAGE: emb}
         for stage in sorted(fr.tails):
-            views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]))
+            views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]).astype("float32", copy=False))
         t = mx.nd.L2Normalization(t_emb.astype("float32"))
         return {stage: float(mx.nd.sum(mx.nd.L2Normalization(v.astype("float32")) * t, axis=1).mean().asscalar())
                 for stage, v in sorted(views.items())}

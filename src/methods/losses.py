@@ -84,11 +84,14 @@ class MarginHead(HybridBlock):
                 grad_req="null" if fixed else "write")
 
     def cosines(self, F, emb, weight):
-        """cos(theta) between every embedding and every class centre, (batch, classes)."""
-        emb = F.cast(emb, self.compute_dtype)
+        """cos(theta) between every embedding and every class centre, (batch, classes).
+
+        A ``linalg_gemm2`` rather than a FullyConnected: AMP (``--fp16``) casts every
+        FullyConnected to float16 but keeps ``linalg_gemm2`` in float32, and these cosines, the
+        margin and the softmax over all classes are what must stay float32."""
+        emb = F.cast(F.reshape(emb, shape=(0, -1)), self.compute_dtype)
         weight = F.cast(weight, self.compute_dtype)
-        return F.FullyConnected(_normalize_rows(F, emb), _normalize_rows(F, weight), no_bias=True,
-                                num_hidden=self.num_classes, flatten=True)
+        return F.linalg.gemm2(_normalize_rows(F, emb), _normalize_rows(F, weight), transpose_b=True)
 
     def _with_margin(self, F, cos, label, m2):
         label = F.cast(label, self.compute_dtype)
@@ -113,6 +116,10 @@ class MarginDistillationHead(MarginHead):
     teacher puts close to their centre get the large margin, hard ones a small one,
     so the student learns the teacher's angles.  Only where the authors' code would
     go outside ``[0, Mmax]`` (``d_j < 0``, or ``D <= 0``) is ``d_j`` clipped at 0 here.
+
+    ``D`` is the maximum over the batch this head is called with: in a multi-device run, over
+    one device's share of the global batch (the training loop calls the method once per
+    device), so the margins depend a little on the number of devices (issue 24: not yet global).
 
     ``forward(emb, label, teacher_emb) -> logits``.  The weight never gets gradient.
     """

@@ -234,17 +234,76 @@ def write_state(prefix, state):
 
 
 # ------------------------------------------------------------------ finite checks
+#: Name endings of BatchNorm running statistics (MXNet symbols: ``moving_*``; Gluon: ``running_*``).
+RUNNING_STAT_SUFFIXES = ("_moving_mean", "_moving_var", "_running_mean", "_running_var")
+
+
+def is_running_stat(name):
+    """True for a BatchNorm running statistic (moved by the forward pass, not by the optimiser)."""
+    return name.endswith(RUNNING_STAT_SUFFIXES)
+
+
+def replica_mean(param):
+    """The mean of ``param``'s copies over its devices, on the CPU (float32 sums).
+
+    InsightFace's ``Module`` writes checkpoints through ``DataParallelExecutorGroup.get_params``,
+    which averages every array over the devices; BatchNorm statistics are the ones that differ
+    (each device sees its own part of the batch)."""
+    import mxnet as mx
+
+    copies = [a.as_in_context(mx.cpu()) for a in param.list_data()]
+    if len(copies) == 1:
+        return copies[0].copy()
+    return mx.nd.add_n(*[c.astype("float32") for c in copies]) / len(copies)
+
+
+def _states_on_cpu(states):
+    """Optimizer states (NDArray, tuple/list of them, or None) copied to the CPU."""
+    import mxnet as mx
+
+    if isinstance(states, mx.nd.NDArray):
+        return states.as_in_context(mx.cpu())
+    if isinstance(states, (list, tuple)):
+        return type(states)(_states_on_cpu(s) for s in states)
+    return states
+
+
+def write_trainer_states(path, trainer):
+    """``Trainer.save_states``'s file (the pickle of ``(states, optimizer)`` of updater 0), with
+    every state array on the CPU.  Gluon pickles updater 0's momentum on its own device, and an
+    NDArray loads back onto the device it was saved from, so a ``.states`` written on
+    ``gpu(k)`` could not be resumed once ``gpu(k)`` was gone; ``Trainer.load_states`` moves each
+    state to its weight's device anyway.  A trainer that updates on the kvstore saves through it."""
+    import pickle
+
+    if trainer._update_on_kvstore or not trainer._updaters:
+        write_by_name(path, trainer.save_states)
+        return
+    updater = trainer._updaters[0]
+    states = {k: _states_on_cpu(v) for k, v in updater.states.items()}
+    with atomic_open(path, "wb") as f:
+        f.write(pickle.dumps((states, updater.optimizer)))
+
+
 def arrays_all_finite(arrays):
     """True when no element of any NDArray is NaN or inf (fused ``multi_all_finite``)."""
     import mxnet as mx
 
     arrays = [a for a in arrays if a.dtype in (np.float16, np.float32, np.float64)]
-    ok = True
-    for i in range(0, len(arrays), 128):  # keep the variadic op's input count modest
-        chunk = arrays[i:i + 128]
-        flag = mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True)
-        ok = ok and bool(flag.asscalar())
-    return ok
+    if not arrays:
+        return True
+    flag = mx.nd.ones((1,), ctx=arrays[0].context)
+    by_device = {}
+    for a in arrays:
+        by_device.setdefault(a.context, []).append(a)
+    for ctx, group in by_device.items():
+        out = flag if ctx == flag.context else mx.nd.ones((1,), ctx=ctx)
+        for i in range(0, len(group), 128):  # keep the variadic op's input count modest
+            chunk = group[i:i + 128]
+            mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=out)
+        if out is not flag:
+            flag = mx.nd.minimum(flag, out.as_in_context(flag.context))
+    return bool(flag.asscalar())  # the one host read
 
 
 def nonfinite_names(named_arrays):
@@ -298,7 +357,7 @@ class Checkpointer:
         params_file, head_file, states_file = self.paths(number)
         save_checkpoint(self.prefix, number, symbol, arg_params, aux_params)
         save_nd(head_file, head_params)
-        write_by_name(states_file, trainer.save_states)
+        write_trainer_states(states_file, trainer)
         self._keep(number, state)
         # the state moves on first: a crash while pruning leaves files too many, never a state
         # that names a checkpoint already deleted

@@ -31,8 +31,12 @@ def rewrite_graph(sym, visit):
     ``visit(node, new_nodes)`` sees each node with its inputs already pointing into
     ``new_nodes``; it may append nodes there and return the index that stands for
     the node, or ``None`` to keep the (possibly edited) node as it is.  Argument
-    nodes and heads follow; parameter names are whatever the visitor leaves."""
-    graph = json.loads(sym.tojson())
+    nodes and heads follow; parameter names are whatever the visitor leaves.
+
+    AMP's ``amp_cast``/``amp_multicast`` nodes (a graph built after ``amp.init()``) are kept:
+    ``Symbol.tojson()`` drops them by default, which turned every rewritten graph of an fp16
+    run back into float32 (its blocks then met the float16 outputs of the others)."""
+    graph = _graph_json(sym)
     new_nodes, remap = [], {}
     for i, node in enumerate(graph["nodes"]):
         node = dict(node, inputs=[[remap[e[0]]] + list(e[1:]) for e in node["inputs"]])
@@ -48,11 +52,24 @@ def rewrite_graph(sym, visit):
     return mx.sym.load_json(json.dumps(graph))
 
 
+def _graph_json(sym):
+    return json.loads(sym.tojson(remove_amp_cast=False))
+
+
+#: The operators ``mxnet.contrib.amp`` inserts into graphs built while it is active.
+AMP_CAST_OPS = ("amp_cast", "amp_multicast")
+
+
+def count_amp_casts(sym):
+    """The number of AMP cast nodes in ``sym`` (0 for a graph built without ``amp.init()``)."""
+    return sum(n["op"] in AMP_CAST_OPS for n in _graph_json(sym)["nodes"])
+
+
 def insert_flatten(sym, before=lambda node, producer: True):
     """``sym`` with an explicit ``Flatten`` in front of every flattening FullyConnected
     for which ``before(node, producer)`` holds (and whose input is not a Flatten yet).
     Neither results nor parameter names change."""
-    names = {n["name"] for n in json.loads(sym.tojson())["nodes"]}
+    names = {n["name"] for n in _graph_json(sym)["nodes"]}
 
     def visit(node, new_nodes):
         if node["op"] != "FullyConnected" or node.get("attrs", {}).get("flatten", "True") not in ("True", "true", "1"):
@@ -79,7 +96,7 @@ def mkldnn_safe(sym):
     MXNet 1.9.1 with MKLDNN fails on the second forward of such a graph ("We can't
     generate TBlob for MKLDNN data"); the Flatten changes neither the result nor
     any parameter name.  Graphs without the pattern are returned unchanged."""
-    nodes = json.loads(sym.tojson())["nodes"]
+    nodes = _graph_json(sym)["nodes"]
     if not any(n["op"] == "FullyConnected" and nodes[n["inputs"][0][0]]["op"] == "BatchNorm" for n in nodes):
         return sym
     return insert_flatten(sym, lambda node, producer: producer["op"] == "BatchNorm")
@@ -104,6 +121,7 @@ def freeze_symbol(sym, param_shapes=None):
     tails' backward (docs/benchmarks.md, bench_train).  The rewrite is for
     frozen slopes only: it would sum a trainable slope's gradient in another order."""
     shapes = dict(param_shapes or {})
+    amp = count_amp_casts(sym) > 0
 
     def visit(node, new_nodes):
         op, attrs = node["op"], node.get("attrs", {})
@@ -113,7 +131,7 @@ def freeze_symbol(sym, param_shapes=None):
             node["op"] = "_copy"
             node["attrs"] = {}
         else:
-            return _visit_prelu(node, new_nodes, shapes)
+            return _visit_prelu(node, new_nodes, shapes, amp)
         return None
 
     return rewrite_graph(sym, visit)
@@ -129,22 +147,50 @@ def prelu_as_depthwise(sym, param_shapes):
     gradient does the same sum fast.  Parameter names and shapes are unchanged, so checkpoints
     keep InsightFace's symbol."""
     shapes = dict(param_shapes)
-    return rewrite_graph(sym, lambda node, new_nodes: _visit_prelu(node, new_nodes, shapes))
+    amp = count_amp_casts(sym) > 0
+    return rewrite_graph(sym, lambda node, new_nodes: _visit_prelu(node, new_nodes, shapes, amp))
 
 
-def _visit_prelu(node, new_nodes, shapes):
-    if node["op"] == "LeakyReLU" and node.get("attrs", {}).get("act_type") == "prelu" and len(node["inputs"]) == 2:
-        gamma = new_nodes[node["inputs"][1][0]]
-        shape = tuple(shapes.get(gamma["name"]) or ()) if gamma["op"] == "null" else ()
-        if len(shape) == 1 and shape[0] > 1:
-            return _prelu_as_depthwise(new_nodes, node, int(shape[0]))
+def amp_safe_prelu(sym):
+    """``sym`` with both inputs of every PReLU cast to float16 when ``sym`` was built under AMP.
+
+    PReLU (``LeakyReLU act_type='prelu'``) is in none of MXNet 1.9.1's AMP lists, so AMP leaves
+    it float16 data and its float32 slope, which type inference refuses; it runs in float16 here,
+    as the convolutions around it.  Graphs without AMP casts are returned unchanged."""
+    if not count_amp_casts(sym):
+        return sym
+    return rewrite_graph(sym, lambda node, new_nodes: _visit_prelu(node, new_nodes, {}, True))
+
+
+def _is_prelu(node):
+    return node["op"] == "LeakyReLU" and node.get("attrs", {}).get("act_type") == "prelu" and len(node["inputs"]) == 2
+
+
+def _visit_prelu(node, new_nodes, shapes, amp=False):
+    """The PReLU ``node`` as the depthwise form when its slope shape is known, else (under AMP)
+    with both inputs cast to float16; any other node is kept."""
+    if not _is_prelu(node):
+        return None
+    gamma = new_nodes[node["inputs"][1][0]]
+    shape = tuple(shapes.get(gamma["name"]) or ()) if gamma["op"] == "null" else ()
+    if len(shape) == 1 and shape[0] > 1:
+        return _prelu_as_depthwise(new_nodes, node, int(shape[0]), amp)
+    if amp:
+        node["inputs"] = [_amp_cast(new_nodes, node["name"], e, i) for i, e in enumerate(node["inputs"])]
     return None
 
 
-def _prelu_as_depthwise(new_nodes, node, channels):
+def _amp_cast(new_nodes, name, entry, i, dtype="float16"):
+    """Append ``amp_cast(entry, dtype)`` (what AMP puts before every input of an fp16 operator)."""
+    new_nodes.append({"op": "amp_cast", "name": f"{name}_amp_cast{i}", "attrs": {"dtype": dtype}, "inputs": [entry]})
+    return [len(new_nodes) - 1, 0, 0]
+
+
+def _prelu_as_depthwise(new_nodes, node, channels, amp=False):
     """Append relu(x) + conv1x1_depthwise(min(x, 0), reshape(gamma)) for the PReLU ``node``
     (inputs already remapped) to ``new_nodes``; returns the index of the sum, which keeps
-    the PReLU's name."""
+    the PReLU's name.  Under ``amp`` the convolution's inputs get the float16 casts AMP gives
+    every Convolution (the slope is a float32 parameter)."""
     data, gamma = node["inputs"]
     name = node["name"]
 
@@ -156,6 +202,9 @@ def _prelu_as_depthwise(new_nodes, node, channels):
     pos = add("Activation", "_pos", [data], act_type="relu")
     neg = add("_minimum_scalar", "_neg", [data], scalar="0.0")
     weight = add("Reshape", "_slope", [gamma], shape="(-1, 1, 1, 1)")
+    if amp:
+        neg, weight = _amp_cast(new_nodes, name, neg, 0), _amp_cast(new_nodes, name, weight, 1)
+        pos = _amp_cast(new_nodes, name, pos, 2)  # relu keeps the dtype of x: fp32 where x is
     scaled = add("Convolution", "_negscaled", [neg, weight], kernel="(1, 1)", num_filter=channels,
                  num_group=channels, no_bias="True")
     return add("elemwise_add", "", [pos, scaled])[0]
@@ -233,6 +282,7 @@ class EmbeddingNet(gluon.SymbolBlock):
             if prelu_as_conv:
                 # the computed graph only; ``embedding_symbol`` (checkpoints) keeps the PReLUs
                 outputs = prelu_as_depthwise(outputs, known)
+        outputs = amp_safe_prelu(outputs)
         super().__init__(outputs, mx.sym.var("data", dtype="float32"))
         set_default_inits(self.collect_params())
         if known:

@@ -19,13 +19,14 @@ batch counter, so a resumed CPU run replays the uninterrupted one bit for bit.
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 
 import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.model import checkpoint
-from shrinkteanet.model.checkpoint import STATE_SUFFIX, arrays_all_finite
+from shrinkteanet.model.checkpoint import STATE_SUFFIX, arrays_all_finite, is_running_stat, replica_mean
 from shrinkteanet.training.schedule import build_lr_schedule, step_seed, total_batches
 
 log = get_logger(__name__)
@@ -54,13 +55,15 @@ class NonFiniteGuard:
         self.limit = int(limit)
         self.in_a_row = 0
         self.skipped = 0
+        self.overflows = 0  # AMP overflow skips (also in ``skipped``)
+        self.hopeless = 0  # overflows in a row at a loss scale of 1 or less
 
     def check(self, part_values, grads_finite, stats_finite=True):
         """True for a good step; ``stats_finite``: the BatchNorm running statistics after the
         forward pass (they can overflow while loss and gradients stay finite)."""
         bad = [k for k, v in part_values.items() if not math.isfinite(v)]
         if not bad and grads_finite and stats_finite:
-            self.in_a_row = 0
+            self.good()
             return True
         term = bad[0] if bad else ("gradient" if not grads_finite else "running statistics")
         self.in_a_row += 1
@@ -73,9 +76,73 @@ class NonFiniteGuard:
         return False
 
 
-def grads_all_finite(params):
-    """One fused check over every gradient of the first context (after the reduction)."""
-    return arrays_all_finite([p.list_grad()[0] for p in params if p.grad_req != "null"])
+    def overflow(self, loss_scale):
+        """Count one AMP overflow skip at ``loss_scale``.  AMP halves its scale after each
+        overflow (2**16 down to 1 in 16 steps) and then overflows are no longer a scale search:
+        after ``limit`` more in a row the gradients overflow float16 even unscaled, and the run,
+        which would never update again, stops with one line (``NonFiniteLossError``)."""
+        self.in_a_row += 1
+        self.skipped += 1
+        self.overflows += 1
+        self.hopeless = self.hopeless + 1 if loss_scale <= 1.0 else 0
+        log.info("AMP: float16 gradient overflow at loss scale %g: update skipped (%d in a row)", loss_scale,
+                 self.in_a_row)
+        if self.limit > 0 and self.hopeless >= self.limit:
+            raise NonFiniteLossError(
+                f"fp16: gradients overflowed float16 in {self.in_a_row} consecutive batches (loss scale down to "
+                f"{loss_scale:g}); stopping: train without --fp16 or lower lr", "gradient")
+
+    def good(self):
+        """Count a good step (resets the runs of bad steps)."""
+        self.in_a_row = 0
+        self.hopeless = 0
+
+
+class LossParts(Mapping):
+    """One step's loss parts, ``{name: mean over the step's images}``, read from the device
+    only when a value is asked for (all parts in one transfer).  The loop itself reads them
+    every ``frequent`` steps (log line, curve point), so a step costs no host sync for them."""
+
+    def __init__(self, sums, n):
+        self._sums, self._n, self._values = sums, int(n), None
+
+    def _read(self):
+        if self._values is None:
+            import mxnet as mx
+
+            keys = list(self._sums)
+            flat = mx.nd.concat(*[self._sums[k].reshape((1,)) for k in keys], dim=0).asnumpy() if keys else []
+            self._values = OrderedDict((k, float(v) / self._n) for k, v in zip(keys, flat))
+        return self._values
+
+    def __getitem__(self, key):
+        return self._read()[key]
+
+    def __iter__(self):
+        return iter(self._sums)
+
+    def __len__(self):
+        return len(self._sums)
+
+    def arrays(self):
+        """The per-part sums over the step's images (NDArrays of shape (1,) on the first device)."""
+        return list(self._sums.values())
+
+
+def autograd_backward(losses):
+    """Backward of every context's (possibly AMP-scaled) loss."""
+    from mxnet import autograd
+
+    autograd.backward(losses)
+
+
+def amp_scaled(losses, trainer):
+    """``losses`` times AMP's current loss scale (``amp.scale_loss``, which also sets the
+    trainer's rescale to undo it); call inside ``autograd.record()``."""
+    from mxnet.contrib import amp
+
+    with amp.scale_loss(losses, trainer) as scaled:
+        return list(scaled)
 
 
 class Monitor:
@@ -96,14 +163,17 @@ class Monitor:
         self.n_last = 0
 
     def step(self, step, *, lr, parts, speed, skipped):
+        """One step on the bar; every ``frequent`` steps (the only time the loss values are read
+        from the device) the bar's loss figures, the log line and the TensorBoard scalars."""
+        self.bar.update(1)
+        if step % self.frequent:
+            return
         post = OrderedDict(ips=f"{speed:.1f}", lr=f"{lr:.4g}")
         for k, v in parts.items():
             post[k] = f"{v:.4f}"
         self.bar.set_postfix(post, refresh=False)
-        self.bar.update(1)
-        if step % self.frequent == 0:
-            terms = " ".join(f"{k}={v:.5f}" for k, v in parts.items())
-            log.info("batch %d lr %.5g %.1f img/s %s skipped=%d", step, lr, speed, terms, skipped)
+        terms = " ".join(f"{k}={v:.5f}" for k, v in parts.items())
+        log.info("batch %d lr %.5g %.1f img/s %s skipped=%d", step, lr, speed, terms, skipped)
         if self.writer is not None:
             for k, v in parts.items():
                 self.writer.add_scalar(f"loss/{k}", v, step)
@@ -234,6 +304,15 @@ def _symbol_names(sym):
     return set(sym.list_arguments()), set(sym.list_auxiliary_states())
 
 
+def _saved_value(name, p):
+    """What a checkpoint holds of ``p``: BatchNorm running statistics averaged over the devices
+    (InsightFace's ``Module``, ``checkpoint.replica_mean``), trained weights from the first
+    device (the replicas are equal bit for bit; a mean of three equal floats need not be)."""
+    if is_running_stat(name) and len(p.list_ctx()) > 1:
+        return replica_mean(p)
+    return p.data(p.list_ctx()[0]).copy()
+
+
 def _student_params(student, sym):
     if student is None or sym is None:
         return {}, {}
@@ -241,9 +320,9 @@ def _student_params(student, sym):
     arg, aux = {}, {}
     for name, p in student.collect_params().items():
         if name in args:
-            arg[name] = p.data(p.list_ctx()[0]).copy()
+            arg[name] = _saved_value(name, p)
         elif name in auxs:
-            aux[name] = p.data(p.list_ctx()[0]).copy()
+            aux[name] = _saved_value(name, p)
     return arg, aux
 
 
@@ -258,7 +337,7 @@ def _checkpoint_params(method, student, sym):
     for name, p in method.collect_params().items():
         if name in own:
             continue
-        value = p.data(p.list_ctx()[0]).copy()
+        value = _saved_value(name, p)
         if name.startswith("fc7"):
             arg[name] = value
         else:
@@ -423,9 +502,10 @@ class Fit:
         cfg = self.cfg
         self.guard = NonFiniteGuard(cfg.nan_guard)
         self.guard.skipped = self.state["nonfinite_skipped"]
-        # BatchNorm running statistics: not trained, but moved by the forward pass (the guard undoes them)
+        # BatchNorm running statistics: not trained, but moved by the forward pass (the guard
+        # undoes them); not the other fixed arrays (MarginDistillation's 85k x 512 fc7)
         self.aux_params = [p for name, p in self.method.collect_params().items()
-                           if p.grad_req == "null" and name not in self.params]
+                           if p.grad_req == "null" and name not in self.params and is_running_stat(name)]
         self.monitor = Monitor(self.num_batches, self.state["step"], frequent=cfg.frequent,
                                tensorboard=cfg.get("tensorboard", ""), enabled=self.is_chief)
 
@@ -466,28 +546,32 @@ class Fit:
 
     # -- one step ----------------------------------------------------------------------------
     def update(self, batch):
-        """Forward/backward over the contexts, reduce, check, update.  Returns (updated, losses, n)."""
-        import mxnet as mx
+        """Forward/backward over the contexts, reduce, check, update.  Returns (updated, losses, n).
 
+        The one host sync of a step is the guard's verdict (one fused finiteness flag); the loss
+        values (``LossParts``) stay on the device until the monitor reads them."""
         # BatchNorm moves its running statistics in the forward pass: keep them to undo a bad step
+        # (device-side copies of the small statistic vectors; nothing waits for them)
         backup = [(p, [a.copy() for a in p.list_data()]) for p in self.aux_params] if self.guard.limit > 0 else []
         losses, part_sums = self._forward(batch)
-        self._backward(losses)
+        autograd_backward(losses)
         self.trainer.allreduce_grads()
         n = int(batch.data.shape[0])
-        values = OrderedDict((k, float(sum(x.asscalar() for x in v)) / n) for k, v in part_sums.items())
-        ok = self._verdict(values, backup)
-        if ok:
+        values = LossParts(part_sums, n)
+        ok, overflow = self._verdict(values, backup)
+        if ok or overflow:
+            # on an AMP overflow Trainer.update only halves the loss scale and skips the update
             self.trainer.update(self.global_batch)
-        else:
+        if not ok:
             for p, saved in backup:
                 for dst, src in zip(p.list_data(), saved):
                     src.copyto(dst)
-        mx.nd.waitall()
         return ok, values, n
 
     def _forward(self, batch):
-        """Recorded forward pass per context: (summed loss per context, {part: [sums]})."""
+        """Recorded forward pass per context: (loss per context, {part: sum on the first context}).
+        Under AMP the losses are scaled inside ``record()`` (outside it the scaled loss is not
+        in the graph and backward fails at step 1)."""
         import mxnet as mx
         from mxnet import autograd
 
@@ -504,28 +588,31 @@ class Fit:
                 losses.append(mx.nd.add_n(*vals) if len(vals) > 1 else vals[0])
                 for k, v in parts.items():
                     part_sums.setdefault(k, []).append(v.sum())
-        return losses, part_sums
-
-    def _backward(self, losses):
-        """Backward of every context's loss; under AMP through its dynamic loss scale."""
-        from mxnet import autograd
-
-        if self.cfg.fp16:
-            from mxnet.contrib import amp
-
-            with amp.scale_loss(losses, self.trainer) as scaled:
-                autograd.backward(scaled)
-        else:
-            autograd.backward(losses)
+            if self.cfg.fp16:
+                losses = amp_scaled(losses, self.trainer)
+        first = ctx_list[0]
+        sums = OrderedDict((k, mx.nd.add_n(*[x.as_in_context(first) for x in v]) if len(v) > 1 else v[0])
+                           for k, v in part_sums.items())
+        return losses, sums
 
     def _verdict(self, values, backup):
-        """The guard's verdict on the reduced step: finite losses, gradients and statistics."""
-        # AMP's dynamic loss scaling deals with fp16 gradient overflow itself
-        finite = True if self.cfg.fp16 else grads_all_finite(self.params.values())
+        """The guard's verdict on the reduced step: finite losses, gradients and statistics, as
+        ``(ok, amp_overflow)``.  One fused flag over all of them; the names of what went
+        non-finite are looked up only when it is down."""
         distributed = self.job.distributed
+        grads = [p.list_grad()[0] for p in self.params.values() if p.grad_req != "null"]
         # running statistics are per worker: in data-parallel runs only the reduced gradients agree
-        stats_ok = distributed or arrays_all_finite([p.list_data()[0] for p, _ in backup])
-        return self.guard.check({} if distributed else values, finite, stats_ok)
+        stats = [] if distributed else [p.list_data()[0] for p, _ in backup]
+        parts = [] if distributed else values.arrays()
+        if arrays_all_finite(parts + grads + stats):
+            self.guard.good()
+            return True, False
+        parts_ok, stats_ok = arrays_all_finite(parts), arrays_all_finite(stats)
+        if self.cfg.fp16 and parts_ok and stats_ok:
+            # finite loss, non-finite gradient: AMP's loss scale overflowed float16
+            self.guard.overflow(float(self.trainer._amp_loss_scaler.loss_scale))
+            return False, True
+        return self.guard.check({} if distributed or parts_ok else values, arrays_all_finite(grads), stats_ok), False
 
     # -- after-step hooks --------------------------------------------------------------------
     def advance(self, epoch, b, ok, values):

@@ -133,6 +133,11 @@ class Verifier:
     of ``symbol`` on the ``.bin`` sets ``sets`` (``{target: (images, issame)}``)."""
 
     def __init__(self, symbol, sets, image_size, ctx):
+        import mxnet as mx
+
+        # without AMP's casts (``tojson`` drops them): the float32 graph of the checkpoint, whose
+        # PReLUs and float32 parameters then agree under --fp16 too
+        symbol = mx.sym.load_json(symbol.tojson())
         self.symbol, self.sets, self.image_size, self.ctx = symbol, sets, int(image_size), ctx
 
     def __call__(self, arg, aux):
@@ -300,7 +305,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
         summary = Fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
                       callbacks=callbacks, verify=verify).run(resume=resume)
         if job.rank == 0:
-            summary["stage_cosines"] = final_stage_cosines(method, loader, ctx_list[0])
+            summary["stage_cosines"] = final_stage_cosines(method, loader, ctx_list[0], len(ctx_list))
         return summary
     finally:
         if hasattr(loader, "close"):
@@ -375,16 +380,25 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
                teacher_cache=teacher_cache, callbacks=callbacks, verify=verify).run(resume=resume)
 
 
-def final_stage_cosines(method, loader, ctx):
-    """``distill.stage_cosines`` on the first batch of epoch 0 (keys are stage numbers as strings)."""
+def final_stage_cosines(method, loader, ctx, num_ctx=1):
+    """``distill.stage_cosines`` on one device's share of the first batch of epoch 0 (keys are
+    stage numbers as strings): the batch shape the training graphs were built for on ``ctx``,
+    so no new graph for the whole batch is built there after training.  A failure (out of
+    memory) is logged and gives ``{}``: the run's summary is never lost to this check."""
     import mxnet as mx
 
     from shrinkteanet.methods.distill import stage_cosines
 
     if not hasattr(loader, "epoch"):
         return {}
-    batch = next(iter(loader.epoch(0)), None)
-    if batch is None:
+    try:
+        batch = next(iter(loader.epoch(0)), None)
+        if batch is None:
+            return {}
+        share = max(len(batch.data) // max(int(num_ctx), 1), 1)
+        data = mx.nd.array(batch.data[:share], ctx=ctx)
+        return {str(k): v for k, v in stage_cosines(method, data).items()}
+    except Exception as e:  # noqa: BLE001 -- a diagnostic after training; the summary must survive
+        log.warning("final stage-cosine check failed (%s: %s); summary without stage_cosines",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return {}
-    data = mx.nd.array(batch.data, ctx=ctx)
-    return {str(k): v for k, v in stage_cosines(method, data).items()}
