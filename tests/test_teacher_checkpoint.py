@@ -149,3 +149,25 @@ def test_config_refuses_what_train_refuses_before_any_data(override, needle, cap
     code = cli_main(["train", "--config", "mfn_stn", "--data", "/nonexistent/set", override])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0]
+
+
+def test_512d_teacher_trains_a_128d_student_with_every_part_decreasing(tmp_path):
+    """ShrinkTeaNet Sec. 3.3: the student's final 128-d embedding reaches the 512-d teacher's
+    through a 1x1 conv + BN (``adapter4``); every angular part falls over a few steps."""
+    from shrinkteanet.training import train
+
+    data = tiny.write_tiny_set(tmp_path / "set", ids=4, per=8, with_bin=False)
+    teacher = write_insightface_checkpoint(str(tmp_path / "t"), "r18", 512, 32,
+                                           {"filters": NARROW, "units": [1, 1, 1, 1]}, classes=4)
+    cfg = config.config_by_name("mfnr_stn", tiny.train_overrides(
+        data, None, f"teacher={teacher}", "emb_size=128", "max_batches=12", "lr_schedule=constant", "lr=0.05",
+        "teacher_network=", "teacher_net_opts={}", "batch_size=32"))
+    seen = []
+    summary = train.train(cfg, callbacks=[lambda info: seen.append(dict(info["losses"]))])
+    assert cfg.teacher_emb_size == 512 and cfg.emb_size == 128
+    parts = [p for p in seen[0] if p.startswith("angular_")]
+    assert parts == ["angular_1", "angular_2", "angular_3", "angular_4"]
+    for part in parts:
+        first, last = np.mean([s[part] for s in seen[:3]]), np.mean([s[part] for s in seen[-3:]])
+        assert last < first, (part, first, last)
+    assert 0 < summary["stage_cosines"]["4"] <= 1
