@@ -74,7 +74,8 @@ train_row() {
     # before the teacher recipe has run, the rest is checked (--teacher-pending)
     local -a tv=()
     if [ -n "${TEACHER_ARG:-}" ]; then
-      if [ -f "$(printf '%s-%04d.params' "${TEACHER_ARG%,*}" "$((10#${TEACHER_ARG##*,}))")" ]; then
+      if [ -f "${TEACHER_ARG%,*}-symbol.json" ] && \
+         [ -f "$(printf '%s-%04d.params' "${TEACHER_ARG%,*}" "$((10#${TEACHER_ARG##*,}))")" ]; then
         tv=("teacher=$TEACHER_ARG")
       else
         tv=(--teacher-pending); echo "dry-run: teacher $TEACHER_ARG not trained yet; checked without it"
