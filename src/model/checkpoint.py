@@ -175,9 +175,9 @@ def load_checkpoint(prefix, epoch, keep_extra=False):
 
 
 def read_raw_checkpoint(prefix, epoch):
-    """``(symbol JSON as a dict, arg_params, aux_params)`` of a checkpoint, nothing cut or
-    dropped: what a teacher's network is read from (``symbols.infer``) and checked against.
-    Missing or unreadable files are one-line ``InputError``s naming the file."""
+    """The symbol file parsed as JSON (a dict), ``arg_params`` and ``aux_params`` of a checkpoint,
+    nothing cut or dropped: what a teacher's network is read from (``symbols.infer``) and checked
+    against.  A missing or unreadable file is a one-line ``InputError`` naming it."""
     sym_path, params_path = checkpoint_paths(prefix, epoch)
     for path in (sym_path, params_path):
         if not os.path.isfile(path):
