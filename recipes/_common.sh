@@ -70,7 +70,18 @@ train_row() {
     local -a ov=("val_dir=$VAL" "$@")
     # shellcheck disable=SC2206
     [ -n "$EXTRA" ] && ov+=($EXTRA)
-    "$SHRINKTEANET" config "$config" "data_dir=$DATA" "${ov[@]}" --json "${TMPDIR:-/tmp}/recipe-$name.json" >/dev/null
+    # the teacher checkpoint is checked when it exists (network, sizes, fc7 against the data);
+    # before the teacher recipe has run, the rest is checked (--teacher-pending)
+    local -a tv=()
+    if [ -n "${TEACHER_ARG:-}" ]; then
+      if [ -f "${TEACHER_ARG%,*}-symbol.json" ] && \
+         [ -f "$(printf '%s-%04d.params' "${TEACHER_ARG%,*}" "$((10#${TEACHER_ARG##*,}))")" ]; then
+        tv=("teacher=$TEACHER_ARG")
+      else
+        tv=(--teacher-pending); echo "dry-run: teacher $TEACHER_ARG not trained yet; checked without it"
+      fi
+    fi
+    "$SHRINKTEANET" config "$config" "data_dir=$DATA" "${ov[@]}" "${tv[@]}" --json "${TMPDIR:-/tmp}/recipe-$name.json" >/dev/null
     echo "dry-run: config $config resolves (${TMPDIR:-/tmp}/recipe-$name.json)"
     return 0
   fi

@@ -27,6 +27,8 @@ import mxnet as mx
 
 from shrinkteanet.core.constants import PIXEL_MEAN, PIXEL_SCALE
 
+from .tables import final_size  # noqa: F401 - the families' GDC kernel
+
 #: BatchNorm momentum of InsightFace's default config (``config.bn_mom``).
 BN_MOM = 0.9
 #: fresnet's BatchNorm epsilon; the MobileFaceNet units keep MXNet's default 1e-3.
@@ -145,10 +147,3 @@ def output_gdc(body, emb_size, channels, kernel):
     return batchnorm(fc1, "fc1", eps=RESNET_EPS, fix_gamma=True)
 
 
-def final_size(image_size, num_halvings=4):
-    """Spatial size after ``num_halvings`` stride-2 convolutions with padding 1
-    (3x3 kernels) or 0 (1x1): ceil(s / 2) each time, e.g. 112 -> 7, 56 -> 4."""
-    s = int(image_size)
-    for _ in range(num_halvings):
-        s = (s + 1) // 2
-    return s

@@ -27,17 +27,9 @@ Parameter counts (all arguments except ``data``; aux excluded): mfn 1.00M at
 embedding 128 and 1.20M at 512 (InsightFace: 1.0M / 1.2M; the paper: 1.2M).
 """
 from . import common
+from .tables import MFN_BLOCKS, MFN_FILTERS, MFN_GROUPS, MFNR_FILTERS, MFNR_GROUPS  # noqa: F401 - as before
 
 WITH_ID = False
-
-#: (stage widths: conv_1/conv_2_dw, res_3, res_4, res_5, conv_6sep)
-MFN_FILTERS = (64, 64, 128, 128, 512)
-#: depthwise widths of (dconv_23, res_3, dconv_34, res_4, dconv_45, res_5)
-MFN_GROUPS = (128, 128, 256, 256, 512, 256)
-MFN_BLOCKS = (1, 4, 6, 2)
-
-MFNR_FILTERS = (64, 128, 256, 512, 512)
-MFNR_GROUPS = (256, 256, 512, 512, 512, 256)
 
 
 def _widths(variant, blocks, filters, groups):

@@ -16,16 +16,7 @@ r18 24.0M, r34 34.1M, r50 43.6M, r90 63.68M (paper Table 2: 63.67M), r100 65.2M.
 import functools
 
 from . import common
-
-#: units per stage, InsightFace ``fresnet.get_symbol`` (num_layers -> units).
-UNITS = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 14, 3),
-    90: (3, 8, 30, 3),
-    100: (3, 13, 30, 3),
-}
-FILTERS = (64, 64, 128, 256, 512)
+from .tables import FRESNET_FILTERS as FILTERS, FRESNET_UNITS as UNITS
 
 #: fresnet normalises behind an ``identity`` node named ``id``.
 WITH_ID = True

@@ -87,11 +87,26 @@ REGISTRY = MappingProxyType({spec.name: spec for spec in _SPECS})
 NETWORKS = tuple(REGISTRY)
 #: networks whose argument/aux names and shapes are InsightFace's (CONTRACTS.md)
 INSIGHTFACE_COMPATIBLE = tuple(name for name, spec in REGISTRY.items() if spec.insightface)
+#: InsightFace's own names (its ``config.py`` network keys) that name a registered network:
+#: ``y1`` is fmobilefacenet with ``net_blocks=(1, 4, 6, 2)`` and output 'GDC', i.e. ``mfn``
+#: (InsightFace's y1 row also sets emb_size 128; an alias names the network only).  InsightFace's
+#: ``r18 .. r100`` are the registry's names already.
+ALIASES = MappingProxyType({"y1": "mfn"})
+#: the registry name given to a fresnet checkpoint whose depth has no name of its own
+#: (read with ``units``/``filters`` options; ShrinkTeaNet's teacher family)
+DEFAULT_FRESNET = "r90"
 
 
 def unknown_network_message(name):
     """One line naming ``name`` and every valid network (gluon-cv ``get_model`` style)."""
-    return f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}"
+    aliases = ", ".join(f"{a}={n}" for a, n in ALIASES.items())
+    return f"unknown network {name!r}; choose one of {', '.join(NETWORKS)} (InsightFace aliases: {aliases})"
+
+
+def canonical_name(network):
+    """The registry name of ``network`` or of its InsightFace alias (``y1`` -> ``mfn``); other
+    names come back unchanged (``get_spec`` refuses them)."""
+    return ALIASES.get(network, network)
 
 
 def get_spec(network):
@@ -100,7 +115,7 @@ def get_spec(network):
     Parameters
     ----------
     network : str
-        A registered name (``NETWORKS``).
+        A registered name (``NETWORKS``) or an InsightFace alias (``ALIASES``).
 
     Returns
     -------
@@ -111,9 +126,10 @@ def get_spec(network):
     ValueError
         For an unknown name; the message lists every valid one.
     """
-    if network not in REGISTRY:
+    name = canonical_name(network)
+    if name not in REGISTRY:
         raise ValueError(unknown_network_message(network))
-    return REGISTRY[network]
+    return REGISTRY[name]
 
 
 def display_names():

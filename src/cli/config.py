@@ -1,7 +1,10 @@
 """`shrinkteanet config NAME [key=value ...]`: resolve and print a training config.
 
 The recipes' ``--dry-run`` calls this to prove that the config they would
-train with is valid (unknown keys and mistyped values fail with exit 2).  ``--list`` shows the
+train with is valid: unknown keys and mistyped values, and every check of
+``training.validate.validate`` that ``train`` makes before reading data (names, stages, sizes,
+the teacher against its checkpoint, class counts), fail with exit 2.  The teacher resolved from
+its checkpoint is printed in the config.  ``--list`` shows the
 named configs, ``--methods`` the methods of the registry (``shrinkteanet.methods.registry``) with
 their variants and needs; both tables are derived from the method modules."""
 from shrinkteanet.cli import add_json_arg
@@ -15,6 +18,8 @@ def register(sub):
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--list", action="store_true", help="list the named configs")
     p.add_argument("--methods", action="store_true", help="list the distillation methods and their variants")
+    p.add_argument("--teacher-pending", action="store_true",
+                   help="a method's teacher checkpoint is not trained yet: check the rest (recipes' --dry-run)")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -36,6 +41,10 @@ def run(args):
             raise InputError("give a config NAME (or --list)")
         return 0
     cfg = config.config_by_name(args.name, args.overrides)
+    from shrinkteanet.training.validate import validate
+
+    # the checks of `train` before it reads data (names, stages, sizes, the teacher checkpoint)
+    validate(cfg, teacher_pending=args.teacher_pending)
     print(json.dumps(cfg, indent=2, sort_keys=True))
     if args.json:
         write_json(args.json, cfg)

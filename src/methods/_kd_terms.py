@@ -20,8 +20,9 @@ class SoftTargets(Term):
         s, m1, m2, m3 = L.margin_params(cfg)
         self.kd = L.KDLoss(cfg.kd_temperature)
         self.weights["kd"] = float(cfg.kd_lambda)
-        head = L.MarginHead(build.num_classes, build.emb_size, s=s, m1=m1, m2=m2, m3=m3, fixed=True,
-                            prefix="teacher_fc7_")
+        # the teacher's own head on the teacher's own embedding: its width may differ from the student's
+        head = L.MarginHead(build.num_classes, int(build.teacher_fc7.shape[1]), s=s, m1=m1, m2=m2, m3=m3,
+                            fixed=True, prefix="teacher_fc7_")
         head.initialize(ctx=build.ctx)
         head.weight.set_data(build.teacher_fc7.astype("float32"))
         build.frozen.head = head

@@ -25,6 +25,20 @@ class Adapter(gluon.HybridBlock):
         return self.bn(self.conv(x))
 
 
+class EmbeddingAdapter(gluon.HybridBlock):
+    """H_n of ShrinkTeaNet (Sec. 3.3: "the dimension of F_n^s is increased to match the dimension of
+    F_n^t", a 1x1 convolution followed by batch normalization) for the final stage, whose features
+    are the embeddings: a student embedding (batch, D_s) seen as a 1x1 map, to the teacher's D_t."""
+
+    def __init__(self, in_units, out_units, prefix):
+        super().__init__(prefix=prefix)
+        with self.name_scope():
+            self.adapter = Adapter(in_units, out_units, prefix="")
+
+    def hybrid_forward(self, F, x):
+        return F.flatten(self.adapter(F.reshape(x, shape=(0, 0, 1, 1))))
+
+
 def _stage_shapes(net, image_size, who):
     split = getattr(net, "split", None)
     if split is None:
@@ -49,6 +63,8 @@ class StageTerms(Term):
         self._tails = build.frozen.tails
         if on_taps or any(s != LAST_STAGE for s in self.stages):
             self._build_adapters(build)
+        if not on_taps and LAST_STAGE in self.stages:
+            self._build_final_adapter(build)
         for stage, w in zip(self.stages, self.stage_weights):
             self.weights[part_name(stage)] = w
 
@@ -76,6 +92,19 @@ class StageTerms(Term):
             if not self.on_taps:
                 build.frozen.tails[stage] = frozen_tail(build.teacher, stage - 1)
 
+    def _build_final_adapter(self, build):
+        """``EmbeddingAdapter`` H_4 when the student's embedding is narrower or wider than the
+        teacher's (Sec. 3.3); none when they match (the paper's identity case, Eq. 4/5 as is)."""
+        from shrinkteanet.methods.distill import teacher_emb_size
+
+        t_emb = teacher_emb_size(build.teacher, build.emb_size)
+        if t_emb == int(build.emb_size):
+            return
+        adapter = EmbeddingAdapter(int(build.emb_size), t_emb, prefix=f"adapter{LAST_STAGE}_")
+        adapter.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=build.ctx)
+        self._adapters[LAST_STAGE] = adapter
+        self.register_child(adapter, f"adapter{LAST_STAGE}")
+
     @property
     def adapters(self):
         return self._adapters
@@ -89,7 +118,8 @@ class StageTerms(Term):
             if self.on_taps:
                 value = self.distance(self._adapters[stage](batch.taps[stage - 1]), batch.t_taps[stage - 1])
             elif stage == LAST_STAGE:
-                value = self.distance(batch.emb, batch.t_emb)
+                final = self._adapters.get(LAST_STAGE)
+                value = self.distance(final(batch.emb) if final is not None else batch.emb, batch.t_emb)
             else:
                 # float32 at the boundary: the tail's input is a float32 Variable (under AMP the
                 # adapter's output is float16; the tail casts again where its graph runs fp16)

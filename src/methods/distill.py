@@ -161,10 +161,9 @@ class Method(gluon.Block):
             self._frozen.teacher = teacher
             for p in teacher.collect_params().values():
                 p.grad_req = "null"
-            t_emb = getattr(teacher, "emb_size", self.emb_size)
-            if needs.emb and t_emb != self.emb_size:
-                raise InputError(f"teacher_emb_size={t_emb} != emb_size={self.emb_size}: the embedding terms "
-                                 "compare the two embeddings directly")
+            from shrinkteanet.methods._teacher import check_embedding_sizes
+
+            check_embedding_sizes(self.cfg, needs, teacher_emb_size(teacher, self.emb_size))
             if needs.taps and not getattr(teacher, "with_taps", False):
                 raise InputError(f"distill={self.method}: the teacher must be built with_taps=True")
             if needs.emb and not needs.taps:
@@ -256,12 +255,20 @@ def stage_cosines(method, data):
     with autograd.pause(train_mode=False):
         emb, taps = _split_taps(method.student(method.student_input(data)))
         t_emb, _ = method.teacher_forward(data)
-        views = {LAST_STAGE: emb}
+        # a student narrower than its teacher is compared through its final adapter (Sec. 3.3)
+        final = method.adapters.get(LAST_STAGE) if not method.needs.taps else None
+        views = {LAST_STAGE: final(emb) if final is not None else emb}
         for stage in sorted(fr.tails):
             views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]).astype("float32", copy=False))
         t = mx.nd.L2Normalization(t_emb.astype("float32"))
         return {stage: float(mx.nd.sum(mx.nd.L2Normalization(v.astype("float32")) * t, axis=1).mean().asscalar())
                 for stage, v in sorted(views.items())}
+
+
+def teacher_emb_size(teacher, default):
+    """Width of the teacher's embedding (``default`` for a block that does not say)."""
+    split = getattr(teacher, "split", None)
+    return int(split.emb_size) if split is not None else int(getattr(teacher, "emb_size", default))
 
 
 def _frozen_full(teacher):
@@ -340,13 +347,10 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     """``(student, teacher, teacher_fc7)`` for ``cfg``: the student ``EmbeddingNet``
     (``cfg.network``, ``cfg.net_opts``, at ``student_image_size(cfg)``, taps when the
     method's stage terms need them), Xavier-initialised as InsightFace's fresnet/MobileFaceNet
-    (gaussian, fan-out, magnitude 2); the teacher loaded from ``teacher_checkpoint``
-    ((prefix, epoch) or "PREFIX,EPOCH"; default ``cfg.teacher``) into
-    ``cfg.teacher_network`` with ``cfg.teacher_net_opts``, frozen; and its ``fc7_weight``
-    (None when the checkpoint has none).  No teacher for ``distill=none``."""
-    from shrinkteanet.model.checkpoint import load_checkpoint
+    (gaussian, fan-out, magnitude 2); the teacher from ``teacher_checkpoint`` ((prefix, epoch)
+    or "PREFIX,EPOCH"; default ``cfg.teacher``) as ``load_teacher`` builds it, frozen; and its
+    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``."""
     from shrinkteanet.model.network import EmbeddingNet
-    from shrinkteanet.core.utils import parse_model_arg
 
     ctx = _ctx_list(ctx)
     needs = method_def(cfg).needs
@@ -362,21 +366,30 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
     if not ckpt:
         raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")
+    teacher, fc7 = load_teacher(cfg, ckpt, ctx=ctx, with_taps=needs.taps)
+    return student, teacher, fc7
+
+
+def load_teacher(cfg, ckpt, *, ctx, with_taps):
+    """``(teacher EmbeddingNet, fc7_weight or None)`` of the checkpoint ``ckpt``: its network read
+    from its ``-symbol.json`` and checked against its parameters (``_teacher.teacher_plan``; the
+    resolved ``teacher_network``/``teacher_net_opts``/``teacher_emb_size`` are written into
+    ``cfg``), at ``cfg.image_size``, every parameter set, ``grad_req='null'``."""
+    from shrinkteanet.core.utils import parse_model_arg
+    from shrinkteanet.methods import _teacher
+    from shrinkteanet.model.checkpoint import read_raw_checkpoint
+    from shrinkteanet.model.network import EmbeddingNet
+
     prefix, epoch = parse_model_arg(ckpt) if isinstance(ckpt, str) else ckpt
-    sym, arg_params, aux_params = load_checkpoint(prefix, epoch, keep_extra=True)
-    fc7 = arg_params.get("fc7_weight")
-    t_opts = dict(cfg.teacher_net_opts)
+    graph, arg_params, aux_params = read_raw_checkpoint(prefix, epoch)
+    shapes = ({k: v.shape for k, v in arg_params.items()}, {k: v.shape for k, v in aux_params.items()})
+    plan = _teacher.teacher_plan(cfg, graph, *shapes, image_size=int(cfg.image_size), where=f"{prefix},{epoch}")
+    _teacher.fill_config(cfg, plan)
+    t_opts = dict(plan.opts)
     t_opts.setdefault("image_size", int(cfg.image_size))
-    emb = int(arg_params["pre_fc1_weight"].shape[0]) if "pre_fc1_weight" in arg_params else int(cfg.teacher_emb_size)
-    teacher = EmbeddingNet(cfg.teacher_network, emb_size=emb, with_taps=needs.taps, **t_opts)
-    names = set(teacher.collect_params().keys())
-    missing = sorted(n for n in names if n not in arg_params and n not in aux_params)
-    if missing:
-        raise InputError(f"teacher={prefix},{epoch}: not a {cfg.teacher_network} checkpoint "
-                         f"({len(missing)} parameters missing, e.g. {missing[0]!r}; check teacher_network)")
+    teacher = EmbeddingNet(plan.network, emb_size=plan.emb_size, with_taps=with_taps, **t_opts)
     teacher.set_params(arg_params, aux_params, ctx=ctx)
     for p in teacher.collect_params().values():
         p.grad_req = "null"
-    if fc7 is not None:
-        fc7 = fc7.as_in_context(ctx[0])
-    return student, teacher, fc7
+    fc7 = arg_params.get("fc7_weight")
+    return teacher, (fc7.as_in_context(ctx[0]) if fc7 is not None else None)

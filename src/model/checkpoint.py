@@ -174,6 +174,25 @@ def load_checkpoint(prefix, epoch, keep_extra=False):
     return sym, arg_params, aux_params
 
 
+def read_raw_checkpoint(prefix, epoch):
+    """The symbol file parsed as JSON (a dict), ``arg_params`` and ``aux_params`` of a checkpoint,
+    nothing cut or dropped: what a teacher's network is read from (``symbols.infer``) and checked
+    against.  A missing or unreadable file is a one-line ``InputError`` naming it."""
+    sym_path, params_path = checkpoint_paths(prefix, epoch)
+    for path in (sym_path, params_path):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: checkpoint file not found (PREFIX,EPOCH)")
+    try:
+        with open(sym_path, "rb") as f:
+            graph = json.loads(f.read().decode("utf-8"))
+        if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+            raise ValueError("no node list")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{sym_path}: not an MXNet symbol file ({e})") from None
+    arg_params, aux_params = _read_arg_aux(params_path)
+    return graph, arg_params, aux_params
+
+
 def _read_symbol(path):
     import mxnet as mx
 

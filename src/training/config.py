@@ -56,8 +56,10 @@ DEFAULT = dict(
     # distillation
     distill="none",
     teacher="",  # PREFIX,EPOCH of the teacher checkpoint
-    teacher_network="r90",
-    teacher_emb_size=512,
+    # the teacher's network, options and embedding width: empty/0 = read from its checkpoint's
+    # -symbol.json (methods._teacher); given, they must agree with the checkpoint
+    teacher_network="",
+    teacher_emb_size=0,
     teacher_net_opts={},
     teacher_cache="",
     distill_stages=[1, 2, 3, 4],
@@ -121,6 +123,9 @@ LOSSES = edict(
     combined=dict(loss="combined", margin_s=64.0, margin_m1=1.0, margin_m2=0.3, margin_m3=0.2),
 )
 
+#: keys that name a network: InsightFace's aliases (``y1``) become the registry's names
+NETWORK_KEYS = ("network", "teacher_network")
+
 #: Named configs of the teachers: config name -> network row (method ``none``).
 TEACHER_CONFIGS = {"teacher_r90": "r90", "teacher_r100": "r100"}
 #: The student networks that get one named config ``<student>_<variant>`` per method variant.
@@ -164,6 +169,7 @@ def generate_config(network="r100", dataset="emore", loss="arcface", distill="no
     """Merge DEFAULT <- NETWORKS[network] <- DATASETS[dataset] <- LOSSES[loss] <- DISTILL[distill],
     then apply ``key=value`` overrides.  Returns a new EasyDict each call."""
     cfg = copy.deepcopy(DEFAULT)
+    network = network_registry.canonical_name(network)
     for table, name, what in ((NETWORKS, network, "network"), (DATASETS, dataset, "dataset"),
                               (LOSSES, loss, "loss"), (distill_table(), distill, "distill method")):
         cfg.update(copy.deepcopy(dict(_table_row(table, name, what))))
@@ -190,8 +196,8 @@ def config_by_name(name, overrides=()):
             rest.append(item)
     # `network=` keeps the network-table row of the named config unless it names a row itself
     net_override = [i for i in rest if _split(i)[0] == "network"]
-    if net_override and _split(net_override[-1])[2] in NETWORKS:
-        rows["network"] = _split(net_override[-1])[2]
+    if net_override and network_registry.canonical_name(_split(net_override[-1])[2]) in NETWORKS:
+        rows["network"] = network_registry.canonical_name(_split(net_override[-1])[2])
     cfg = generate_config(rows["network"], rows["dataset"], rows["loss"], rows["distill"], rest)
     cfg.config_name = name
     return cfg
@@ -246,4 +252,6 @@ def apply_overrides(cfg, overrides):
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise InputError(f"unknown config key {key!r}{hint}")
         cfg[key] = _coerce(key, raw, cfg[key])
+        if key in NETWORK_KEYS:
+            cfg[key] = network_registry.canonical_name(cfg[key])
     return cfg

@@ -22,7 +22,6 @@ the paper is silent (Sec. 4.1 of ShrinkTeaNet: SGD, momentum 0.9, batch 512 over
   function of ``(seed, epoch)``, so a resumed CPU run replays the uninterrupted
   one bit for bit.
 """
-import math
 import os
 from collections import OrderedDict
 
@@ -35,6 +34,7 @@ from shrinkteanet.core.utils import mxnet_reason
 from shrinkteanet.model.checkpoint import read_state  # noqa: F401
 from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
 from shrinkteanet.training.schedule import build_lr_schedule, seed_everything, total_batches  # noqa: F401
+from shrinkteanet.training.validate import check_hyperparameters, validate  # noqa: F401
 
 log = get_logger(__name__)
 
@@ -169,32 +169,6 @@ def make_verifier(cfg, image_size, ctx, symbol):
     return Verifier(symbol, sets, image_size, ctx)
 
 
-#: key -> (test, what it must be): the numbers a typo or a sign slip makes meaningless.
-_HYPERPARAMETER_RULES = {
-    "lr": (lambda v: v > 0, "a finite number > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a finite number in [0, 1)"),
-    "wd": (lambda v: v >= 0, "a finite number >= 0"),
-    "lr_factor": (lambda v: 0 < v <= 1, "a finite number in (0, 1]"),
-    "lr_min": (lambda v: v >= 0, "a finite number >= 0"),
-    "emb_size": (lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
-    "batch_size": (lambda v: v >= 1 and v == int(v), "a whole number >= 1"),
-    "warmup_batches": (lambda v: v >= 0, "a whole number >= 0"),
-    "fc7_lr_mult": (lambda v: v >= 0, "a finite number >= 0"),
-    "fc7_wd_mult": (lambda v: v >= 0, "a finite number >= 0"),
-}
-
-
-def check_hyperparameters(cfg):
-    """``InputError`` naming the key for a NaN/inf or out-of-range optimiser or network number
-    (MXNet would fail deep inside, or, for ``lr=-1`` and ``momentum=5``, train on silently)."""
-    for key, (ok, what) in _HYPERPARAMETER_RULES.items():
-        if key not in cfg:
-            continue
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise InputError(f"config {key}={value!r}: must be {what}")
-
-
 def _num_classes_chosen(cfg):
     """Whether ``num_classes`` was chosen for this data: set by the user, or the dataset row's
     own count while training on that row's own folder.  A preset's count (85742 for emore)
@@ -247,7 +221,7 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
     ctx_list = list(ctx_list or [mx.cpu()])
     if not cfg.data_dir:
         raise InputError("config data_dir is empty: --data DIR")
-    check_hyperparameters(cfg)
+    validate(cfg)  # every check of `shrinkteanet config`, before any data is read
     job = make_job(cfg, ctx_list)
     lock = claim_output(cfg.out, job.rank, resume, overwrite)
     try:
