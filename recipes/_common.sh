@@ -6,7 +6,9 @@
 # SKIP_EVAL=1 to train only, EXTRA (more key=value overrides).
 # Paper set-up (ShrinkTeaNet Sec. 4.2): batch 512 over the GPUs, lr 0.1, momentum 0.9, the lambdas,
 # G = 1x1 conv + BN. InsightFace defaults (the paper does not state them): ArcFace s=64 m=0.5, the lr
-# steps, weight decay, the 512-d embedding.
+# steps, weight decay, the 512-d embedding. The lr steps (100k,160k,220k) are counted in batches of 512
+# images (lr_step_unit=batch, lr_step_batch=512) and rescaled when EXTRA sets another global batch_size
+# (batch_size=128: 400k,640k,880k); --dry-run prints the resolved steps.
 set -euo pipefail
 
 DRY_RUN=0
@@ -81,7 +83,7 @@ train_row() {
         tv=(--teacher-pending); echo "dry-run: teacher $TEACHER_ARG not trained yet; checked without it"
       fi
     fi
-    "$SHRINKTEANET" config "$config" "data_dir=$DATA" "${ov[@]}" "${tv[@]}" --json "${TMPDIR:-/tmp}/recipe-$name.json" >/dev/null
+    "$SHRINKTEANET" config "$config" "data_dir=$DATA" "${ov[@]}" "${tv[@]}" --json "${TMPDIR:-/tmp}/recipe-$name.json" | tail -n 1
     echo "dry-run: config $config resolves (${TMPDIR:-/tmp}/recipe-$name.json)"
     return 0
   fi

@@ -35,7 +35,7 @@ from .registry import INSIGHTFACE_COMPATIBLE, NETWORKS, REGISTRY, NetworkSpec, g
 _LAZY = {
     "TAIL_INPUTS": "stages", "StageSplit": "stages", "get_stages": "stages", "get_symbol": "stages",
     "param_shapes": "measure", "count_params": "measure", "count_flops": "measure",
-    "is_classifier_param": "measure",
+    "is_classifier_param": "measure", "layer_macs": "measure",
 }
 #: submodules that ``symbols.<name>`` reaches without an explicit import, as before the split
 _SUBMODULES = ("common", "fresnet", "fmobilefacenet", "fmobilenet", "fmobilenetv2", "stages", "measure")

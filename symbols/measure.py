@@ -48,20 +48,25 @@ def count_flops(sym, image_size=112):
     Convolution: output elements x (input channels / groups) x kh x kw;
     FullyConnected: inputs x outputs.  Shapes come from MXNet's shape inference
     over the symbol's JSON graph."""
-    shape = (1, 3, int(image_size), int(image_size))
+    return sum(layer_macs(sym, data=(1, 3, int(image_size), int(image_size))).values())
+
+
+def layer_macs(sym, **input_shapes):
+    """``{layer name: multiply-adds}`` of every Convolution and FullyConnected layer of ``sym``
+    for the given input shapes (``data=(1, 3, 112, 112)``, or a stage tail's
+    ``stage1_feature=(1, C, H, W)``), per the batch of those shapes; as ``count_flops``."""
     internals = sym.get_internals()
-    _, out_shapes, _ = internals.infer_shape(data=shape)
+    arg_shapes, out_shapes, _ = internals.infer_shape(**input_shapes)
     out = dict(zip(internals.list_outputs(), out_shapes))
-    args, _ = _infer(sym, image_size)
+    args = dict(zip(internals.list_arguments(), arg_shapes))
     nodes = json.loads(sym.tojson())["nodes"]
-    total = 0
+    macs = {}
     for node in nodes:
         if node["op"] not in ("Convolution", "FullyConnected"):
             continue
-        weight = nodes[node["inputs"][1][0]]["name"]
-        wshape = args[weight]
+        wshape = args[nodes[node["inputs"][1][0]]["name"]]
         if node["op"] == "Convolution":
-            total += int(np.prod(out[node["name"] + "_output"][1:])) * int(np.prod(wshape[1:]))
+            macs[node["name"]] = int(np.prod(out[node["name"] + "_output"])) * int(np.prod(wshape[1:]))
         else:
-            total += int(wshape[0]) * int(wshape[1])
-    return total
+            macs[node["name"]] = int(np.prod(out[node["name"] + "_output"])) * int(wshape[1])
+    return macs

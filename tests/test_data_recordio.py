@@ -4,6 +4,8 @@ import json
 import logging
 import os
 import struct
+import subprocess
+import sys
 
 import cv2
 import mxnet as mx
@@ -157,6 +159,44 @@ def test_hand_built_set_with_vector_labels_and_no_property(tmp_path, images, cap
     assert ds.identity_ranges == [(a, b) for _, a, b in ranges]
     assert [ds[i][1] for i in range(6)] == labels
     np.testing.assert_array_equal(ds[4][0], simplejpeg.decode_jpeg(jpeg(images[4])))
+
+
+def _error(path):
+    with pytest.raises(InputError) as e:
+        FaceRecordDataset(str(path))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_folder_errors_name_the_folder_and_what_is_missing_in_it(tmp_path, images, monkeypatch):
+    d = tmp_path / "faces_emore"
+    assert _error(d) == f"{d}/: no such folder (a RecordIO set: train.rec, train.idx, property)"
+    d.mkdir()
+    (d / "lfw.bin").write_bytes(b"")
+    assert _error(d) == f"{d}/: no train.rec"
+    assert _error(str(d) + "/") == f"{d}/: no train.rec"
+    build_by_hand(tmp_path / "other", [0, 1], [jpeg(i) for i in images[:2]])
+    os.replace(tmp_path / "other" / "train.rec", d / "ms1m.rec")
+    assert _error(d) == f"{d}/: no train.rec; it holds ms1m.rec"  # a set under another name
+    assert _error(d / "ms1m.rec") == f"{d}/: no ms1m.idx (the index of ms1m.rec)"
+    os.replace(d / "ms1m.rec", d / "train.rec")
+    assert _error(d) == f"{d}/: no train.idx (the index of train.rec)"
+    assert _error(d / "train") == f"{d}/: no train.idx (the index of train.rec)"  # the prefix form
+    assert _error(tmp_path / "gone" / "train.rec") == f"{tmp_path}/gone/: no such folder (for train.rec)"
+    assert _error(d / "lfw.bin") == f"{d}/lfw.bin: not a RecordIO .rec (give the set's folder or its .rec file)"
+    monkeypatch.chdir(d)
+    assert _error("val.rec") == "./: no val.rec; it holds train.rec"
+    os.replace(tmp_path / "other" / "train.idx", d / "train.idx")
+    assert len(FaceRecordDataset(str(d))) == 2  # complete (no property: derived, a warning)
+
+
+def test_train_on_a_missing_folder_says_so_in_one_line(tmp_path):
+    missing = tmp_path / "datasets" / "faces_emore"
+    r = subprocess.run([sys.executable, "-m", "shrinkteanet", "train", "--config", "mfn_self", "--data", str(missing),
+                        "workers=0"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"shrinkteanet: error: {missing}/: no such folder "
+                                                 "(a RecordIO set: train.rec, train.idx, property)")
 
 
 def test_headerless_set_uses_every_key(tmp_path, images):

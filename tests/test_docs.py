@@ -82,7 +82,7 @@ def test_guides_render_their_equations_tables_and_figures(built):
 def test_scaling_tables_are_computed_from_the_symbols(built):
     """The generated tables hold the recipe networks with the counts of ``shrinkteanet.symbols``."""
     text = _text(built / "guides" / "scaling.html")
-    rows = {net: re.search(rf"\b{net}\s+\S+_(?:stn|r90|r100)\s+([\d.]+)\s+([\d.]+)", text) for net in
+    rows = {net: re.search(rf"\b{net}\s+\S+_(?:self|r90|r100)\s+([\d.]+)\s+([\d.]+)", text) for net in
             ("r90", "r100", "mfn", "mfnr", "mv1", "mv2")}
     assert all(rows.values()), rows
     assert rows["mfn"].group(1) == "1.20"  # InsightFace's y1 MobileFaceNet: 1.20M parameters at emb 512 (CONTRACTS)
@@ -91,6 +91,46 @@ def test_scaling_tables_are_computed_from_the_symbols(built):
     assert "1,390 (anchor)" in text and "424 (anchor)" in text
     paper = _text(built / "guides" / "reproduce.html")
     assert "recipes/mfnr_stn.sh" in paper and "95.64" in paper  # ShrinkTeaNet-MFNR MegaFace, shrinkteanet.study.paper
+
+
+def _tables_module():
+    spec = importlib.util.spec_from_file_location("scaling_tables", DOCS / "_ext" / "scaling_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tables_committed_in_the_markdown_are_what_the_code_gives():
+    """The generated tables are in the pages themselves (GitHub shows them); regenerating changes nothing."""
+    tables = _tables_module()
+    assert tables.stale_pages() == []
+    page = (DOCS / "guides" / "scaling.md").read_text(encoding="utf-8")
+    assert "| mfnr_stn | r90 | 1,2,3,4 |" in page and "GFLOPs" not in page
+    # a hand edit inside the markers is found and undone; a page without its markers is refused
+    edited = page.replace("| r100 | teacher_r100 | 65.16 |", "| r100 | teacher_r100 | 99.99 |")
+    assert edited != page and tables.regenerate(edited, tables.PAGES["guides/scaling.md"]) == page
+    with pytest.raises(ValueError, match="scaling-methods"):
+        tables.regenerate(page.replace("<!-- END scaling-methods -->", ""), ["scaling-methods"])
+
+
+def test_a_shrinkteanet_step_counts_the_teacher_and_its_tails():
+    """mfnr_stn runs the r90 teacher forward and its tails after stages 1-3 (forward + input gradient): about
+    1.4 r100 training steps, the tails worked out here from the layer names of the whole r90."""
+    from shrinkteanet import symbols
+
+    tables = _tables_module()
+    layers = symbols.layer_macs(symbols.get_symbol("r90", 512), data=(1, 3, 112, 112))
+    after = [sum(v for k, v in layers.items() if not k.startswith(("conv0",) + tuple(f"stage{j}_" for j in
+                                                                                      range(1, i + 1))))
+             for i in (1, 2, 3)]
+    row = {r["config"]: r for r in tables.method_rows()}
+    stn, final, own = row["mfnr_stn"]["cost"], row["mfnr_stn_final"]["cost"], row["mfnr_self"]["cost"]
+    assert stn["tails"] == 2 * sum(after) and final["tails"] == own["tails"] == 0
+    assert stn["teacher"] == final["teacher"] == sum(layers.values()) and own["teacher"] == 0
+    r100 = 3 * (symbols.count_flops(symbols.get_symbol("r100", 512), 112) + 512 * 85742)
+    assert row["mfnr_stn"]["x_r100"] == pytest.approx(row["mfnr_stn"]["total"] / r100)
+    assert 1.3 < row["mfnr_stn"]["x_r100"] < 1.5 and row["mfnr_self"]["x_r100"] < 0.1
+    assert row["mfnr_stn"]["act_bytes"] > row["mfnr_stn_final"]["act_bytes"] > row["mfnr_self"]["act_bytes"]
 
 
 def _package_modules():

@@ -108,3 +108,18 @@ def test_one_step_then_the_after_step_hooks_move_the_position_and_save(run, tmp_
     saved = checkpoint.read_state(str(tmp_path / "one" / "model"))
     assert saved["step"] == 4 and saved["checkpoint"] == 4 and f.saved_at == 4
     assert len(f.window) == 4 and set(f.summary()["losses"]) == {"softmax"}
+
+
+def test_the_run_records_its_lr_steps_resolved_to_its_batch_and_data(run, tmp_path):
+    data, out, summary = run
+    # the paper's steps at 512, run at global batch 16: 32x the batches; 4 batches an epoch
+    want = {"lr_schedule": "constant", "lr_steps": [100000, 160000, 220000], "lr_step_unit": "batch",
+            "lr_step_batch": 512, "global_batch": 16, "batches_per_epoch": 4,
+            "lr_steps_batches": [3200000, 5120000, 7040000]}
+    assert summary["schedule"] == want
+    assert checkpoint.read_state(str(out))["schedule"] == want
+    # 2 batches of 32 images = batch 4 at 16; 1 epoch = batch 4; the rate steps there
+    for extra in (("lr_steps=2", "lr_step_batch=32"), ("lr_steps=1", "lr_step_unit=epoch")):
+        f = _phase_fit(data, tmp_path / extra[-1] / "model", "lr_schedule=step", "lr=0.1", *extra)
+        assert f.schedule_record["lr_steps_batches"] == [4], extra
+        assert [f.schedule(i) for i in (3, 4)] == pytest.approx([0.1, 0.01])

@@ -53,6 +53,13 @@ def _dry_run(row, tmp_path, **env):
     return subprocess.run(["bash", *_command(row), "--dry-run"], env=e, capture_output=True, text=True, timeout=60)
 
 
+def test_dry_run_prints_the_lr_steps_rescaled_to_the_global_batch(tmp_path):
+    r = _dry_run("mfnr_stn", tmp_path, TEACHER="/t/model,7", EXTRA="batch_size=128")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("lr_steps (step schedule): 100000,160000,220000 batches of 512 images -> batches 400000,640000,880000 "
+            "at global batch 128") in r.stdout.splitlines()
+
+
 def test_every_paper_row_has_a_recipe():
     assert set(ROWS) == set(EXPECTED), set(ROWS) ^ set(EXPECTED)
 

@@ -11,7 +11,7 @@ from shrinkteanet.study.tiny import train_overrides, write_tiny_set
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 
-RUN = ("max_batches=40", "ckpt_every=3", "keep_last=1", "lr_schedule=step", "lr_steps=20,30")
+RUN = ("max_batches=40", "ckpt_every=3", "keep_last=1", "lr_schedule=step", "lr_steps=20,30", "lr_step_batch=0")
 
 
 def _cli(data, out, *flags):

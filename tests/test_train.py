@@ -95,8 +95,8 @@ def test_tiny_run_learns_and_writes_insightface_checkpoints(tiny):
 
 def _resume_cfg(data, teacher, out, *extra):
     return config.config_by_name("mfnr_stn", train_overrides(data, out, f"teacher={teacher}", "lr_schedule=step",
-                                                       "lr_steps=5,9", "warmup_batches=2", "max_batches=10",
-                                                       "ckpt_every=3", *extra))
+                                                       "lr_steps=5,9", "lr_step_batch=0", "warmup_batches=2",
+                                                       "max_batches=10", "ckpt_every=3", *extra))
 
 
 def test_resume_is_bit_exact(tiny):
@@ -119,7 +119,7 @@ def test_resume_is_bit_exact(tiny):
     js = root / "cut.json"
     cmd = [sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_stn", "--resume", "--json", str(js),
            *train_overrides(data, root / "cut" / "model", f"teacher={teacher}", "lr_schedule=step", "lr_steps=5,9",
-                      "warmup_batches=2", "max_batches=10", "ckpt_every=3")]
+                      "lr_step_batch=0", "warmup_batches=2", "max_batches=10", "ckpt_every=3")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     resumed = json.loads(js.read_text())

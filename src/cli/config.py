@@ -28,6 +28,7 @@ def run(args):
     import json
 
     from shrinkteanet.training import config
+    from shrinkteanet.training.schedule import describe_schedule, schedule_record
     from shrinkteanet.core.errors import InputError
     from shrinkteanet.core.utils import write_json
 
@@ -45,7 +46,9 @@ def run(args):
 
     # the checks of `train` before it reads data (names, stages, sizes, the teacher checkpoint)
     validate(cfg, teacher_pending=args.teacher_pending)
+    lr_steps = describe_schedule(schedule_record(cfg))  # the lr steps this batch size trains with
     print(json.dumps(cfg, indent=2, sort_keys=True))
+    print(lr_steps)
     if args.json:
         write_json(args.json, cfg)
     return 0

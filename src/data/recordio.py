@@ -330,18 +330,44 @@ class RecordReader:
 
 
 def resolve_rec(path):
-    """``DIR`` (holding ``train.rec``), ``X.rec`` or the prefix ``X`` -> (rec, idx, property)."""
+    """``DIR`` (holding ``train.rec``), ``X.rec`` or the prefix ``X`` -> (rec, idx, property).
+
+    What is missing is named in its folder, one line (``faces_emore/: no train.rec``, ``no such
+    folder``, ``no train.idx``); a missing ``property`` is left to the dataset (it derives the
+    class count).  InsightFace's ``FaceImageIter`` reads ``train.rec`` + ``train.idx`` beside
+    ``property`` in ``data_dir``."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        rec = os.path.join(path, "train.rec")
-    elif path.endswith(".rec"):
-        rec = path
+        folder, name = path, "train"
+    elif path.endswith(".rec") or os.path.isfile(path + ".rec"):
+        folder, name = os.path.split(path[:-4] if path.endswith(".rec") else path)
+    elif os.path.isfile(path):
+        raise InputError(f"{path}: not a RecordIO .rec (give the set's folder or its .rec file)")
     else:
-        rec = path + ".rec"
+        raise InputError(f"{_shown(path)}: no such folder (a RecordIO set: train.rec, train.idx, property)")
+    base = os.path.join(folder, name)
+    rec, idx = base + ".rec", base + ".idx"
+    if folder and not os.path.isdir(folder):
+        raise InputError(f"{_shown(folder)}: no such folder (for {name}.rec)")
     if not os.path.isfile(rec):
-        raise InputError(f"{rec}: no such RecordIO file")
-    base = os.path.splitext(rec)[0]
-    return rec, base + ".idx", os.path.join(os.path.dirname(os.path.abspath(rec)), "property")
+        raise InputError(f"{_shown(folder)}: no {name}.rec{_other_sets(folder)}")
+    if not os.path.isfile(idx):
+        raise InputError(f"{_shown(folder)}: no {name}.idx (the index of {name}.rec)")
+    return rec, idx, os.path.join(os.path.dirname(os.path.abspath(rec)), "property")
+
+
+def _shown(folder):
+    """A folder as errors name it: with its trailing slash (``faces_emore/``)."""
+    return os.path.join(folder or ".", "")
+
+
+def _other_sets(folder):
+    """``; it holds a.rec, b.rec`` when the folder has other ``.rec`` files (else empty)."""
+    try:
+        others = sorted(f for f in os.listdir(folder or ".") if f.endswith(".rec"))
+    except OSError:
+        return ""
+    return f"; it holds {', '.join(others[:3])}" + (" ..." if len(others) > 3 else "") if others else ""
 
 
 def read_property(path):
@@ -615,9 +641,8 @@ class FaceRecordDataset:
         else:
             self.num_classes = self._derive_num_classes()
             self.image_size = None
-            log.warning(
-                "%s: no property file; derived num_classes=%d from the records", self.path_rec, self.num_classes
-            )
+            log.warning("%s: no property; derived num_classes=%d from the records of %s",
+                        _shown(os.path.dirname(self.path_rec)), self.num_classes, os.path.basename(self.path_rec))
 
     def _derive_num_classes(self):
         if self.identity_ranges:

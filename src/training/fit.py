@@ -27,7 +27,8 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.model import checkpoint
 from shrinkteanet.model.checkpoint import STATE_SUFFIX, arrays_all_finite, is_running_stat, replica_mean
-from shrinkteanet.training.schedule import build_lr_schedule, step_seed, total_batches
+from shrinkteanet.training.schedule import (build_lr_schedule, describe_schedule, schedule_record, step_seed,
+                                            total_batches)
 
 log = get_logger(__name__)
 
@@ -415,9 +416,11 @@ class Fit:
         self.batches_per_epoch = len(loader)
         if self.batches_per_epoch <= 0:
             raise InputError(f"data: fewer images in this shard than one batch ({cfg.batch_size} global)")
-        self.num_batches = total_batches(cfg, self.batches_per_epoch)
-        self.schedule = build_lr_schedule(cfg, self.batches_per_epoch, self.num_batches)
         self.global_batch = loader.batch_size * job.num_workers if hasattr(loader, "batch_size") else cfg.batch_size
+        self.num_batches = total_batches(cfg, self.batches_per_epoch, self.global_batch)
+        self.schedule = build_lr_schedule(cfg, self.batches_per_epoch, self.num_batches, self.global_batch)
+        self.schedule_record = schedule_record(cfg, self.batches_per_epoch, self.global_batch)
+        log.info("%s", describe_schedule(self.schedule_record))
         self.prefix = cfg.out
         self.is_chief = job.rank == 0
         self.ckpt = checkpoint.Checkpointer(self.prefix, cfg.keep_last) if self.prefix else None
@@ -476,6 +479,7 @@ class Fit:
     def start(self, resume):
         """A fresh state, or the saved run's (``resume``); then the kvstore's initial broadcast."""
         self.state = fresh_state(self.cfg)
+        self.state["schedule"] = self.schedule_record  # the lr steps as resolved for this run's batch and data
         if resume:
             self.resume()
         # after a resume's set_data/load_states, so that rank 0 broadcasts the restored weights
@@ -707,4 +711,5 @@ class Fit:
         summary["num_workers"] = self.job.num_workers
         summary["params_sha1"] = params_digest(self.method.trainable_params())
         summary["curve"] = state.get("curve", [])
+        summary["schedule"] = self.schedule_record
         return summary

@@ -33,7 +33,7 @@ from shrinkteanet.core.utils import mxnet_reason
 # names of the loop and its files that the CLI, benches and tests use as ``train.X``
 from shrinkteanet.model.checkpoint import read_state  # noqa: F401
 from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
-from shrinkteanet.training.schedule import build_lr_schedule, seed_everything, total_batches  # noqa: F401
+from shrinkteanet.training.schedule import build_lr_schedule, cfg_lr_steps, seed_everything, total_batches  # noqa: F401
 from shrinkteanet.training.validate import check_hyperparameters, validate  # noqa: F401
 
 log = get_logger(__name__)
@@ -160,7 +160,7 @@ def make_verifier(cfg, image_size, ctx, symbol):
     targets = [t for t in cfg.val_targets if os.path.isfile(os.path.join(root, f"{t}.bin"))]
     missing = [t for t in cfg.val_targets if t not in targets]
     if missing:
-        log.warning("verification: %s not found in %s; skipped", ", ".join(missing), root)
+        log.warning("verification: %s: no %s; skipped", os.path.join(root, ""), ", ".join(f"{t}.bin" for t in missing))
     if not targets:
         return None
     from shrinkteanet.data.binfile import load_bin

@@ -39,6 +39,9 @@ def check_hyperparameters(cfg, facts=None):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
             raise InputError(f"config {key}={value!r}: must be {what}")
+    from shrinkteanet.training.schedule import cfg_lr_steps
+
+    cfg_lr_steps(cfg)  # lr_steps, lr_step_unit, lr_step_batch: refused here, before any data
 
 
 def check_names(cfg, facts):
