@@ -154,9 +154,13 @@ def test_checkpointer_keeps_the_last_and_the_best_and_restore_reads_them_back(tm
     ckpt.save(4, symbol=sym, arg_params=arg, aux_params={}, head_params=head, trainer=trainer, state=state)
     saved = checkpoint.read_state(prefix)
     assert saved["checkpoint"] == 4 and saved["kept"] == [1, 4]
-    assert sorted(os.listdir(tmp_path / "run")) == [
-        "model-0001.head.params", "model-0001.params", "model-0001.states",
-        "model-0004.head.params", "model-0004.params", "model-0004.states", "model-state.json", "model-symbol.json"]
+    kept = ["model-0001.head.params", "model-0001.params", "model-0001.states",
+            "model-0004.head.params", "model-0004.params", "model-0004.states", "model-state.json", "model-symbol.json"]
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(kept + ["model-manifest.json"])
+    from shrinkteanet.core.outputs import read_manifest
+
+    # the manifest lists every file of the run on disk, the pruned ones no more (issue 21)
+    assert sorted(read_manifest(prefix + checkpoint.MANIFEST_SUFFIX)) == kept
     # restore: every parameter and the momentum come back bit for bit
     other = _Head()
     other.initialize(mx.init.Zero())

@@ -136,7 +136,10 @@ def test_landmarks_align_the_face(ctx, tmp_path):
     lm_file = tmp_path / "lm.txt"
     # one line for the first image (by base name), none for the second: centre crop
     lm_file.write_text("# path x1 y1 ... x5 y5\n" + "id0_0.png " + " ".join(f"{v:.1f}" for v in lm.ravel()) + "\n")
-    out = str(tmp_path / "lm.npy")
+    # `--out lm.npy` would write its file list to lm.txt, the landmarks it reads: refused (issue 21)
+    assert main(["embed", ctx["paths"][0], "--model", ctx["model"], "--out", str(tmp_path / "lm.npy"),
+                 "--landmarks", str(lm_file)]) == 2
+    out = str(tmp_path / "emb.npy")
     assert main(["embed", ctx["paths"][0], ctx["paths"][1], "--model", ctx["model"], "--out", out,
                  "--landmarks", str(lm_file)]) == 0
     emb = np.load(out)

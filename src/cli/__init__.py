@@ -5,6 +5,12 @@ Each subcommand lives in its own module of this package and exposes
 ordering).  Modules are discovered, so a subcommand appears in ``--help``
 exactly when its module is built.  Handlers raise ``InputError`` for bad input;
 ``main`` turns it into one line on stderr and exit status 2.
+
+A subcommand may declare its outputs and inputs: ``set_defaults(outputs=fn)``, ``fn(args) ->
+(outputs, inputs)`` of ``core.outputs.Output``/``Input``.  ``main`` checks them before the
+handler runs (``core.outputs.check_outputs``: writable, free space, name lengths, no output that
+is an input; one line, exit 2), checks ``--json`` alone for a command that declares nothing, and
+removes the folders the outputs would have created when the handler fails (issue 21).
 """
 import argparse
 import importlib
@@ -41,18 +47,57 @@ def add_json_arg(parser):
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report fields as JSON")
 
 
+def json_output(args):
+    """The ``--json FILE`` of a command as a ``core.outputs.Output`` (None when not given)."""
+    from shrinkteanet.core.outputs import file_output
+
+    return file_output("--json", getattr(args, "json", None))
+
+
+def model_inputs(text, option="--model"):
+    """``core.outputs.Input`` of a ``PREFIX,EPOCH`` checkpoint: the prefix, its symbol and parameters."""
+    from shrinkteanet.core.outputs import Input
+    from shrinkteanet.core.utils import parse_model_arg
+    from shrinkteanet.model.checkpoint import checkpoint_paths
+
+    prefix, epoch = parse_model_arg(text)
+    label = f"{option} {text}"
+    return [Input(label, prefix)] + [Input(label, p) for p in checkpoint_paths(prefix, epoch)]
+
+
+def check_command_outputs(args):
+    """``check_outputs`` of what ``args``' command declares (or of its ``--json``), and of
+    ``--log-file``; returns the folders they would create."""
+    from shrinkteanet.core.outputs import check_outputs, file_output
+
+    declared = getattr(args, "outputs", None)
+    outputs, inputs = declared(args) if declared else ([json_output(args)], [])
+    return check_outputs(list(outputs) + [file_output("--log-file", args.log_file)], inputs)
+
+
 def main(argv=None):
+    from shrinkteanet.core.outputs import remove_created_folders
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_file)
     try:
-        rc = args.func(args)
+        created = check_command_outputs(args)
     except InputError as e:
         print(f"shrinkteanet: error: {e}", file=sys.stderr)
         return 2
+    setup_logging(args.log_level, args.log_file)
+    rc = 1
+    try:
+        rc = int(args.func(args) or 0)
+    except InputError as e:
+        print(f"shrinkteanet: error: {e}", file=sys.stderr)
+        rc = 2
     except BrokenPipeError:  # `shrinkteanet ... | head` closed our stdout: not an error
-        return 0
+        rc = 0
     except KeyboardInterrupt:
         print("shrinkteanet: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+        rc = 130
+    finally:
+        if rc:  # a failed command leaves no empty folder it made (its outputs' folders)
+            remove_created_folders(created)
+    return rc

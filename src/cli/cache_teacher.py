@@ -15,7 +15,28 @@ def register(sub):
     p.add_argument("--gpus", default=None, help="one GPU id (default: CPU)")
     p.add_argument("--batch-size", type=int, default=64)
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=outputs)
+
+
+#: Bytes per record the check at the start asks for: image and mirror of a 512-d float16 embedding, its key.
+BYTES_PER_RECORD = 2 * 512 * 2 + 8
+
+
+def outputs(args):
+    """``--out`` (the cache folder: ``meta.json``, ``keys.npy``, ``emb.f16``; about
+    ``BYTES_PER_RECORD`` per line of the set's ``.idx``) and ``--json``; inputs: the checkpoint
+    and the set (its folder, ``.rec`` and ``.idx``)."""
+    from shrinkteanet.cli import json_output, model_inputs
+    from shrinkteanet.core.outputs import MIN_FREE, Input, folder_output
+    from shrinkteanet.data.recordio import resolve_rec
+    from shrinkteanet.training.teacher_cache import EMB, KEYS, META
+
+    rec, idx, _ = resolve_rec(args.data)
+    with open(idx, "rb") as f:
+        records = sum(1 for _ in f)
+    out = folder_output("--out", args.out, names=(META, KEYS, EMB), need=MIN_FREE + BYTES_PER_RECORD * records)
+    inputs = model_inputs(args.model) + [Input(f"--data {args.data}", p) for p in (args.data, rec, idx)]
+    return [out, json_output(args)], inputs
 
 
 def run(args):

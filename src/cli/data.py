@@ -50,9 +50,30 @@ def _register_pack(dsub):
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoded images (default 95)")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
     p.add_argument("--image-size", default="112", help="N or H,W of the stored faces (default 112)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.rec/.idx and property")
     add_json_arg(p)
-    p.set_defaults(func=run_pack)
+    p.set_defaults(func=run_pack, outputs=outputs_pack)
     return p
+
+
+def pack_outputs(args, need=None):
+    """``PREFIX.rec``, ``PREFIX.idx`` and the folder's ``property`` (refused when present without
+    ``--overwrite``; ``need``: bytes of the ``.rec``) and ``--json``; inputs: the ``.lst``."""
+    from shrinkteanet.cli import json_output
+    from shrinkteanet.core.outputs import MIN_FREE, Input, file_output
+
+    hint = "pass --overwrite to replace the set"
+    folder = os.path.dirname(os.path.abspath(args.prefix))
+    outs = [file_output("--prefix", args.prefix + ".rec", replace=args.overwrite, hint=hint,
+                        need=MIN_FREE + int(need or 0)),
+            file_output("--prefix", args.prefix + ".idx", replace=args.overwrite, hint=hint),
+            file_output("--prefix", os.path.join(folder, "property"), replace=args.overwrite, hint=hint),
+            json_output(args)]
+    return outs, [Input(f"--lst {args.lst}", args.lst)] if args.lst else []
+
+
+def outputs_pack(args):
+    return pack_outputs(args)
 
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -130,10 +151,22 @@ class _FallbackCounter:
             yield jpg, label
 
 
+def _source_bytes(items):
+    """Bytes of the listed image files (a packed set holds about as much; missing files count 0)."""
+    total = 0
+    for it in items:
+        try:
+            total += os.path.getsize(it.path)
+        except OSError:
+            continue
+    return total
+
+
 def run_pack(args):
+    from shrinkteanet.core.outputs import check_outputs
+    from shrinkteanet.core.utils import write_json
     from shrinkteanet.data.lst import read_lst
     from shrinkteanet.data.recordio import write_rec_set
-    from shrinkteanet.core.utils import write_json
 
     size = _image_size(args.image_size)
     if args.lst:
@@ -143,6 +176,7 @@ def run_pack(args):
         items, num_classes = folder_items(args.image_folder)
     # write_rec_set needs identities contiguous; a stable sort keeps the list order within one.
     items = sorted(items, key=lambda it: it.label)
+    check_outputs(*pack_outputs(args, need=_source_bytes(items)))  # the space for what was found
     out_dir = os.path.dirname(os.path.abspath(args.prefix))
     name = os.path.basename(args.prefix)
     samples = _FallbackCounter(_prepared_stream(items, size, args.quality, _workers(args.workers)))
@@ -250,8 +284,20 @@ def _register_align(dsub):
 
     _mtcnn_align.add_arguments(p)
     add_json_arg(p)
-    p.set_defaults(func=run_align)
+    p.set_defaults(func=run_align, outputs=outputs_align)
     return p
+
+
+def outputs_align(args):
+    """The aligned images' folder, the output list and ``--json``; inputs: the list or photos read."""
+    from shrinkteanet.cli import json_output
+    from shrinkteanet.core.outputs import Input, file_output, folder_output
+
+    mtcnn = args.detector == "mtcnn"
+    out_lst = (args.lst if mtcnn else None) or args.out_lst or os.path.join(args.out_dir, "aligned.lst")
+    source = args.src if mtcnn else args.lst
+    return ([folder_output("--out", args.out_dir), file_output("--lst" if mtcnn and args.lst else "--out-lst", out_lst),
+             json_output(args)], [Input(f"input {source}", source)] if source else [])
 
 
 def _align_one(job):
@@ -340,9 +386,24 @@ def _register_synth(dsub):
     p.add_argument("--no-megaface", action="store_true", help="skip the MegaFace tree")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace a suite (train.rec, .bin, IJBC/, ...) in OUT")
     add_json_arg(p)
-    p.set_defaults(func=run_synth)
+    p.set_defaults(func=run_synth, outputs=outputs_synth)
     return p
+
+
+def outputs_synth(args):
+    """``synth.synth_outputs`` (every file and tree of the suite, refused when present without
+    ``--overwrite``; space: ``synth.estimate_bytes``) and ``--json``."""
+    from shrinkteanet.cli import json_output
+    from shrinkteanet.data import synth
+
+    images = synth.rendered_images(args.identities, args.images_per_id, args.pairs, args.ijb_templates,
+                                   args.megaface_probes, args.megaface_probe_images, args.megaface_distractors,
+                                   ijb=not args.no_ijb, megaface=not args.no_megaface)
+    outs = synth.synth_outputs(args.out, overwrite=args.overwrite, ijb=not args.no_ijb, megaface=not args.no_megaface,
+                               need=synth.estimate_bytes(images, args.image_size))
+    return outs + [json_output(args)], []
 
 
 def run_synth(args):
@@ -356,7 +417,7 @@ def run_synth(args):
         megaface_noise=args.megaface_noise,
         difficulty=synth.DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty,
         image_size=args.image_size, seed=args.seed, ijb=not args.no_ijb, megaface=not args.no_megaface,
-        workers=_workers(args.workers), quality=args.quality,
+        workers=_workers(args.workers), quality=args.quality, overwrite=args.overwrite,
     )
     print(synth.format_summary(res))
     if args.json:

@@ -25,7 +25,7 @@ def register(sub):
     p.add_argument("--raw", action="store_true", help="keep the embeddings unnormalised")
     _common(p)
     add_json_arg(p)
-    p.set_defaults(func=run_embed)
+    p.set_defaults(func=run_embed, outputs=outputs_embed)
 
     c = sub.add_parser("compare", help="cosine similarity of two face images and a same/different answer")
     c.add_argument("a", metavar="A", help="first image")
@@ -37,7 +37,37 @@ def register(sub):
                    help="take the threshold from a verification set (InsightFace best-accuracy threshold)")
     _common(c)
     add_json_arg(c)
-    c.set_defaults(func=run_compare)
+    c.set_defaults(func=run_compare, outputs=outputs_compare)
+
+
+#: Free space per embedded image the check at the start asks for: a 512-d float32 row, and its file name.
+BYTES_PER_IMAGE = 512 * 4 + 256
+
+
+def outputs_embed(args):
+    """``--out`` (.npy), its ``.txt`` twin and ``--json``; inputs: the checkpoint, the images and
+    directories given, ``--landmarks``."""
+    from shrinkteanet.cli import json_output
+    from shrinkteanet.core.outputs import MIN_FREE, file_output
+    from shrinkteanet.eval.images import expand_image_paths
+
+    need = MIN_FREE + BYTES_PER_IMAGE * len(expand_image_paths(args.images))
+    outs = [file_output("--out", args.out, need=need), file_output("--out", _names_path(args.out)), json_output(args)]
+    return outs, _inputs(args, args.images)
+
+
+def outputs_compare(args):
+    """``compare`` writes only its ``--json``; never over one of its inputs."""
+    from shrinkteanet.cli import json_output
+
+    return [json_output(args)], _inputs(args, [args.a, args.b, args.calibrate])
+
+
+def _inputs(args, paths):
+    from shrinkteanet.cli import model_inputs
+    from shrinkteanet.core.outputs import Input
+
+    return model_inputs(args.model) + [Input(p, p) for p in [*paths, args.landmarks] if p]
 
 
 def _names_path(out):

@@ -7,6 +7,32 @@ from shrinkteanet.cli import add_json_arg
 ORDER = 40
 
 
+#: protocol -> the files its report folder gets (``eval.report``), checked before anything is embedded
+REPORT_FILES = {
+    "verification": ("verification.json", "verification.md", "roc.png"),
+    "megaface": ("megaface.json", "megaface.md", "rank1_vs_distractors.png", "cmc.png"),
+    "ijb": ("ijb.json", "ijb.md", "roc.png"),
+}
+
+
+def outputs(args):
+    """``--out`` (the report folder) and ``--json`` of any protocol; inputs: the checkpoint and
+    the verification sets (``cli.main`` checks them before the model is loaded)."""
+    from shrinkteanet.cli import json_output, model_inputs
+    from shrinkteanet.core.outputs import Input, folder_output
+
+    protocol = args.eval_command
+    out = folder_output("--out", args.out, names=REPORT_FILES[protocol])
+    inputs = model_inputs(args.model)
+    if protocol == "verification":
+        inputs += [Input(f"--targets {t}", os.path.join(args.data_dir, f"{t}.bin")) for t in _targets(args)]
+    return [out, json_output(args)], inputs
+
+
+def _targets(args):
+    return [t.strip() for t in args.targets.split(",") if t.strip()]
+
+
 def _common(p, out_default):
     p.add_argument("--model", required=True, metavar="PREFIX,EPOCH", help="checkpoint (its fc1 output is used)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -30,7 +56,7 @@ def register(sub):
                    help="order of tied FAR values for TAR@FAR=1e-3: legacy = SciPy < 1.6 (InsightFace's era), "
                         "stable = SciPy 1.6-1.8")
     _common(v, "work/eval/verification")
-    v.set_defaults(func=run_verification)
+    v.set_defaults(func=run_verification, outputs=outputs)
 
     m = es.add_parser("megaface", help="devkit features, noise cleaning, built-in challenge-1 identification")
     m.add_argument("--megaface-root", required=True, metavar="DIR",
@@ -45,7 +71,7 @@ def register(sub):
     m.add_argument("--block", type=int, default=8192, help="distractors per matrix-product block")
     m.add_argument("--seed", type=int, default=0, help="seed of the noise-cleaning jitter")
     _common(m, "work/eval/megaface")
-    m.set_defaults(func=run_megaface)
+    m.set_defaults(func=run_megaface, outputs=outputs)
 
     j = es.add_parser("ijb", help="IJB-B/C 1:1 TAR@FAR (and 1:N when its meta files are present)")
     j.add_argument("--image-path", required=True, metavar="ROOT/IJBC", help="folder with meta/ and loose_crop/")
@@ -55,7 +81,7 @@ def register(sub):
     j.add_argument("--no-detector-score", action="store_true", help="do not weight by the faceness score")
     j.add_argument("--allow-missing", action="store_true", help="leave out missing images instead of stopping")
     _common(j, "work/eval/ijb")
-    j.set_defaults(func=run_ijb)
+    j.set_defaults(func=run_ijb, outputs=outputs)
 
 
 def _embedder(args):
@@ -81,7 +107,7 @@ def run_verification(args):
     from shrinkteanet.eval import report
     from shrinkteanet.eval.verification import run_targets
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    targets = _targets(args)
     if not targets:
         raise InputError("--targets is empty")
     for t in targets:

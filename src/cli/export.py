@@ -29,7 +29,29 @@ def register(sub):
     p.add_argument("--tolerance", type=float, default=None, help="ONNX max abs diff allowed (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=32)
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=outputs)
+
+
+def out_prefixes(args):
+    """``(mkldnn, int8)`` output prefixes (``PREFIX-mkldnn``/``PREFIX-int8`` when the flag has no
+    value; None when not asked for)."""
+    from shrinkteanet.core.utils import parse_model_arg
+
+    prefix, _ = parse_model_arg(args.model)
+    return ((args.mkldnn or f"{prefix}-mkldnn") if args.mkldnn is not None else None,
+            (args.int8 or f"{prefix}-int8") if args.int8 is not None else None)
+
+
+def outputs(args):
+    """``deploy.export.export_outputs`` of the command line, and its ``--json``."""
+    from shrinkteanet.cli import json_output
+    from shrinkteanet.core.utils import parse_model_arg
+    from shrinkteanet.deploy.export import export_outputs
+
+    mkldnn, int8 = out_prefixes(args)
+    outs, inputs = export_outputs(parse_model_arg(args.model), onnx=args.onnx, mkldnn=mkldnn, int8=int8,
+                                  calib=args.calib, eval_bin=args.eval_bin)
+    return outs + [json_output(args)], inputs
 
 
 def run(args):
@@ -44,11 +66,12 @@ def run(args):
         raise InputError("--int8 needs --calib FILE (.rec set or .bin) for calibration images")
     if args.num_calib < 1:
         raise InputError(f"--num-calib must be at least 1, got {args.num_calib}")
+    mkldnn, int8 = out_prefixes(args)
     report = export.export_all(
         (prefix, epoch),
         onnx=args.onnx,
-        mkldnn=(args.mkldnn or f"{prefix}-mkldnn") if args.mkldnn is not None else None,
-        int8=(args.int8 or f"{prefix}-int8") if args.int8 is not None else None,
+        mkldnn=mkldnn,
+        int8=int8,
         calib=args.calib,
         calib_mode=args.calib_mode,
         num_calib=args.num_calib,

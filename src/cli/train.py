@@ -46,14 +46,15 @@ def register(sub):
                    help="teacher embeddings from `shrinkteanet cache-teacher` instead of the teacher's forward pass")
     p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint (position, optimizer)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an OUT that holds an old one (its checkpoints and state are removed)")
+                   help="start a new run in an OUT that holds an old one: the files its manifest "
+                        "(OUT/model-manifest.json) lists are removed, nothing else")
     p.add_argument("--fp16", action="store_true", help="mixed precision on GPUs (mx.contrib.amp)")
     p.add_argument("--kvstore", default=None, help="device (default), dist_sync (under `shrinkteanet launch`), horovod")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard scalars to DIR")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (sets num_epochs)")
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, outputs=outputs)
     p.__class__ = _Intermixed
 
 
@@ -81,19 +82,15 @@ def build_config(args):
     return cfg
 
 
-def _log_file(cfg, rank):
-    import logging
+def outputs(args):
+    """What the run writes and reads (``core.outputs``, checked by ``cli.main`` before anything
+    else): ``--out``, ``--json``, ``--tensorboard``; the ``--teacher`` checkpoint."""
+    from shrinkteanet.training.run_folder import run_inputs, run_outputs
 
-    from shrinkteanet.core.logutil import get_logger
-
-    if not cfg.out:
-        return
-    path = f"{cfg.out}-train.log" if rank == 0 else f"{cfg.out}-train-rank{rank}.log"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-    handler._shrinkteanet = True
-    get_logger("shrinkteanet").addHandler(handler)
+    if os.environ.get("DMLC_ROLE", "worker") != "worker":
+        return [], []  # a dist server or scheduler writes nothing
+    cfg = build_config(args)
+    return run_outputs(cfg, args.json), run_inputs(cfg)
 
 
 def run(args):
@@ -104,17 +101,13 @@ def run(args):
     from shrinkteanet.core.utils import get_contexts, write_json
 
     ctx = get_contexts(args.gpus)
-    rank = int(os.environ.get("DMLC_TASK_ID", "0")) if role == "worker" else 0
-    if cfg.out and rank == 0:
-        from shrinkteanet.training.run_folder import RunLock
-
-        # fail on a held folder before its log gets our lines; train() then takes the lock for the run
-        RunLock(os.path.dirname(os.path.abspath(cfg.out))).acquire().release()
-    _log_file(cfg, rank)
     try:
         from shrinkteanet.training import train
 
-        summary = train.train(cfg, ctx, resume=args.resume, overwrite=args.overwrite)
+        # the log (PREFIX-train.log) is opened once the run holds its folder: nothing is written
+        # to a folder another run holds, and a run that fails first leaves no log-only folder
+        summary = train.train(cfg, ctx, resume=args.resume, overwrite=args.overwrite, log_file=True,
+                              report=args.json)
     except train.NonFiniteLossError as e:
         print(f"shrinkteanet: error: {e}", file=sys.stderr)
         return _leave(role, 3)

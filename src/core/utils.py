@@ -51,11 +51,54 @@ def atomic_path(path, *, durable=True):
         _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
+#: The longest file name (bytes) most file systems take (ext4, xfs, btrfs, tmpfs); ``name_max``
+#: asks the file system itself.
+NAME_MAX = 255
+
+
+def name_max(folder):
+    """The longest file name (bytes) allowed in ``folder`` (its nearest existing ancestor)."""
+    folder = os.path.abspath(folder)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def temp_name_beside(path, tag):
+    """``PATH<tag>.tmp``, its file name cut so that it fits the folder's ``name_max``: a final
+    name of 250 bytes must still get a temp name (issue 21).  The cut keeps the start of the
+    name, which the sweeps of stray temp files (``model.checkpoint.stray_files``) match on."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    tail = os.fsencode(f"{tag}.tmp")
+    room = name_max(folder) - len(tail)
+    raw = os.fsencode(name)
+    if len(raw) > room:
+        raw = _cut_at_character(raw, max(room, 1))
+    return os.path.join(folder, os.fsdecode(raw + tail))
+
+
+def _cut_at_character(raw, size):
+    """The first ``size`` bytes of a file name, less the bytes of a UTF-8 character cut in two."""
+    cut = raw[:size]
+    for drop in range(4):
+        try:
+            (cut[:len(cut) - drop] if drop else cut).decode("utf-8")
+            return cut[:len(cut) - drop] if drop else cut
+        except UnicodeDecodeError:
+            continue
+    return cut  # not UTF-8 at all: bytes are bytes
+
+
 def _new_temp_file(path):
-    """Create ``PATH.<random>.tmp`` exclusively with mode 0o666 less the umask (what
-    ``open()`` gives; ``mkstemp``'s 0600 would hide checkpoints and caches from other users)."""
+    """Create ``PATH.<random>.tmp`` (``temp_name_beside``) exclusively with mode 0o666 less the
+    umask (what ``open()`` gives; ``mkstemp``'s 0600 would hide checkpoints and caches from
+    other users)."""
     for _ in range(100):
-        tmp = f"{os.path.abspath(path)}.{secrets.token_hex(4)}.tmp"
+        tmp = temp_name_beside(path, f".{secrets.token_hex(4)}")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp

@@ -27,6 +27,7 @@ import numpy as np
 from shrinkteanet.core.constants import IMAGE_SIZE
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.utils import temp_name_beside
 # The package's one decoder and encoder, also under the names callers and tests import from here.
 from shrinkteanet.data.images import decode_image as decode_jpeg  # noqa: F401
 from shrinkteanet.data.images import encode_image
@@ -434,8 +435,8 @@ def write_rec_set(
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     rec, idx = os.path.join(out_dir, name + ".rec"), os.path.join(out_dir, name + ".idx")
-    tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
-    writer = RecordWriter(rec + tag, idx + tag)
+    tag = f".{os.getpid()}.{threading.get_ident()}"
+    writer = RecordWriter(temp_name_beside(rec, tag), temp_name_beside(idx, tag))
     workers = max(1, (os.cpu_count() or 1) if workers is None else int(workers))
     pool = process_pool(workers) if workers > 1 else None
     bar = tqdm(total=total, unit="img", desc=f"pack {name}", disable=not progress, leave=False)
@@ -575,8 +576,8 @@ def _discard_temp(writer, paths, tag):
     """A failed write leaves nothing behind: close and delete the temp files."""
     writer.close()
     for path in paths:
-        if os.path.exists(path + tag):
-            os.unlink(path + tag)
+        if os.path.exists(temp_name_beside(path, tag)):
+            os.unlink(temp_name_beside(path, tag))
 
 
 def _publish_set(out_dir, paths, tag, property_text):
@@ -585,7 +586,7 @@ def _publish_set(out_dir, paths, tag, property_text):
     from shrinkteanet.core.utils import atomic_write_bytes
 
     for path in paths:
-        os.replace(path + tag, path)
+        os.replace(temp_name_beside(path, tag), path)
     atomic_write_bytes(os.path.join(out_dir, "property"), property_text.encode())
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from shrinkteanet.core.constants import ARCFACE_TEMPLATE, IMAGE_SIZE, MEGAFACE_SIZES
 from shrinkteanet.data.align import estimate_similarity, template
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.outputs import MIN_FREE, Output, check_outputs
 from shrinkteanet.core.utils import process_pool
 from shrinkteanet.core.logutil import get_logger
 
@@ -862,13 +863,50 @@ def _face_bbox(lm, W, H):
     return [x0, y0, x1, y1]
 
 
+#: The verification sets of the suite: (name, namespace, kind).
+BINS = (("lfw", NS_LFW, "lfw"), ("cfp_fp", NS_CFP, "cfp"), ("agedb_30", NS_AGEDB, "agedb"))
+#: The training set's files in OUT.
+TRAIN_FILES = ("train.rec", "train.idx", "property", "train.lst")
+
+
+def rendered_images(identities, images_per_id, pairs, ijb_templates, megaface_probes, megaface_probe_images,
+                    megaface_distractors, *, ijb=True, megaface=True):
+    """How many images ``generate`` renders (four loose crops per IJB-C template)."""
+    n = identities * images_per_id + len(BINS) * 2 * pairs
+    n += 4 * ijb_templates if ijb else 0
+    n += megaface_probes * megaface_probe_images + megaface_distractors if megaface else 0
+    return n
+
+
+def estimate_bytes(images, image_size):
+    """Disk space of ``images`` rendered faces, on the safe side: two copies (the set and its
+    image tree) at 0.1 byte per pixel and channel, plus one 4 KiB block each (measured: 3.0 KB
+    per rendered image at 32x32, 7.6 KB at 112x112)."""
+    return int(images) * (2 * int(image_size) ** 2 * 3 // 10 + 4096)
+
+
+def synth_outputs(out_dir, *, overwrite=False, ijb=True, megaface=True, need=0):
+    """``core.outputs.Output`` of everything ``generate`` writes in ``out_dir``: without
+    ``overwrite`` an existing file or tree of the suite is refused, naming it."""
+    label = f"data synth {out_dir}"
+    hint = "pass --overwrite to replace the set"
+    files = TRAIN_FILES + tuple(f"{name}.bin" for name, _, _ in BINS)
+    folders = ("train_images",) + (("IJBC",) if ijb else ()) + (("megaface",) if megaface else ())
+    outs = [Output(label, out_dir, kind="folder", need=max(int(need), MIN_FREE))]
+    outs += [Output(label, os.path.join(out_dir, f), replace=overwrite, hint=hint) for f in files]
+    return outs + [Output(label, os.path.join(out_dir, f), kind="folder", replace=overwrite, hint=hint)
+                   for f in folders]
+
+
 def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pairs=600, ijb_templates=200,
              megaface_probes=20, megaface_probe_images=6, megaface_distractors=1000, megaface_noise=0.005,
              difficulty=DEFAULT_DIFFICULTY, image_size=IMAGE_SIZE, seed=0, ijb=True, megaface=True, workers=1,
-             quality=95, progress=True):
+             quality=95, progress=True, overwrite=False):
     """Write the whole synthetic suite into ``out_dir`` (docs/design.md, Data):
     ``train.rec/.idx/property`` + ``train.lst`` (+ ``train_images/``), ``lfw.bin``, ``cfp_fp.bin``,
-    ``agedb_30.bin``, ``IJBC/{meta,loose_crop}`` and ``megaface/``.  Returns a summary dict."""
+    ``agedb_30.bin``, ``IJBC/{meta,loose_crop}`` and ``megaface/``.  An existing part of a suite
+    is replaced only with ``overwrite`` (``synth_outputs``); the outputs are checked before
+    anything is rendered (``core.outputs.check_outputs``).  Returns a summary dict."""
     _check(identities >= 2, f"--identities must be at least 2, got {identities}")
     _check(images_per_id >= 1, f"--images-per-id must be at least 1, got {images_per_id}")
     _check(test_identities >= 2, f"--test-identities must be at least 2, got {test_identities}")
@@ -884,6 +922,10 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
         _check(megaface_probe_images >= 2, f"--megaface-probe-images must be at least 2, got {megaface_probe_images}")
         _check(0 <= megaface_noise < 0.5, f"--megaface-noise must be in [0, 0.5), got {megaface_noise}")
     out_dir = os.fspath(out_dir)
+    images = rendered_images(identities, images_per_id, pairs, ijb_templates, megaface_probes, megaface_probe_images,
+                             megaface_distractors, ijb=ijb, megaface=megaface)
+    check_outputs(synth_outputs(out_dir, overwrite=overwrite, ijb=ijb, megaface=megaface,
+                                need=estimate_bytes(images, image_size)))
     os.makedirs(out_dir, exist_ok=True)
     size = (int(image_size), int(image_size))
     common = dict(seed=int(seed), difficulty=float(difficulty), size=size, quality=int(quality))
@@ -892,7 +934,7 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
     with _Renderer(workers, progress) as R:
         summary["train"] = _write_train(out_dir, R, identities, images_per_id, **common)
         summary["bins"] = {}
-        for name, ns, kind in (("lfw", NS_LFW, "lfw"), ("cfp_fp", NS_CFP, "cfp"), ("agedb_30", NS_AGEDB, "agedb")):
+        for name, ns, kind in BINS:
             summary["bins"][name] = _write_bin(out_dir, R, name, ns, kind, test_identities, pairs, **common)
         if ijb:
             summary["ijb"] = _write_ijb(out_dir, R, ijb_templates, **common)

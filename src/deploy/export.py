@@ -7,22 +7,25 @@ checked with onnxruntime), ``cpu`` (MKLDNN fusion and INT8 quantisation), ``runn
 them into the report ``export_all`` returns.
 """
 import dataclasses
+import os
 import time
 
 import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.outputs import MIN_FREE, Input, Output, check_outputs, file_output
 from shrinkteanet.deploy.cpu import load_images, mkldnn_model, quantize_int8
 from shrinkteanet.deploy.graph import deploy_params, deploy_symbol
-from shrinkteanet.deploy.onnx_export import ONNX_TOLERANCE, check_onnx, export_onnx
+from shrinkteanet.deploy.onnx_export import ONNX_TOLERANCE, check_onnx, export_onnx, require_onnx
 from shrinkteanet.deploy.runner import Runner, fixed_batch, twice_ok, verification_accuracy
 from shrinkteanet.eval.embed import load_model, model_input_size, require_input_size
 from shrinkteanet.eval.images import cosine_rows, load_bin_checked
+from shrinkteanet.model.checkpoint import checkpoint_paths
 
 log = get_logger(__name__)
 
-__all__ = ["ONNX_TOLERANCE", "export_all"]
+__all__ = ["ONNX_TOLERANCE", "export_all", "export_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,25 @@ class _Source:
         return int(self.dsym.infer_shape(data=(1, 3, self.image_size, self.image_size))[1][0][1])
 
 
+def export_outputs(model, *, onnx=None, mkldnn=None, int8=None, calib=None, eval_bin=None):
+    """``(outputs, inputs)`` of one export (``core.outputs``): the ONNX file and the two files of
+    each MXNet model (``P-symbol.json``, ``P-%04d.params``), each needing about the source's
+    parameter file in space; the checkpoint (prefix, symbol, parameters), ``calib`` and
+    ``eval_bin``.  ``check_outputs`` on them refuses ``--mkldnn P`` for ``--model P,E``."""
+    prefix, epoch = model
+    label = f"--model {prefix},{epoch}"
+    params = checkpoint_paths(prefix, epoch)[1]
+    need = MIN_FREE + (os.path.getsize(params) if os.path.isfile(params) else 0)
+    outs = [file_output("--onnx", onnx, need=need)]
+    for option, out in (("--mkldnn", mkldnn), ("--int8", int8)):
+        if out:
+            outs += [Output(f"{option} {out}", p, need=need if p.endswith(".params") else MIN_FREE)
+                     for p in checkpoint_paths(out, epoch)]
+    inputs = [Input(label, p) for p in (prefix, *checkpoint_paths(prefix, epoch))]
+    inputs += [Input(f"{o} {v}", v) for o, v in (("--calib", calib), ("--eval-bin", eval_bin)) if v]
+    return outs, inputs
+
+
 def export_all(model, *, onnx=None, mkldnn=None, int8=None, calib=None, calib_mode="naive", num_calib=256,
                eval_bin=None, image_size=None, tolerance=ONNX_TOLERANCE, granularity="channel-wise", batch_size=32):
     """Everything ``shrinkteanet export`` does; returns the report dict.
@@ -94,6 +116,9 @@ def export_all(model, *, onnx=None, mkldnn=None, int8=None, calib=None, calib_mo
     dict
         ``model``, ``image_size``, ``emb_size`` and one entry per exported model.
     """
+    check_outputs(*export_outputs(model, onnx=onnx, mkldnn=mkldnn, int8=int8, calib=calib, eval_bin=eval_bin))
+    if onnx:
+        require_onnx()
     src = _Source.load(model, image_size)
     report = {"model": f"{src.prefix},{src.epoch}", "image_size": src.image_size, "emb_size": src.emb_size}
     if onnx:

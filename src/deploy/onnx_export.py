@@ -21,6 +21,20 @@ from shrinkteanet.deploy.runner import Runner, fixed_batch
 ONNX_TOLERANCE = 1e-4
 
 
+def require_onnx():
+    """An ONNX file is written only when it can also be checked: onnx and onnxruntime must
+    import, else one ``InputError`` line saying how to install them (before anything is written)."""
+    from shrinkteanet.core.errors import InputError
+
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise InputError(f"--onnx needs the {module} package to write and check the model: install the onnx "
+                             f"extra (pip install -c constraints.txt \".[onnx]\" in the repository), or leave "
+                             f"--onnx out") from None
+
+
 def _fix_onnx(model, emb_size):
     """The three fixes of the exporter's graph (module docstring); checked with ``onnx.checker``."""
     import onnx

@@ -14,6 +14,10 @@
 * Every file is written to a temp file beside its final name, flushed to disk,
   renamed into place and the folder entry flushed too: a crash leaves the old file or
   the new one, never half of one (``stray_files`` names the temp files a kill leaves).
+* ``PREFIX-manifest.json`` lists every file the run writes, each before it is written
+  (``record_run_files``); pruning deletes only listed files and ``--overwrite`` removes
+  exactly the listed ones (``training.run_folder``), never a file that merely looks like
+  a checkpoint (``model-best-0001.params``, ``model-mkldnn-0001.params``).
 """
 import contextlib
 import json
@@ -24,12 +28,17 @@ import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.outputs import add_to_manifest, drop_from_manifest, read_manifest
 from shrinkteanet.core.utils import atomic_open, atomic_path, mxnet_reason, write_json
 
 log = get_logger(__name__)
 
 EMBEDDING_OUTPUT = "fc1_output"
 STATE_SUFFIX = "-state.json"
+MANIFEST_SUFFIX = "-manifest.json"
+LOG_SUFFIX = "-train.log"
+#: ``written_by`` of a run's manifest
+MANIFEST_WRITER = "shrinkteanet train"
 
 _RUN_FILE = re.compile(r"-(\d{4}\.(params|head\.params|states)|state\.json|symbol\.json)$")
 _NUMBERED = re.compile(r"-(\d{4})\.(params|head\.params|states)$")
@@ -48,28 +57,68 @@ def training_paths(prefix, number):
 
 
 def run_files(prefix):
-    """The files of the run at ``prefix``: state, symbol and numbered checkpoints."""
+    """The files at ``prefix`` named exactly as a run names them: state, symbol and numbered
+    checkpoints (``PREFIX-0001.params``; not ``PREFIX-best-0001.params``)."""
     import glob
 
     base = glob.escape(prefix)
-    return sorted(p for p in glob.glob(base + "-*") if _RUN_FILE.search(p[len(prefix):]))
+    return sorted(p for p in glob.glob(base + "-*") if _RUN_FILE.fullmatch(p[len(prefix):]))
 
 
-def stray_files(prefix, keep):
-    """Numbered checkpoint files of ``prefix`` whose number is not in ``keep``, and the temp
-    files of its atomic writes (``.NAME.tmp``, ``.NAME.PID.tmp``, ``NAME.XXXX.tmp``)."""
+def stray_files(prefix, keep, listed=None):
+    """Numbered checkpoint files of ``prefix`` whose number is not in ``keep`` (only those in
+    ``listed``, the run's manifest, when given), and the temp files of its atomic writes
+    (``.NAME.tmp``, ``.NAME.PID.tmp``, ``NAME.XXXX.tmp``)."""
     keep = {int(k) for k in keep}
+    mine = None if listed is None else {os.path.abspath(p) for p in listed}
     folder, base = os.path.split(os.path.abspath(prefix))
     out = []
     for name in os.listdir(folder):
+        path = os.path.join(folder, name)
         if name.endswith(".tmp") and (name.startswith(base + "-") or name.startswith(f".{base}-")):
-            out.append(os.path.join(folder, name))
+            out.append(path)
             continue
-        if name.startswith(base + "-"):
+        if name.startswith(base + "-") and (mine is None or path in mine):
             m = _NUMBERED.fullmatch(name[len(base):])
             if m and int(m.group(1)) not in keep:
-                out.append(os.path.join(folder, name))
+                out.append(path)
     return sorted(out)
+
+
+# ------------------------------------------------------------------ the run's manifest
+def manifest_path(prefix):
+    return prefix + MANIFEST_SUFFIX
+
+
+def listed_run_files(prefix):
+    """The paths ``PREFIX-manifest.json`` lists, or None when the run has no manifest."""
+    names = read_manifest(manifest_path(prefix))
+    if names is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(prefix))
+    return [os.path.join(folder, n) for n in names]
+
+
+def record_run_files(prefix, paths):
+    """List ``paths`` in the run's manifest before they are written (atomic)."""
+    add_to_manifest(manifest_path(prefix), paths, MANIFEST_WRITER)
+
+
+def forget_run_files(prefix, paths):
+    """Take deleted ``paths`` off the run's manifest."""
+    drop_from_manifest(manifest_path(prefix), paths, MANIFEST_WRITER)
+
+
+def state_named_files(prefix, state):
+    """The exact files a run's ``state`` (``read_state``) says it wrote: symbol, state, log and
+    the numbered files of each checkpoint it keeps (a run written before manifests existed)."""
+    numbers = set(state.get("kept") or []) | {state.get("checkpoint") or 0}
+    best = (state.get("best") or {}).get("checkpoint")
+    numbers |= {best} if best else set()
+    paths = [f"{prefix}-symbol.json", prefix + STATE_SUFFIX, prefix + LOG_SUFFIX]
+    for n in sorted(int(k) for k in numbers if k):
+        paths += training_paths(prefix, n)
+    return paths
 
 
 # ------------------------------------------------------------------ the one writer
@@ -374,6 +423,8 @@ class Checkpointer:
             The run state; updated in place and written to ``PREFIX-state.json``.
         """
         params_file, head_file, states_file = self.paths(number)
+        symbol_file = checkpoint_paths(self.prefix, number)[0]
+        record_run_files(self.prefix, [symbol_file, params_file, head_file, states_file, self.prefix + STATE_SUFFIX])
         save_checkpoint(self.prefix, number, symbol, arg_params, aux_params)
         save_nd(head_file, head_params)
         write_trainer_states(states_file, trainer)
@@ -394,12 +445,15 @@ class Checkpointer:
         state["checkpoint"] = number
 
     def prune(self, keep):
-        """Delete every checkpoint file of the prefix whose number ``keep`` does not list, and
-        temp files: those pruned now and any an earlier crash left (called once the state names
-        ``keep``; the run lock guarantees no other writer)."""
-        for path in stray_files(self.prefix, keep):
+        """Delete every checkpoint file of the run (its manifest lists it) whose number ``keep``
+        does not list, and temp files: those pruned now and any an earlier crash left (called
+        once the state names ``keep``; the run lock guarantees no other writer)."""
+        gone = []
+        for path in stray_files(self.prefix, keep, listed_run_files(self.prefix)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            gone.append(path)
+        forget_run_files(self.prefix, gone)
 
 
 def restore(saved_state, prefix, method, trainer):

@@ -181,8 +181,9 @@ def synth_command(scale, out_dir, seed=0):
     cmd = ["data", "synth", out_dir, "--seed", str(seed), "--image-size", str(scale["image_size"])]
     for k, v in scale["synth"].items():
         cmd += ["--" + k.replace("_", "-"), str(v)]
-    # the set sizes (pairs, genuine pairs, probes) that the report's standard errors use
-    return cmd + ["--json", os.path.join(out_dir, SYNTH_SUMMARY)]
+    # the set sizes (pairs, genuine pairs, probes) that the report's standard errors use; the stage
+    # runs again only when it did not finish or its command changed: replace what an older one left
+    return cmd + ["--json", os.path.join(out_dir, SYNTH_SUMMARY), "--overwrite"]
 
 
 SYNTH_SUMMARY = "synth.json"

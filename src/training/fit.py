@@ -17,6 +17,7 @@ skips in a row stop the run.  MXNet's and NumPy's generators are re-seeded from
 batch counter, so a resumed CPU run replays the uninterrupted one bit for bit.
 """
 import math
+import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
@@ -156,10 +157,13 @@ class Monitor:
                         desc="train")
         self.frequent = max(int(frequent), 1)
         self.writer = None
+        self.event_files = []  # the files the writer created (the run's manifest lists them)
         if tensorboard and enabled:
             from tensorboardX import SummaryWriter
 
+            before = set(os.listdir(tensorboard)) if os.path.isdir(tensorboard) else set()
             self.writer = SummaryWriter(tensorboard)
+            self.event_files = [os.path.join(tensorboard, n) for n in sorted(set(os.listdir(tensorboard)) - before)]
         self.t_last = time.time()
         self.n_last = 0
 
@@ -512,6 +516,8 @@ class Fit:
                            if p.grad_req == "null" and name not in self.params and is_running_stat(name)]
         self.monitor = Monitor(self.num_batches, self.state["step"], frequent=cfg.frequent,
                                tensorboard=cfg.get("tensorboard", ""), enabled=self.is_chief)
+        if self.ckpt is not None and self.monitor.event_files:
+            checkpoint.record_run_files(self.prefix, self.monitor.event_files)
 
     def run_epochs(self):
         """Epochs from the state's position until ``num_batches`` steps; a checkpoint at each epoch end."""

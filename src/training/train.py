@@ -185,11 +185,15 @@ def _num_classes_chosen(cfg):
     return os.path.normpath(str(cfg.data_dir)) == os.path.normpath(str(row.get("data_dir", "")))
 
 
-def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwrite=False):
+def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwrite=False, log_file=False,
+          report=None):
     """Train ``cfg`` (a ``shrinkteanet.training.config`` EasyDict) and return the summary.
 
-    The output folder is locked for the run (``shrinkteanet.training.run_folder``); a new run over an
-    existing one is refused unless ``overwrite`` (which removes the old run's files).
+    The outputs are checked first (``run_folder.check_run_outputs``: writable, free space, name
+    lengths, never the teacher's checkpoint).  The output folder is locked for the run
+    (``run_folder.RunClaim``); a new run over an existing one is refused unless ``overwrite``
+    (which removes exactly the old run's files, as its manifest lists them); a run that fails
+    before its first checkpoint leaves nothing behind.
 
     Builds the kvstore (rank, workers), the loader over this worker's shard, the
     student (and the teacher from ``cfg.teacher``), the method of ``cfg.distill``
@@ -210,6 +214,12 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
         A loader to use instead of ``FaceLoader`` over ``cfg.data_dir``.
     overwrite : bool
         Replace an old run in ``cfg.out``.
+    log_file : bool
+        Also log to ``PREFIX-train.log`` (``PREFIX-train-rankN.log`` on worker N), from the start
+        of this call (records wait in memory until the folder is claimed).
+    report : str, optional
+        The ``--json`` file the caller writes the summary to: checked now, and listed in the
+        run's manifest when it lies in the run folder.
 
     Returns
     -------
@@ -218,17 +228,22 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
     """
     import mxnet as mx
 
+    from shrinkteanet.core.logutil import LogFile
+    from shrinkteanet.training.run_folder import check_run_outputs
+
     ctx_list = list(ctx_list or [mx.cpu()])
     if not cfg.data_dir:
         raise InputError("config data_dir is empty: --data DIR")
-    validate(cfg)  # every check of `shrinkteanet config`, before any data is read
-    job = make_job(cfg, ctx_list)
-    lock = claim_output(cfg.out, job.rank, resume, overwrite)
+    log_to = LogFile() if log_file and cfg.out else None
     try:
-        return _train_locked(cfg, job, resume=resume, callbacks=callbacks, loader=loader)
+        check_run_outputs(cfg, report)
+        validate(cfg)  # every check of `shrinkteanet config`, before any data is read
+        job = make_job(cfg, ctx_list)
+        with claim_output(cfg, job.rank, resume=resume, overwrite=overwrite, report=report, log=log_to):
+            return _train_locked(cfg, job, resume=resume, callbacks=callbacks, loader=loader)
     finally:
-        if lock is not None:
-            lock.release()
+        if log_to is not None:
+            log_to.close()
 
 
 def make_job(cfg, ctx_list):
@@ -245,21 +260,18 @@ def make_job(cfg, ctx_list):
     return job
 
 
-def claim_output(prefix, rank, resume, overwrite):
-    """Lock the folder of ``prefix`` (worker 0 only: it alone writes) and refuse a new run over
-    an old one unless ``overwrite``.  Returns the held ``RunLock`` or None."""
-    if not prefix or rank != 0:
-        return None
-    from shrinkteanet.training.run_folder import RunLock, prepare_fresh_run
+def claim_output(cfg, rank, *, resume, overwrite, report=None, log=None):
+    """The ``run_folder.RunClaim`` of ``cfg.out`` (a do-nothing context without ``out``): worker 0
+    locks the folder and refuses a new run over an old one unless ``overwrite``; never removes
+    the teacher's checkpoint files."""
+    import contextlib
 
-    lock = RunLock(os.path.dirname(os.path.abspath(prefix))).acquire()
-    try:
-        if not resume:
-            prepare_fresh_run(prefix, overwrite)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
+    from shrinkteanet.training.run_folder import RunClaim, run_inputs
+
+    if not cfg.out:
+        return contextlib.nullcontext()
+    return RunClaim(cfg.out, rank=rank, resume=resume, overwrite=overwrite, report=report, log=log,
+                    keep=[i.path for i in run_inputs(cfg)])
 
 
 def _train_locked(cfg, job, *, resume, callbacks, loader):
