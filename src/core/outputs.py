@@ -266,11 +266,12 @@ def _check_free_space(outputs):
     for base, need, first in by_device.values():
         free = free_bytes(base)
         if free < need:
-            raise InputError(f"{first.label}: {_mib(free)} free in {base}, but about {_mib(need)} is needed; free "
+            raise InputError(f"{first.label}: {mib_text(free)} free in {base}, but about {mib_text(need)} is needed; free "
                              f"space or choose another place")
 
 
-def _mib(n):
+def mib_text(n):
+    """A byte count as the free-space messages give it (``12.3 MiB``)."""
     return f"{n / 2 ** 20:.1f} MiB"
 
 

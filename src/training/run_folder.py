@@ -32,7 +32,7 @@ import time
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.outputs import Input, check_outputs, file_output, folder_output, missing_folders
-from shrinkteanet.core.outputs import remove_created_folders
+from shrinkteanet.core.outputs import mib_text, remove_created_folders
 from shrinkteanet.core.utils import parse_model_arg
 from shrinkteanet.model.checkpoint import LOG_SUFFIX, MANIFEST_SUFFIX, STATE_SUFFIX, checkpoint_paths
 from shrinkteanet.model.checkpoint import forget_run_files, listed_run_files, manifest_path, read_state
@@ -105,12 +105,8 @@ def check_free_space(folder, checkpoint_bytes):
     free = shutil.disk_usage(folder).free
     needed = 2 * int(checkpoint_bytes)
     if free < needed:
-        raise InputError(f"--out {folder}: {_mb(free)} free, but a checkpoint needs about {_mb(checkpoint_bytes)} "
+        raise InputError(f"--out {folder}: {mib_text(free)} free, but a checkpoint needs about {mib_text(checkpoint_bytes)} "
                          f"(two must fit while the older is replaced); free space or choose another --out")
-
-
-def _mb(n):
-    return f"{n / 2 ** 20:.1f} MiB"
 
 
 def _read_holder(fd):
