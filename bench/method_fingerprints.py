@@ -88,7 +88,7 @@ def named_configs():
 
 
 def fingerprints(tmp):
-    from shrinkteanet.methods import registry
+    from shrinkteanet.methods.base import registry
     from shrinkteanet.study.tiny import train_tiny_teacher, write_tiny_set
 
     data = write_tiny_set(os.path.join(tmp, "data"))

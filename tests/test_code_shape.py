@@ -22,7 +22,7 @@ MAX_LINES = 60
 DATA_TABLES = {}
 ORDER = ("core", "data", "symbols", "model", "methods", "eval", "training", "deploy", "study", "cli")
 #: top-level modules of ``src/`` that stand for a stage: ``shrinkteanet.losses`` is the contract
-#: name of ``methods.losses``; ``__init__``/``__main__`` are the package's entry (above ``cli``)
+#: name of ``methods.base.blocks``; ``__init__``/``__main__`` are the package's entry (above ``cli``)
 TOP_LEVEL = {"losses": "methods", "__init__": None, "__main__": None}
 
 

@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from shrinkteanet.methods import distill
+from shrinkteanet.methods.base import assembler
 from shrinkteanet.training.config import generate_config
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model.checkpoint import save_checkpoint
@@ -28,8 +28,8 @@ def teacher_ckpt(tmp_path_factory):
     mx.random.seed(11)
     cfg = generate_config("r18", "synth", "arcface", "none", [
         f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"net_opts={dict(T_OPTS)!r}"])
-    net, _, _ = distill.build_networks(cfg)
-    method = distill.build_method(cfg, net, hybridize=True)
+    net, _, _ = assembler.build_networks(cfg)
+    method = assembler.build_method(cfg, net, hybridize=True)
     trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
     data, label = batch(6, n=16)
     for _ in range(30):
@@ -56,8 +56,8 @@ def make_cfg(method, ckpt, *extra):
 
 def build(method, ckpt, *extra, hybridize=False):
     cfg = make_cfg(method, ckpt, *extra)
-    student, teacher, fc7 = distill.build_networks(cfg)
-    return cfg, distill.build_method(cfg, student, teacher, teacher_fc7=fc7, hybridize=hybridize)
+    student, teacher, fc7 = assembler.build_networks(cfg)
+    return cfg, assembler.build_method(cfg, student, teacher, teacher_fc7=fc7, hybridize=hybridize)
 
 
 def batch(seed=0, n=8):
@@ -80,11 +80,11 @@ def _snapshot(block):
 
 
 def test_presets_select_every_method():
-    for name in distill.METHODS:
+    for name in assembler.METHODS:
         cfg = generate_config("mfn", "synth", "arcface", name)
-        assert distill.method_spec(cfg) == distill.SPECS[name]
+        assert assembler.method_spec(cfg) == assembler.SPECS[name]
     with pytest.raises(InputError, match="distill='bogus'"):
-        distill.method_spec(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
+        assembler.method_spec(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
     # Sec. 4.3: "Student-1" is Eq. 7 with the l2 distance, i.e. at all four stages
     l2 = generate_config("mfn", "synth", "arcface", "l2")
     assert l2.distill_stages == [1, 2, 3, 4] and l2.l2_lambda == 0.001
@@ -134,12 +134,12 @@ def test_intermediate_terms_vanish_when_the_student_is_the_teacher(teacher_ckpt)
     tail after stage i applied to the teacher's own F_i gives back the teacher's
     embedding, so every angular_i is 0; random adapters make it positive."""
     cfg = make_cfg("stn", teacher_ckpt, "network=r18", f"net_opts={dict(T_OPTS)!r}")
-    _, teacher, fc7 = distill.build_networks(cfg)
-    twin, _, _ = distill.build_networks(cfg)
-    distill.materialize(twin, SIZE)
+    _, teacher, fc7 = assembler.build_networks(cfg)
+    twin, _, _ = assembler.build_networks(cfg)
+    assembler.materialize(twin, SIZE)
     for name, p in teacher.collect_params().items():
         twin.collect_params()[name].set_data(p.data())
-    method = distill.build_method(cfg, twin, teacher, teacher_fc7=fc7)
+    method = assembler.build_method(cfg, twin, teacher, teacher_fc7=fc7)
     data, _ = batch(1)
     label = mx.nd.array(np.arange(8) % CLASSES)
     random_parts = method(data, label)  # not recording: adapters' BN on running stats (0, 1)
@@ -208,17 +208,17 @@ def test_cached_teacher_embedding_skips_the_teacher_forward(teacher_ckpt):
 
 def test_spatial_mismatch_and_missing_pieces_are_clear_errors(teacher_ckpt):
     cfg = make_cfg("stn", teacher_ckpt)
-    student, teacher, fc7 = distill.build_networks(cfg)
+    student, teacher, fc7 = assembler.build_networks(cfg)
     real = student.split.stage_shapes
     student.split.stage_shapes = lambda size: [(c, h * 2, w * 2) for c, h, w in real(size)]
     with pytest.raises(InputError, match="stage 1 is 32x32 in the student .* 16x16 in the teacher"):
-        distill.build_method(cfg, student, teacher, teacher_fc7=fc7)
+        assembler.build_method(cfg, student, teacher, teacher_fc7=fc7)
     with pytest.raises(InputError, match="needs a teacher"):
-        distill.build_method(cfg, student, None)
+        assembler.build_method(cfg, student, None)
     with pytest.raises(InputError, match="fc7_weight"):
-        distill.build_method(make_cfg("margin", teacher_ckpt), student, teacher, teacher_fc7=None)
+        assembler.build_method(make_cfg("margin", teacher_ckpt), student, teacher, teacher_fc7=None)
     with pytest.raises(InputError, match="teacher_network"):
-        distill.build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
+        assembler.build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
                                         f"teacher_net_opts={dict(S_OPTS)!r}"))
 
 
@@ -280,7 +280,7 @@ def test_kd_on_margin_logits_matches_numpy(teacher_ckpt):
 
 def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
     cfg, method = build("lowres_ktkd", teacher_ckpt)
-    assert distill.loader_lowres_size(cfg) == 0 and distill.student_image_size(cfg) == SIZE // 2
+    assert assembler.loader_lowres_size(cfg) == 0 and assembler.student_image_size(cfg) == SIZE // 2
     data, label = batch(5)
     small = method.student_input(data).asnumpy()
     want = data.asnumpy().reshape(8, 3, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(3, 5))
@@ -301,8 +301,8 @@ def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
         method(mx.nd.array(small), label)
     with pytest.raises(InputError, match="student parameters match the teacher"):
         cfg2 = make_cfg("lowres_kt", teacher_ckpt, "network=mfn", f"net_opts={dict(S_OPTS)!r}")
-        s2, t2, f2 = distill.build_networks(cfg2)
-        distill.build_method(cfg2, s2, t2, teacher_fc7=f2)
+        s2, t2, f2 = assembler.build_networks(cfg2)
+        assembler.build_method(cfg2, s2, t2, teacher_fc7=f2)
 
 
 @pytest.mark.parametrize("method_name,extra", [

@@ -159,8 +159,8 @@ def test_api_pages_follow_the_package_and_are_not_empty(built):
         body = re.search(r'<div class="body" role="main">(.*?)<div class="sphinxsidebar"', source, re.S).group(1)
         # beyond its heading, a module page shows its docstring or its members
         assert re.search(r"<p>\s*\S|<dl class=\"py", body), f"{page.name}: empty"
-    losses = (api / "shrinkteanet.methods.losses.html").read_text(encoding="utf-8")
-    assert 'id="shrinkteanet.methods.losses.AngularDistillationLoss"' in losses
+    losses = (api / "shrinkteanet.methods.base.blocks.html").read_text(encoding="utf-8")
+    assert 'id="shrinkteanet.methods.base.blocks.AngularDistillationLoss"' in losses
 
 
 def test_pages_load_in_a_headless_browser(built, tmp_path):

@@ -5,7 +5,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from shrinkteanet.methods.losses import (AngularDistillationLoss, HintLoss, KDLoss, L2EmbeddingLoss,
+from shrinkteanet.methods.base.blocks import (AngularDistillationLoss, HintLoss, KDLoss, L2EmbeddingLoss,
                                  MarginDistillationHead, MarginHead, build_head)
 
 

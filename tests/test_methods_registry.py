@@ -1,11 +1,13 @@
-"""The method registry (``shrinkteanet.methods.registry``): a method is one module, discovered lazily;
+"""The method registry (``shrinkteanet.methods.base.registry``): a method is one module, discovered lazily;
 every method table of the project is derived from it and equals what it was written out by hand."""
 import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from shrinkteanet.study.tiny import train_overrides as overrides, train_tiny_teacher as train_teacher, write_tiny_set as make_set
 from shrinkteanet import methods as methods_pkg
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.methods import registry
+from shrinkteanet.methods.base import registry
 from shrinkteanet.training import config
 
 #: A whole new method as one file: ``1 - cos(s, t)`` on the final embeddings, weight ``toycos_lambda``
@@ -21,7 +23,7 @@ from shrinkteanet.training import config
 TOY_NAME = "toycos"
 TOY_MODULE = textwrap.dedent('''
     """Toy method of tests/test_methods_registry.py: weighted 1 - cos(s, t) of the final embeddings."""
-    from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+    from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
 
 
     def one_minus_cos(s, t):
@@ -31,7 +33,7 @@ TOY_MODULE = textwrap.dedent('''
 
 
     def terms(build):
-        from shrinkteanet.methods.terms import EmbeddingTerm
+        from shrinkteanet.methods.base.terms import EmbeddingTerm
 
         return [EmbeddingTerm("cosine", build.cfg.toycos_lambda, one_minus_cos)]
 
@@ -100,7 +102,7 @@ OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student
 
 
 def test_derived_tables_equal_the_hand_written_ones():
-    from shrinkteanet.methods import distill
+    from shrinkteanet.methods.base import assembler
     from shrinkteanet.study import demo, paper, table
 
     assert config.DISTILL == OLD_DISTILL and list(config.DISTILL) == list(OLD_DISTILL)
@@ -112,7 +114,7 @@ def test_derived_tables_equal_the_hand_written_ones():
                   "lowres_ktkd"):
             old_configs[f"{student}_{m}"] = (student, "emore", "arcface", m)
     assert config.CONFIGS == old_configs
-    assert distill.SPECS == OLD_SPECS and distill.METHODS == tuple(OLD_SPECS)
+    assert assembler.SPECS == OLD_SPECS and assembler.METHODS == tuple(OLD_SPECS)
     assert demo.METHODS == OLD_DEMO and list(demo.METHODS) == list(OLD_DEMO)  # report order
     assert paper.METHODS == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
                              "stn": "ShrinkTeaNet"}
@@ -126,19 +128,38 @@ def test_derived_tables_equal_the_hand_written_ones():
 
 
 def test_stage_weights_moved_into_methods_and_stay_importable_from_config():
-    from shrinkteanet.methods import stages
+    from shrinkteanet.methods.base import stage_rules as stages
 
     assert config.distill_lambdas is stages.distill_lambdas and config.LAST_STAGE == stages.LAST_STAGE == 4
 
 
 def test_discovery_is_lazy_and_the_methods_package_never_imports_training():
-    code = ("import sys, shrinkteanet, shrinkteanet.methods.registry as r; "
+    code = ("import sys, shrinkteanet, shrinkteanet.methods.base.registry as r; "
             "before = sorted(m for m in sys.modules if m.startswith('shrinkteanet.methods.'));"
             "r.names(); after = sorted(m for m in sys.modules if m.startswith('shrinkteanet.'));"
             "print(before); print('mxnet' in sys.modules, any(m.startswith('shrinkteanet.training') for m in after));"
             "print('shrinkteanet.methods.stn' in after)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["['shrinkteanet.methods.registry']", "False False", "True"]
+    assert out == ["['shrinkteanet.methods.base', 'shrinkteanet.methods.base.registry']", "False False", "True"]
+
+
+def test_every_module_of_methods_is_a_method(tmp_path):
+    """Discovery has no skip list: every module of ``methods/`` declares a method, the machinery is
+    the ``base`` sub-package, and a helper module left beside the methods is refused by name."""
+    names = {info.name for info in pkgutil.iter_modules(methods_pkg.__path__)}
+    assert names - {"base"} == set(OLD_SPECS)
+    package = types.SimpleNamespace(__name__="pkg", __path__=[str(tmp_path)])
+    (tmp_path / "_helper.py").write_text("X = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "__init__.py").write_text("")
+    assert list(registry._method_modules(package)) == ["pkg._helper"]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match=r"_helper declares no METHOD .*go in shrinkteanet.methods.base"):
+            registry._declared("_helper")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("_helper", None)
 
 
 def test_unknown_names_fail_listing_every_valid_one():

@@ -29,7 +29,7 @@ RECIPE_CONFIGS = {"r90": "teacher_r90", "r100": "teacher_r100", "mfn": "mfn_self
                   "mv1": "mv1_self", "mv2": "mv2_self"}
 #: the students and method configs of the recipes (recipes/<student>_<suffix>.sh)
 STUDENTS, METHOD_SUFFIXES = ("mfn", "mfnr", "mv1", "mv2"), ("self", "l2", "stn", "stn_final")
-#: methods whose stage terms (``methods._stage_terms.StageTerms``, not on taps) run the teacher's tails
+#: methods whose stage terms (``methods.base.terms.StageTerms``, not on taps) run the teacher's tails
 TAIL_METHODS = ("stn", "l2")
 #: InsightFace arcface_torch training logs (8 GPUs, fp16): samples/s per GPU
 ANCHORS = {"mfn": 1390.0, "r100": 424.0}
@@ -82,7 +82,7 @@ def _cost(sym, **shapes):
 def step_cost(cfg):
     """Multiply-adds per image of one training step of ``cfg`` and its activation elements per image, by part:
     the student (and its classifier ``fc7`` and adapters H_i) trained; the teacher's forward; the tails."""
-    from shrinkteanet.methods.distill import needs_teacher
+    from shrinkteanet.methods.base.assembler import needs_teacher
 
     student = network_cost(cfg.network, cfg.emb_size)
     fc7 = cfg.emb_size * cfg.num_classes

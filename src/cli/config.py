@@ -5,7 +5,7 @@ train with is valid: unknown keys and mistyped values, and every check of
 ``training.validate.validate`` that ``train`` makes before reading data (names, stages, sizes,
 the teacher against its checkpoint, class counts), fail with exit 2.  The teacher resolved from
 its checkpoint is printed in the config.  ``--list`` shows the
-named configs, ``--methods`` the methods of the registry (``shrinkteanet.methods.registry``) with
+named configs, ``--methods`` the methods of the registry (``shrinkteanet.methods.base.registry``) with
 their variants and needs; both tables are derived from the method modules."""
 from shrinkteanet.cli import add_json_arg
 
@@ -56,7 +56,7 @@ def run(args):
 
 def print_methods():
     """One line per method: name, its DISTILL variants, what it needs, its summary."""
-    from shrinkteanet.methods import registry
+    from shrinkteanet.methods.base import registry
 
     for d in registry.methods():
         needs = ",".join(d.needs.as_dict()) or "-"

@@ -4,7 +4,7 @@
 ``distill_stages``: the adapted student stage against the teacher's stage feature itself (the
 teacher runs with its taps every step).
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, Variant
+from shrinkteanet.methods.base.registry import MethodDef, Needs, Variant
 
 
 def part_name(stage):
@@ -13,8 +13,8 @@ def part_name(stage):
 
 def terms(build):
     """A hint per stage: adapter H_i on the student's stage features, l2 to the teacher's."""
-    from shrinkteanet.methods import losses as L
-    from shrinkteanet.methods._stage_terms import StageTerms
+    from shrinkteanet.methods.base import blocks as L
+    from shrinkteanet.methods.base.terms import StageTerms
 
     return [StageTerms(build, distance=L.HintLoss(), base=build.cfg.hint_lambda, part_name=part_name,
                        on_taps=True)]

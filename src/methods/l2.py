@@ -4,8 +4,8 @@
 (i = 1..3) through the adapters H_i and the teacher's tails, weights ``l2_lambda * lambda_i``.
 Variants: ``l2`` (all four stages) and ``l2_final`` (the final-embedding term only).
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
-from shrinkteanet.methods.stages import LAST_STAGE, has_intermediate_stages
+from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base.stage_rules import LAST_STAGE, has_intermediate_stages
 
 
 def part_name(stage):
@@ -14,8 +14,8 @@ def part_name(stage):
 
 def terms(build):
     """The l2 stage terms (Eq. 7 with ||s - t||^2 in place of the angular loss)."""
-    from shrinkteanet.methods import losses as L
-    from shrinkteanet.methods._stage_terms import StageTerms
+    from shrinkteanet.methods.base import blocks as L
+    from shrinkteanet.methods.base.terms import StageTerms
 
     return [StageTerms(build, distance=L.L2EmbeddingLoss(), base=build.cfg.l2_lambda, part_name=part_name)]
 

@@ -6,7 +6,7 @@ shape match (a fully convolutional body transfers entirely; resolution-dependent
 'E' output FC keep their own init) and the teacher's class centres as the start of its head.
 Loss: ``softmax``.
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, Variant
+from shrinkteanet.methods.base.registry import MethodDef, Needs, Variant
 
 METHOD = MethodDef(
     name="lowres_kt",

@@ -4,13 +4,13 @@
 centres, a per-sample ArcFace margin in ``[margin_m_min, margin_m_max]`` from the teacher's angle to
 its centre.  No other classifier, so this method replaces the classifier, not only adds a term.
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
 
 
 def classifier(build):
     """The MarginDistillation head started from (and fixed at) the teacher's class centres."""
-    from shrinkteanet.methods import losses as L
-    from shrinkteanet.methods.terms import Classifier, load_centres
+    from shrinkteanet.methods.base import blocks as L
+    from shrinkteanet.methods.base.terms import Classifier, load_centres
 
     cfg = build.cfg
     s, _, _, _ = L.margin_params(cfg)

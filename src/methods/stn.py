@@ -8,8 +8,8 @@ lambda_4 = 1, lambda_i = lambda_{i+1} / 2 by stage number (Sec. 4.2, ``stages.di
 Variants: ``stn`` (all four stages, Eq. 7) and ``stn_final`` (stage 4 only, Eq. 5); the study also
 runs both at ``distill_weight=10`` (the weight ablation).
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
-from shrinkteanet.methods.stages import has_intermediate_stages
+from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base.stage_rules import has_intermediate_stages
 
 
 def part_name(stage):
@@ -18,8 +18,8 @@ def part_name(stage):
 
 def terms(build):
     """The angular stage terms of Eq. 7."""
-    from shrinkteanet.methods import losses as L
-    from shrinkteanet.methods._stage_terms import StageTerms
+    from shrinkteanet.methods.base import blocks as L
+    from shrinkteanet.methods.base.terms import StageTerms
 
     return [StageTerms(build, distance=L.AngularDistillationLoss(), base=build.cfg.distill_weight,
                        part_name=part_name)]

@@ -35,14 +35,14 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.study.scheduler import CheckpointOf, Scheduler, Stage
 from shrinkteanet.core.utils import atomic_path, write_json
-from shrinkteanet.methods import registry as method_registry
+from shrinkteanet.methods.base import registry as method_registry
 
 log = get_logger(__name__)
 
 def study_methods():
     """``METHODS``: the study's methods in report order, key -> (config suffix of
     ``<network>_<suffix>``, extra overrides), from the study rows the method modules declare
-    (``shrinkteanet.methods.registry``).  The keys are the method names of REPORT.md and
+    (``shrinkteanet.methods.base.registry``).  The keys are the method names of REPORT.md and
     study.json; ``*_w10``: the distillation weight ablation (``distill_weight`` 10 instead of the
     paper's lambda_n = 1).  A fresh dict."""
     return {r.key: (method_registry.study_config_suffix(r), tuple(r.overrides)) for r in method_registry.study_rows()}

@@ -18,7 +18,7 @@ NETWORKS = network_registry.paper_table()
 def paper_methods():
     """``METHODS``: study method key -> the paper's row name, for the teacher and every study
     row whose method module names a paper row (``StudyRow.paper``).  A fresh dict."""
-    from shrinkteanet.methods import registry
+    from shrinkteanet.methods.base import registry
 
     return {"teacher": "Teacher", **{r.key: r.paper for r in registry.study_rows() if r.paper}}
 

@@ -21,7 +21,7 @@ from shrinkteanet.study import report as study_report
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import atomic_write_bytes
-from shrinkteanet.methods import registry as method_registry
+from shrinkteanet.methods.base import registry as method_registry
 
 log = get_logger(__name__)
 

@@ -8,7 +8,7 @@ plus a fourth for the distillation method of ShrinkTeaNet and its relatives:
 * ``LOSSES``    - the margin head (softmax, ArcFace, CosFace, combined)
 * ``DISTILL``   - the method variants (none / stn / stn_final / l2 / l2_final / kd / hint / margin /
   lowres_kt / lowres_kd / lowres_ktkd), derived from the method registry
-  (``shrinkteanet.methods.registry``: one module per method)
+  (``shrinkteanet.methods.base.registry``: one module per method)
 
 ``generate_config(network, dataset, loss, distill, overrides)`` returns a fresh
 ``EasyDict`` (no global mutable state); ``apply_overrides`` takes ``key=value``
@@ -23,8 +23,8 @@ from easydict import EasyDict as edict
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.symbols import registry as network_registry
-from shrinkteanet.methods import registry as method_registry
-from shrinkteanet.methods.stages import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
+from shrinkteanet.methods.base import registry as method_registry
+from shrinkteanet.methods.base.stage_rules import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
 #: 512 over 4 GPUs, lr 0.1, momentum 0.9, lambda_n = 1 (angular) / 0.001 (l2), lambda_i =
@@ -57,7 +57,7 @@ DEFAULT = dict(
     distill="none",
     teacher="",  # PREFIX,EPOCH of the teacher checkpoint
     # the teacher's network, options and embedding width: empty/0 = read from its checkpoint's
-    # -symbol.json (methods._teacher); given, they must agree with the checkpoint
+    # -symbol.json (methods.base.teacher_check); given, they must agree with the checkpoint
     teacher_network="",
     teacher_emb_size=0,
     teacher_net_opts={},
@@ -135,7 +135,7 @@ STUDENTS = ("mv1", "mv2", "mfn", "mfnr")
 
 def distill_table():
     """``DISTILL``: the method rows, one per variant of every method of the registry
-    (``shrinkteanet.methods.registry``; e.g. ``stn`` and ``stn_final``).  A fresh EasyDict."""
+    (``shrinkteanet.methods.base.registry``; e.g. ``stn`` and ``stn_final``).  A fresh EasyDict."""
     return edict(method_registry.distill_rows())
 
 

@@ -387,7 +387,7 @@ class Fit:
     ----------
     method : gluon.Block
         ``method(data, label[, teacher_emb]) -> {name: (batch,) NDArray}`` of already-weighted
-        loss parts (``methods.distill``); ``method.trainable_params()`` are updated.
+        loss parts (``methods.base.assembler``); ``method.trainable_params()`` are updated.
     loader
         ``loader.epoch(epoch, start_batch)`` yields batches with ``data``, ``label``, ``index``,
         ``flipped``; ``len(loader)`` batches per epoch.

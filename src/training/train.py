@@ -197,7 +197,7 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
 
     Builds the kvstore (rank, workers), the loader over this worker's shard, the
     student (and the teacher from ``cfg.teacher``), the method of ``cfg.distill``
-    (``shrinkteanet.methods.distill.build_method``), the teacher cache when
+    (``shrinkteanet.methods.base.assembler.build_method``), the teacher cache when
     ``cfg.teacher_cache`` is set, and the verifier; then runs ``fit.Fit``.
 
     Parameters
@@ -301,7 +301,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
 def make_loader(cfg, job):
     """``FaceLoader`` over this worker's shard of ``cfg.data_dir`` (its part of the global batch)."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.methods.distill import loader_lowres_size
+    from shrinkteanet.methods.base.assembler import loader_lowres_size
 
     return FaceLoader(cfg.data_dir, cfg.batch_size // job.num_workers, seed=cfg.seed, workers=cfg.workers,
                       mirror=cfg.mirror, color_jitter=cfg.color_jitter, lowres_size=loader_lowres_size(cfg),
@@ -325,7 +325,7 @@ def follow_data(cfg, loader):
 def build_student_method(cfg, ctx_list):
     """Seeded, initialised and hybridized ``(student, method)`` of ``cfg`` (AMP set up first
     when ``fp16``)."""
-    from shrinkteanet.methods.distill import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method, build_networks
 
     seed_everything(cfg.seed)
     if cfg.fp16:
@@ -347,7 +347,7 @@ def open_teacher_cache(cfg, loader):
     """The ``TeacherCache`` of ``cfg.teacher_cache`` checked against the method and the data, or None."""
     if not cfg.teacher_cache:
         return None
-    from shrinkteanet.methods.distill import needs_teacher_embedding
+    from shrinkteanet.methods.base.assembler import needs_teacher_embedding
     from shrinkteanet.training.teacher_cache import TeacherCache
 
     if not needs_teacher_embedding(cfg):
@@ -367,13 +367,13 @@ def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_
 
 
 def final_stage_cosines(method, loader, ctx, num_ctx=1):
-    """``distill.stage_cosines`` on one device's share of the first batch of epoch 0 (keys are
+    """``assembler.stage_cosines`` on one device's share of the first batch of epoch 0 (keys are
     stage numbers as strings): the batch shape the training graphs were built for on ``ctx``,
     so no new graph for the whole batch is built there after training.  A failure (out of
     memory) is logged and gives ``{}``: the run's summary is never lost to this check."""
     import mxnet as mx
 
-    from shrinkteanet.methods.distill import stage_cosines
+    from shrinkteanet.methods.base.assembler import stage_cosines
 
     if not hasattr(loader, "epoch"):
         return {}

@@ -1,11 +1,11 @@
-"""The method registry: every teacher-student method is one module of ``shrinkteanet.methods``.
+"""The method registry: every module of ``shrinkteanet.methods`` is one teacher-student method.
 
 A method module declares ``METHOD = MethodDef(...)`` (and imports nothing heavy at module level:
 its loss terms import MXNet inside their builder), in the manner of torchdistill's per-kind
 registries.  ``method(name)`` looks one up; an unknown name fails, as gluon-cv's ``get_model``
 does, with a message listing every valid name.  Discovery is lazy: the first lookup imports every
-module of the package folder (``pkgutil``) except the infrastructure below and the ``_``-prefixed
-helpers, so that adding a method is adding one file.  Nothing here runs at import.
+module of the package folder (``pkgutil``; the machinery lives in the ``base`` sub-package, which
+is not a module), so that adding a method is adding one file.  Nothing here runs at import.
 
 Everything the rest of the project tabulates about methods is derived here: the ``DISTILL`` rows
 of ``training.config`` (``distill_rows``), the variants behind the ``<student>_<variant>`` named
@@ -21,9 +21,6 @@ from types import MappingProxyType
 from typing import Callable, Optional, Tuple
 
 from shrinkteanet.core.errors import InputError
-
-#: modules of the package that hold the machinery, not a method (not imported by discovery)
-INFRASTRUCTURE = frozenset({"registry", "stages", "distill", "losses", "terms"})
 
 #: the flags a method may need, in ``SPECS`` order (``distill.SPECS`` rows list the true ones)
 NEED_FLAGS = ("teacher", "emb", "taps", "fc7", "lowres", "transfer")
@@ -133,9 +130,9 @@ class MethodDef:
 
 
 def _method_modules(package):
-    """Names of the package's modules that may declare a method."""
+    """Names of the package's modules (its sub-packages, ``base``, are not methods)."""
     for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_") and info.name not in INFRASTRUCTURE:
+        if not info.ispkg:
             yield f"{package.__name__}.{info.name}"
 
 
@@ -160,16 +157,21 @@ def _check_unique(defs):
             seen[name] = d
 
 
+def _declared(modname):
+    """The ``METHOD`` of module ``modname``; ``ValueError`` naming a module without one."""
+    declared = getattr(importlib.import_module(modname), "METHOD", None)
+    if not isinstance(declared, MethodDef):
+        raise ValueError(f"{modname} declares no METHOD = MethodDef(...): every module of shrinkteanet.methods "
+                         "is a method (shared helpers go in shrinkteanet.methods.base)")
+    return declared
+
+
 @functools.lru_cache(maxsize=None)
 def _discover():
     """``{name: MethodDef}`` of every method module of ``shrinkteanet.methods``, in ``order``."""
     from shrinkteanet import methods as package
 
-    defs = []
-    for modname in _method_modules(package):
-        declared = getattr(importlib.import_module(modname), "METHOD", None)
-        if isinstance(declared, MethodDef):
-            defs.append(declared)
+    defs = [_declared(modname) for modname in _method_modules(package)]
     _check_unique(defs)
     return MappingProxyType({d.name: d for d in sorted(defs, key=lambda d: (d.order, d.name))})
 

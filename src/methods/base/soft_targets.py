@@ -1,6 +1,6 @@
 """Soft-target distillation (Hinton et al. 2015) as the ``kd``, ``lowres_kd`` and ``lowres_ktkd``
 method modules declare it: their shared defaults, config check and term builder.  No MXNet at
-import (``_kd_terms`` holds the term)."""
+import (``terms.SoftTargets`` is the term)."""
 from shrinkteanet.core.errors import InputError
 
 #: values of ``kd_emb_loss``: the optional embedding term added to the soft targets
@@ -24,8 +24,8 @@ def emb_part_name(kind):
 def soft_target_terms(build):
     """``[soft targets] + [embedding term]``: the latter, weight ``kd_emb_lambda``, when
     ``kd_emb_loss`` is ``angular`` or ``l2``."""
-    from shrinkteanet.methods._kd_terms import SoftTargets
-    from shrinkteanet.methods.terms import EmbeddingTerm, embedding_loss
+    from shrinkteanet.methods.base.terms import SoftTargets
+    from shrinkteanet.methods.base.terms import EmbeddingTerm, embedding_loss
 
     terms = [SoftTargets(build)]
     kind = build.cfg.get("kd_emb_loss", "none")

@@ -3,7 +3,7 @@
 ``build_method(cfg, student, teacher, num_classes)`` returns a ``Method`` whose call
 ``method(data, label, teacher_emb=None)`` gives a dict of named, already-weighted per-sample loss
 parts; their sum is the training objective.  ``cfg.distill`` names a method of the registry
-(``shrinkteanet.methods.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
+(``shrinkteanet.methods.base.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
 Duong et al. 2019, Eq. 4-7), ``l2`` ("Student-1"), ``kd`` (Hinton), ``hint``, ``margin``
 (MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019); each
 module's docstring gives its terms).  From the method's declaration this module does what is
@@ -33,9 +33,9 @@ from mxnet import autograd, gluon
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
-from shrinkteanet.methods import registry
-from shrinkteanet.methods.stages import LAST_STAGE
-from shrinkteanet.methods.terms import Batch, Build, Frozen, margin_softmax, load_centres
+from shrinkteanet.methods.base import registry
+from shrinkteanet.methods.base.stage_rules import LAST_STAGE
+from shrinkteanet.methods.base.terms import Batch, Build, Frozen, margin_softmax, load_centres
 
 log = get_logger(__name__)
 
@@ -161,7 +161,7 @@ class Method(gluon.Block):
             self._frozen.teacher = teacher
             for p in teacher.collect_params().values():
                 p.grad_req = "null"
-            from shrinkteanet.methods._teacher import check_embedding_sizes
+            from shrinkteanet.methods.base.teacher_check import check_embedding_sizes
 
             check_embedding_sizes(self.cfg, needs, teacher_emb_size(teacher, self.emb_size))
             if needs.taps and not getattr(teacher, "with_taps", False):
@@ -372,19 +372,19 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
 
 def load_teacher(cfg, ckpt, *, ctx, with_taps):
     """``(teacher EmbeddingNet, fc7_weight or None)`` of the checkpoint ``ckpt``: its network read
-    from its ``-symbol.json`` and checked against its parameters (``_teacher.teacher_plan``; the
+    from its ``-symbol.json`` and checked against its parameters (``teacher_check.teacher_plan``; the
     resolved ``teacher_network``/``teacher_net_opts``/``teacher_emb_size`` are written into
     ``cfg``), at ``cfg.image_size``, every parameter set, ``grad_req='null'``."""
     from shrinkteanet.core.utils import parse_model_arg
-    from shrinkteanet.methods import _teacher
+    from shrinkteanet.methods.base import teacher_check
     from shrinkteanet.model.checkpoint import read_raw_checkpoint
     from shrinkteanet.model.network import EmbeddingNet
 
     prefix, epoch = parse_model_arg(ckpt) if isinstance(ckpt, str) else ckpt
     graph, arg_params, aux_params = read_raw_checkpoint(prefix, epoch)
     shapes = ({k: v.shape for k, v in arg_params.items()}, {k: v.shape for k, v in aux_params.items()})
-    plan = _teacher.teacher_plan(cfg, graph, *shapes, image_size=int(cfg.image_size), where=f"{prefix},{epoch}")
-    _teacher.fill_config(cfg, plan)
+    plan = teacher_check.teacher_plan(cfg, graph, *shapes, image_size=int(cfg.image_size), where=f"{prefix},{epoch}")
+    teacher_check.fill_config(cfg, plan)
     t_opts = dict(plan.opts)
     t_opts.setdefault("image_size", int(cfg.image_size))
     teacher = EmbeddingNet(plan.network, emb_size=plan.emb_size, with_taps=with_taps, **t_opts)

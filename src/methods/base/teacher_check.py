@@ -10,7 +10,7 @@ the margin head, apart), is refused in one line, never cut (an r100 read as its 
 ``check_classifier`` and ``check_embedding_sizes`` hold the rules of the methods that share the
 teacher's classifier (kd: its logits; margin: its centres as the student's, Svitov & Alyamkin
 2020) and of differing embedding sizes (ShrinkTeaNet Sec. 3.3: the student's final feature is
-mapped by a 1x1 conv + BN "to match the dimension"; see ``_stage_terms``).
+mapped by a 1x1 conv + BN "to match the dimension"; see ``terms.StageTerms``).
 No MXNet at import.
 """
 import dataclasses
