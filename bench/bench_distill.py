@@ -32,14 +32,15 @@ import numpy as np  # noqa: E402
 from shrinkteanet.methods.base import assembler  # noqa: E402
 from shrinkteanet.training.config import generate_config  # noqa: E402
 from shrinkteanet.model.checkpoint import save_checkpoint  # noqa: E402
-from shrinkteanet.model.network import EmbeddingNet  # noqa: E402
+from shrinkteanet.model.network import EmbeddingNet, materialize  # noqa: E402
+from shrinkteanet.training.networks import build_networks  # noqa: E402
 from _common import loadavg, write_marked_section
 
 
 def make_teacher(prefix, network, emb, size, classes, opts):
     net = EmbeddingNet(network, emb_size=emb, image_size=size, **opts)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
-    assembler.materialize(net, size)
+    materialize(net, size)
     arg, aux = net.get_params()
     arg["fc7_weight"] = mx.nd.random.normal(0, 0.01, shape=(classes, emb))
     save_checkpoint(prefix, 1, net.embedding_symbol, arg, aux)
@@ -51,7 +52,7 @@ def build(method, student, teacher, ckpt, size, classes, emb, extra=()):
     cfg = generate_config(teacher if kt else student, "synth", "arcface", method, [
         f"emb_size={emb}", f"image_size={size}", f"num_classes={classes}", f"teacher={ckpt},1",
         f"teacher_network={teacher}", f"lowres_size={size // 2}", *extra])
-    s, t, fc7 = assembler.build_networks(cfg)
+    s, t, fc7 = build_networks(cfg)
     return assembler.build_method(cfg, s, t, teacher_fc7=fc7, hybridize=True)
 
 
@@ -110,7 +111,7 @@ def tiny_teacher(tmp, data, label, size, emb, classes, t_opts):
     mx.random.seed(11)
     cfg = generate_config("r18", "synth", "arcface", "none", [
         f"emb_size={emb}", f"image_size={size}", f"num_classes={classes}", f"net_opts={t_opts!r}"])
-    net, _, _ = assembler.build_networks(cfg)
+    net, _, _ = build_networks(cfg)
     m = assembler.build_method(cfg, net, hybridize=True)
     trainer = mx.gluon.Trainer(m.trainable_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
     for _ in range(30):
@@ -142,7 +143,7 @@ def part2(tmp, steps=25):
             f"emb_size={emb}", f"image_size={size}", f"num_classes={classes}", f"teacher={ckpt},1",
             "teacher_network=r18", f"teacher_net_opts={t_opts!r}", f"net_opts={opts!r}",
             f"lowres_size={size // 2}", *extra, *weights])
-        s, t, fc7 = assembler.build_networks(cfg)
+        s, t, fc7 = build_networks(cfg)
         m = assembler.build_method(cfg, s, t, teacher_fc7=fc7, hybridize=True)
         trainer = mx.gluon.Trainer(m.trainable_params(), "sgd", {"learning_rate": 0.005, "momentum": 0.9})
         hist = []

@@ -9,11 +9,12 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from shrinkteanet.methods.base import assembler
+from shrinkteanet.methods.base import assembler, registry
 from shrinkteanet.training.config import generate_config
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model.checkpoint import save_checkpoint
-from shrinkteanet.model.network import EmbeddingNet
+from shrinkteanet.model.network import EmbeddingNet, materialize
+from shrinkteanet.training.networks import build_networks
 
 SIZE, EMB, CLASSES = 32, 16, 4
 T_OPTS = dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32))
@@ -28,7 +29,7 @@ def teacher_ckpt(tmp_path_factory):
     mx.random.seed(11)
     cfg = generate_config("r18", "synth", "arcface", "none", [
         f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"net_opts={dict(T_OPTS)!r}"])
-    net, _, _ = assembler.build_networks(cfg)
+    net, _, _ = build_networks(cfg)
     method = assembler.build_method(cfg, net, hybridize=True)
     trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
     data, label = batch(6, n=16)
@@ -56,7 +57,7 @@ def make_cfg(method, ckpt, *extra):
 
 def build(method, ckpt, *extra, hybridize=False):
     cfg = make_cfg(method, ckpt, *extra)
-    student, teacher, fc7 = assembler.build_networks(cfg)
+    student, teacher, fc7 = build_networks(cfg)
     return cfg, assembler.build_method(cfg, student, teacher, teacher_fc7=fc7, hybridize=hybridize)
 
 
@@ -80,11 +81,11 @@ def _snapshot(block):
 
 
 def test_presets_select_every_method():
-    for name in assembler.METHODS:
+    for name in registry.names():
         cfg = generate_config("mfn", "synth", "arcface", name)
-        assert assembler.method_spec(cfg) == assembler.SPECS[name]
+        assert registry.method_of(cfg) is registry.method(name)
     with pytest.raises(InputError, match="distill='bogus'"):
-        assembler.method_spec(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
+        registry.method_of(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
     # Sec. 4.3: "Student-1" is Eq. 7 with the l2 distance, i.e. at all four stages
     l2 = generate_config("mfn", "synth", "arcface", "l2")
     assert l2.distill_stages == [1, 2, 3, 4] and l2.l2_lambda == 0.001
@@ -134,9 +135,9 @@ def test_intermediate_terms_vanish_when_the_student_is_the_teacher(teacher_ckpt)
     tail after stage i applied to the teacher's own F_i gives back the teacher's
     embedding, so every angular_i is 0; random adapters make it positive."""
     cfg = make_cfg("stn", teacher_ckpt, "network=r18", f"net_opts={dict(T_OPTS)!r}")
-    _, teacher, fc7 = assembler.build_networks(cfg)
-    twin, _, _ = assembler.build_networks(cfg)
-    assembler.materialize(twin, SIZE)
+    _, teacher, fc7 = build_networks(cfg)
+    twin, _, _ = build_networks(cfg)
+    materialize(twin, SIZE)
     for name, p in teacher.collect_params().items():
         twin.collect_params()[name].set_data(p.data())
     method = assembler.build_method(cfg, twin, teacher, teacher_fc7=fc7)
@@ -208,7 +209,7 @@ def test_cached_teacher_embedding_skips_the_teacher_forward(teacher_ckpt):
 
 def test_spatial_mismatch_and_missing_pieces_are_clear_errors(teacher_ckpt):
     cfg = make_cfg("stn", teacher_ckpt)
-    student, teacher, fc7 = assembler.build_networks(cfg)
+    student, teacher, fc7 = build_networks(cfg)
     real = student.split.stage_shapes
     student.split.stage_shapes = lambda size: [(c, h * 2, w * 2) for c, h, w in real(size)]
     with pytest.raises(InputError, match="stage 1 is 32x32 in the student .* 16x16 in the teacher"):
@@ -218,7 +219,7 @@ def test_spatial_mismatch_and_missing_pieces_are_clear_errors(teacher_ckpt):
     with pytest.raises(InputError, match="fc7_weight"):
         assembler.build_method(make_cfg("margin", teacher_ckpt), student, teacher, teacher_fc7=None)
     with pytest.raises(InputError, match="teacher_network"):
-        assembler.build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
+        build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
                                         f"teacher_net_opts={dict(S_OPTS)!r}"))
 
 
@@ -280,7 +281,7 @@ def test_kd_on_margin_logits_matches_numpy(teacher_ckpt):
 
 def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
     cfg, method = build("lowres_ktkd", teacher_ckpt)
-    assert assembler.loader_lowres_size(cfg) == 0 and assembler.student_image_size(cfg) == SIZE // 2
+    assert registry.loader_lowres_size(cfg) == 0 and registry.student_image_size(cfg) == SIZE // 2
     data, label = batch(5)
     small = method.student_input(data).asnumpy()
     want = data.asnumpy().reshape(8, 3, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(3, 5))
@@ -301,7 +302,7 @@ def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
         method(mx.nd.array(small), label)
     with pytest.raises(InputError, match="student parameters match the teacher"):
         cfg2 = make_cfg("lowres_kt", teacher_ckpt, "network=mfn", f"net_opts={dict(S_OPTS)!r}")
-        s2, t2, f2 = assembler.build_networks(cfg2)
+        s2, t2, f2 = build_networks(cfg2)
         assembler.build_method(cfg2, s2, t2, teacher_fc7=f2)
 
 

@@ -53,7 +53,8 @@ def _block_graph(block):
 
 @pytest.mark.parametrize("name", ["mfnr_self", "mfnr_stn", "mfnr_kd", "mfnr_margin", "mfnr_hint"])
 def test_fp16_training_graphs_type_check_with_float16_casts(teacher, name):
-    from shrinkteanet.methods.base.assembler import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
 
     data, ckpt = teacher
     _teacher_checkpoint(data, ckpt.split(",")[0])

@@ -1,6 +1,5 @@
 """The method registry (``shrinkteanet.methods.base.registry``): a method is one module, discovered lazily;
 every method table of the project is derived from it and equals what it was written out by hand."""
-import importlib
 import json
 import os
 import pkgutil
@@ -12,6 +11,7 @@ import types
 import numpy as np
 import pytest
 
+from _toy_method import installed_method
 from shrinkteanet.study.tiny import train_overrides as overrides, train_tiny_teacher as train_teacher, write_tiny_set as make_set
 from shrinkteanet import methods as methods_pkg
 from shrinkteanet.core.errors import InputError
@@ -48,22 +48,8 @@ TOY_MODULE = textwrap.dedent('''
 @pytest.fixture
 def toy_method():
     """The toy module written into the installed ``shrinkteanet.methods`` folder, removed after."""
-    path = os.path.join(methods_pkg.__path__[0], f"{TOY_NAME}.py")
-    assert not os.path.exists(path)
-    try:
-        with open(path, "w") as f:
-            f.write(TOY_MODULE)
-        importlib.invalidate_caches()
-        registry.refresh()
+    with installed_method(TOY_NAME, TOY_MODULE) as path:
         yield path
-    finally:
-        os.remove(path)
-        cached = os.path.join(os.path.dirname(path), "__pycache__")
-        for name in os.listdir(cached) if os.path.isdir(cached) else ():
-            if name.startswith(f"{TOY_NAME}."):
-                os.remove(os.path.join(cached, name))
-        sys.modules.pop(f"shrinkteanet.methods.{TOY_NAME}", None)
-        registry.refresh()
 
 
 def run_cli(*args):
@@ -92,6 +78,14 @@ OLD_SPECS = {  # the needs of the old SPECS rows (their term kinds now live in t
     "lowres_kd": dict(teacher=True, emb=True, fc7=True, lowres=True),
     "lowres_ktkd": dict(teacher=True, emb=True, fc7=True, lowres=True, transfer=True),
 }
+
+
+def old_spec(d):
+    """The old ``SPECS`` row of a ``MethodDef``: its needs, ``lowres`` for its own ``student_size``
+    and ``transfer`` for its ``prepare`` step (the two flags became the method's hooks)."""
+    row = d.needs.as_dict()
+    row.update({flag: True for flag, hook in (("lowres", d.student_size), ("transfer", d.prepare)) if hook})
+    return row
 OLD_DEMO = {"self": ("self", ()), "l2": ("l2", ()), "l2_final": ("l2_final", ()), "stn_final": ("stn_final", ()),
             "stn": ("stn", ()), "kd": ("kd", ()), "margin": ("margin", ()),
             "stn_final_w10": ("stn_final", ("distill_weight=10",)), "stn_w10": ("stn", ("distill_weight=10",))}
@@ -102,7 +96,6 @@ OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student
 
 
 def test_derived_tables_equal_the_hand_written_ones():
-    from shrinkteanet.methods.base import assembler
     from shrinkteanet.study import demo, paper, table
 
     assert config.DISTILL == OLD_DISTILL and list(config.DISTILL) == list(OLD_DISTILL)
@@ -114,7 +107,7 @@ def test_derived_tables_equal_the_hand_written_ones():
                   "lowres_ktkd"):
             old_configs[f"{student}_{m}"] = (student, "emore", "arcface", m)
     assert config.CONFIGS == old_configs
-    assert assembler.SPECS == OLD_SPECS and assembler.METHODS == tuple(OLD_SPECS)
+    assert {d.name: old_spec(d) for d in registry.methods()} == OLD_SPECS and registry.names() == tuple(OLD_SPECS)
     assert demo.METHODS == OLD_DEMO and list(demo.METHODS) == list(OLD_DEMO)  # report order
     assert paper.METHODS == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
                              "stn": "ShrinkTeaNet"}

@@ -91,7 +91,8 @@ def test_cache_gives_the_live_teachers_losses(tiny):
     """One ShrinkTeaNet batch: every loss part with the cached targets equals the part with the
     full teacher forward (to float16 rounding of the cached embedding)."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.methods.base.assembler import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
 
     data, teacher, cache, _ = tiny
     cfg = config.config_by_name("mfnr_stn", train_overrides(data, None, f"teacher={teacher}", "image_size=32",

@@ -82,7 +82,7 @@ def _cost(sym, **shapes):
 def step_cost(cfg):
     """Multiply-adds per image of one training step of ``cfg`` and its activation elements per image, by part:
     the student (and its classifier ``fc7`` and adapters H_i) trained; the teacher's forward; the tails."""
-    from shrinkteanet.methods.base.assembler import needs_teacher
+    from shrinkteanet.methods.base.registry import needs_teacher
 
     student = network_cost(cfg.network, cfg.emb_size)
     fc7 = cfg.emb_size * cfg.num_classes

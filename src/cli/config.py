@@ -55,10 +55,11 @@ def run(args):
 
 
 def print_methods():
-    """One line per method: name, its DISTILL variants, what it needs, its summary."""
+    """One line per method: name, its DISTILL variants, what it needs, its own hooks, its summary."""
     from shrinkteanet.methods.base import registry
 
     for d in registry.methods():
         needs = ",".join(d.needs.as_dict()) or "-"
         variants = ",".join(v.name for v in d.variants)
-        print(f"{d.name:<12} variants={variants:<16} needs={needs:<32} {d.summary}")
+        hooks = ",".join(d.hooks) or "-"
+        print(f"{d.name:<12} variants={variants:<16} needs={needs:<20} hooks={hooks:<40} {d.summary}")

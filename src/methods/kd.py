@@ -18,4 +18,5 @@ METHOD = MethodDef(
     study=(StudyRow("kd", "kd", "Hinton KD", order=50),),
     terms=soft_targets.soft_target_terms,
     check=soft_targets.check_emb_loss,
+    same_embedding=soft_targets.same_embedding,
 )

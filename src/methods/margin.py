@@ -21,6 +21,12 @@ def classifier(build):
     return Classifier(head, "margin", 1.0, with_teacher=True)
 
 
+def same_embedding(cfg):
+    """The student's class centres are the teacher's."""
+    return ("distill=margin", "MarginDistillation uses the teacher's fc7 centres as the student's class centres, "
+                              "so emb_size must equal the teacher's")
+
+
 METHOD = MethodDef(
     name="margin",
     summary="MarginDistillation: fixed teacher centres, per-sample margin from the teacher's angle",
@@ -30,4 +36,5 @@ METHOD = MethodDef(
     variants=(Variant("margin"),),
     study=(StudyRow("margin", "margin", "MarginDistillation", order=60),),
     classifier=classifier,
+    same_embedding=same_embedding,
 )

@@ -372,3 +372,17 @@ def frozen_tail(teacher, stage_index):
     for param in tail.collect_params().values():
         param.grad_req = "null"
     return tail
+
+
+def materialize(net, image_size, ctx=None):
+    """Finish Gluon's deferred initialisation of ``net`` with one zero image (inference
+    mode, so no BatchNorm statistic moves), so that every parameter has its shape."""
+    with mx.autograd.pause(train_mode=False):
+        net(mx.nd.zeros((1, 3, int(image_size), int(image_size)), ctx=ctx or mx.cpu()))
+
+
+def context_list(ctx):
+    """``ctx`` as a list of contexts: one context, a list or tuple of them, or None for the CPU."""
+    if ctx is None:
+        return [mx.cpu()]
+    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]

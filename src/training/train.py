@@ -301,7 +301,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
 def make_loader(cfg, job):
     """``FaceLoader`` over this worker's shard of ``cfg.data_dir`` (its part of the global batch)."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.methods.base.assembler import loader_lowres_size
+    from shrinkteanet.methods.base.registry import loader_lowres_size
 
     return FaceLoader(cfg.data_dir, cfg.batch_size // job.num_workers, seed=cfg.seed, workers=cfg.workers,
                       mirror=cfg.mirror, color_jitter=cfg.color_jitter, lowres_size=loader_lowres_size(cfg),
@@ -325,7 +325,8 @@ def follow_data(cfg, loader):
 def build_student_method(cfg, ctx_list):
     """Seeded, initialised and hybridized ``(student, method)`` of ``cfg`` (AMP set up first
     when ``fp16``)."""
-    from shrinkteanet.methods.base.assembler import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
 
     seed_everything(cfg.seed)
     if cfg.fp16:
@@ -347,7 +348,7 @@ def open_teacher_cache(cfg, loader):
     """The ``TeacherCache`` of ``cfg.teacher_cache`` checked against the method and the data, or None."""
     if not cfg.teacher_cache:
         return None
-    from shrinkteanet.methods.base.assembler import needs_teacher_embedding
+    from shrinkteanet.methods.base.registry import needs_teacher_embedding
     from shrinkteanet.training.teacher_cache import TeacherCache
 
     if not needs_teacher_embedding(cfg):

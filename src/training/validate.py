@@ -47,7 +47,7 @@ def check_hyperparameters(cfg, facts=None):
 def check_names(cfg, facts):
     """``network``, ``teacher_network`` (empty: from the checkpoint), ``loss`` and ``distill`` name
     registered rows (InsightFace aliases accepted); the method's own config check passes."""
-    from shrinkteanet.methods.base.assembler import method_def
+    from shrinkteanet.methods.base.registry import method_of
     from shrinkteanet.symbols.registry import canonical_name, unknown_network_message, REGISTRY
     from shrinkteanet.training.config import LOSSES
 
@@ -57,16 +57,16 @@ def check_names(cfg, facts):
             raise InputError(f"config {key}={value!r}: {unknown_network_message(value)}")
     if cfg.get("loss") not in LOSSES:
         raise InputError(f"config loss={cfg.get('loss')!r}: unknown; valid: {', '.join(sorted(LOSSES))}")
-    method_def(cfg)
+    method_of(cfg)
 
 
 def check_stages(cfg, facts):
     """``distill_stages`` of the stage methods (stn, l2, hint): distinct stages of 1..4, with
     one ``distill_lambdas`` value each when given."""
     from shrinkteanet.methods.base import stage_rules
-    from shrinkteanet.methods.base.assembler import method_def
+    from shrinkteanet.methods.base.registry import method_of
 
-    if "distill_stages" in method_def(cfg).defaults:
+    if "distill_stages" in method_of(cfg).defaults:
         stage_rules.check_stages(cfg)
         stage_rules.distill_lambdas(cfg)
 
@@ -74,7 +74,7 @@ def check_stages(cfg, facts):
 def check_data_facts(cfg, facts):
     """``image_size``/``num_classes`` as the data's ``property`` says (train follows the data),
     else the config's; the student's input size (``lowres_size``) against them."""
-    from shrinkteanet.methods.base.assembler import student_image_size
+    from shrinkteanet.methods.base.registry import student_image_size
 
     facts["image_size"], facts["num_classes"] = int(cfg.image_size), int(cfg.num_classes or 0)
     prop = os.path.join(str(cfg.get("data_dir") or ""), "property")
@@ -105,9 +105,10 @@ def check_teacher(cfg, facts):
     and its embedding width against ``emb_size``.  A missing ``teacher`` is refused unless
     ``teacher_pending`` (the recipes' dry run before the teacher is trained)."""
     from shrinkteanet.methods.base import teacher_check
-    from shrinkteanet.methods.base.assembler import method_def
+    from shrinkteanet.methods.base.registry import method_of
 
-    needs = method_def(cfg).needs
+    definition = method_of(cfg)
+    needs = definition.needs
     if not needs.teacher:
         return
     if not cfg.get("teacher"):
@@ -126,7 +127,7 @@ def check_teacher(cfg, facts):
     facts["teacher"] = plan
     fc7 = arg.get("fc7_weight")
     teacher_check.check_classifier(cfg, needs, None if fc7 is None else fc7.shape, facts["num_classes"], where)
-    teacher_check.check_embedding_sizes(cfg, needs, plan.emb_size)
+    teacher_check.check_embedding_sizes(cfg, definition, plan.emb_size)
 
 
 #: the checks, in order; each ``(name, check(cfg, facts))``

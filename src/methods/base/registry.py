@@ -22,8 +22,8 @@ from typing import Callable, Optional, Tuple
 
 from shrinkteanet.core.errors import InputError
 
-#: the flags a method may need, in ``SPECS`` order (``distill.SPECS`` rows list the true ones)
-NEED_FLAGS = ("teacher", "emb", "taps", "fc7", "lowres", "transfer")
+#: the flags a method may need from the trainer
+NEED_FLAGS = ("teacher", "emb", "taps", "fc7")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +32,16 @@ class Needs:
 
     teacher: a teacher checkpoint at all; emb: the teacher's final embedding every step (what
     the teacher cache can serve); taps: the teacher's stage features every step; fc7: the
-    teacher's class centres; lowres: the student runs at ``lowres_size``; transfer: Karlekar et
-    al.'s knowledge transfer of matching teacher parameters at build time."""
+    teacher's class centres.  What a method does itself (a low-resolution student, knowledge
+    transfer) is one of its hooks (``MethodDef.student_size``, ``MethodDef.prepare``)."""
 
     teacher: bool = False
     emb: bool = False
     taps: bool = False
     fc7: bool = False
-    lowres: bool = False
-    transfer: bool = False
 
     def as_dict(self):
-        """The true flags as ``{flag: True}`` (the form of ``distill.SPECS`` rows)."""
+        """The true flags as ``{flag: True}``."""
         return {flag: True for flag in NEED_FLAGS if getattr(self, flag)}
 
 
@@ -90,7 +88,7 @@ class MethodDef:
     summary : str
         One line for listings (``shrinkteanet config --methods``).
     order : int
-        Position in listings and in ``distill.METHODS``.
+        Position in listings and in ``names()``.
     needs : Needs
     variants : tuple of Variant
         Its ``DISTILL`` rows (at least one).
@@ -107,6 +105,17 @@ class MethodDef:
         ``student_taps(cfg) -> bool``: the student must expose its stage features.
     check : callable or None
         ``check(cfg)`` raises ``InputError`` for a config the method cannot run.
+    student_size : callable or None
+        ``student_size(cfg) -> int``: the student's input side when it is not ``image_size``
+        (``InputError`` for a bad one).  The method is then given full-resolution batches and
+        downsamples them for the student itself, so the teacher and its cache see ``image_size``
+        and the loader must not downsample (``loader_lowres_size``).
+    prepare : callable or None
+        ``prepare(build)``: the method's own build step, run once the classifier (``build.head``)
+        and the frozen teacher are in place and before the terms are built (knowledge transfer).
+    same_embedding : callable or None
+        ``same_embedding(cfg) -> (setting, reason) or None``: why this config needs ``emb_size``
+        equal to the teacher's (None: the sizes may differ; ``teacher_check.check_embedding_sizes``).
     """
 
     name: str
@@ -120,6 +129,14 @@ class MethodDef:
     classifier: Optional[Callable] = None
     student_taps: Optional[Callable] = None
     check: Optional[Callable] = None
+    student_size: Optional[Callable] = None
+    prepare: Optional[Callable] = None
+    same_embedding: Optional[Callable] = None
+
+    @property
+    def hooks(self):
+        """Names of the hooks the method declares (for listings)."""
+        return tuple(h for h in HOOKS if getattr(self, h) is not None)
 
     def distill_row(self, variant):
         """The ``DISTILL`` row of ``variant``: ``distill`` + the defaults + the variant's keys."""
@@ -127,6 +144,10 @@ class MethodDef:
         row.update(copy.deepcopy(self.defaults))
         row.update(copy.deepcopy(variant.overrides))
         return row
+
+
+#: the callables a ``MethodDef`` may declare, in the order the trainer uses them
+HOOKS = ("check", "student_size", "student_taps", "same_embedding", "classifier", "prepare", "terms")
 
 
 def _method_modules(package):
@@ -226,3 +247,42 @@ def study_config_suffix(row):
 def ablation_pairs():
     """``((base key, ablation key), ...)``: methods in ``order``, rows as each method declares them."""
     return tuple((r.ablation_of, r.key) for d in methods() for r in d.study if r.ablation_of)
+
+
+# ---- what a config's method asks of the trainer (MXNet-free: config, validate, train) --------
+def method_of(cfg):
+    """The ``MethodDef`` of ``cfg.distill``, after the method's own config check (``InputError``
+    naming the field: an unknown method lists every valid one)."""
+    found = method(cfg.distill)
+    if found.check is not None:
+        found.check(cfg)
+    return found
+
+
+def needs_teacher(cfg):
+    """True when ``cfg.distill`` uses a teacher (at build time or every step)."""
+    return method_of(cfg).needs.teacher
+
+
+def needs_teacher_embedding(cfg):
+    """True when every step needs the teacher's final embedding (what a cache can hold)."""
+    return method_of(cfg).needs.emb
+
+
+def student_image_size(cfg):
+    """Input size of the student network: the method's ``student_size`` (low resolution), else
+    ``image_size``."""
+    found = method_of(cfg)
+    return int(found.student_size(cfg)) if found.student_size is not None else int(cfg.image_size)
+
+
+def loader_lowres_size(cfg):
+    """``lowres_size`` the data loader should apply: 0 for a method with its own ``student_size``,
+    which downsamples inside the method so that the teacher sees full resolution."""
+    return 0 if method_of(cfg).student_size is not None else int(cfg.get("lowres_size", 0))
+
+
+def student_needs_taps(cfg):
+    """True when the method's terms read the student's stage features."""
+    found = method_of(cfg)
+    return bool(found.student_taps is not None and found.student_taps(cfg))

@@ -16,6 +16,14 @@ def check_emb_loss(cfg):
         raise InputError(f"kd_emb_loss={cfg.kd_emb_loss!r}: expected none, angular or l2")
 
 
+def same_embedding(cfg):
+    """The embedding term compares the two embeddings directly: ``emb_size`` must then be the teacher's."""
+    if cfg.get("kd_emb_loss", "none") == "none":
+        return None
+    return (f"distill={cfg.distill} kd_emb_loss={cfg.kd_emb_loss}",
+            "the embedding term compares the two embeddings directly (set kd_emb_loss=none or emb_size)")
+
+
 def emb_part_name(kind):
     """Part name of the embedding term: ``angular_4`` (Eq. 4/5) or ``l2`` (as the stage methods)."""
     return "l2" if kind == "l2" else f"{kind}_4"
@@ -24,8 +32,7 @@ def emb_part_name(kind):
 def soft_target_terms(build):
     """``[soft targets] + [embedding term]``: the latter, weight ``kd_emb_lambda``, when
     ``kd_emb_loss`` is ``angular`` or ``l2``."""
-    from shrinkteanet.methods.base.terms import SoftTargets
-    from shrinkteanet.methods.base.terms import EmbeddingTerm, embedding_loss
+    from shrinkteanet.methods.base.terms import EmbeddingTerm, SoftTargets, embedding_loss
 
     terms = [SoftTargets(build)]
     kind = build.cfg.get("kd_emb_loss", "none")

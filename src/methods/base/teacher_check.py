@@ -146,20 +146,16 @@ def check_classifier(cfg, needs, fc7_shape, num_classes, where):
                          f"{int(num_classes)} (distill={cfg.distill} reads {use})")
 
 
-def check_embedding_sizes(cfg, needs, teacher_emb):
+def check_embedding_sizes(cfg, definition, teacher_emb):
     """``emb_size`` may differ from the teacher's for the stage methods (final 1x1 conv + BN adapter,
     ShrinkTeaNet Sec. 3.3), hints (stage features only) and kd's soft targets (each network its own
-    classifier); not where the two embeddings meet directly."""
+    classifier); not where the method says the two must agree (``MethodDef.same_embedding``: the
+    two embeddings meet directly, or the teacher's parameters are copied)."""
     student_emb = int(cfg.emb_size)
-    if not needs.teacher or int(teacher_emb) == student_emb:
+    if not definition.needs.teacher or int(teacher_emb) == student_emb or definition.same_embedding is None:
         return
-    sizes = f"the teacher's embedding is {int(teacher_emb)}-d, emb_size={student_emb}"
-    if cfg.distill == "margin":
-        raise InputError(f"distill=margin: {sizes}; MarginDistillation uses the teacher's fc7 centres as the "
-                         "student's class centres, so emb_size must equal the teacher's")
-    if needs.transfer:
-        raise InputError(f"distill={cfg.distill}: {sizes}; knowledge transfer copies the teacher's parameters, "
-                         "so emb_size must equal the teacher's")
-    if needs.fc7 and cfg.get("kd_emb_loss", "none") != "none":
-        raise InputError(f"distill={cfg.distill} kd_emb_loss={cfg.kd_emb_loss}: {sizes}; the embedding term "
-                         "compares the two embeddings directly (set kd_emb_loss=none or emb_size)")
+    why = definition.same_embedding(cfg)
+    if why is not None:
+        setting, reason = why
+        raise InputError(f"{setting}: the teacher's embedding is {int(teacher_emb)}-d, emb_size={student_emb}; "
+                         f"{reason}")

@@ -43,7 +43,7 @@ class Build:
     """What a method's builders see: ``cfg``, the ``student`` and (frozen) ``teacher`` networks,
     ``num_classes``, ``emb_size``, ``image_size`` (the teacher's input), ``student_size`` (the
     student's), ``teacher_fc7`` (class centres or None), ``ctx`` (list) and ``frozen``
-    (``Frozen``: where teacher tails and heads go)."""
+    (``Frozen``: where teacher tails and heads go), ``head`` (the classifier's, set before ``prepare``)."""
 
     cfg: Any
     student: Any
@@ -56,6 +56,7 @@ class Build:
     ctx: list
     frozen: Frozen
     method: str = ""
+    head: Any = None  # the classifier's head, once built (what a ``prepare`` step may start)
 
 
 @dataclasses.dataclass
@@ -136,6 +137,12 @@ def load_centres(head, build):
         raise InputError(f"teacher fc7_weight shape {tuple(fc7.shape)} != "
                          f"({build.num_classes}, emb_size={build.emb_size})")
     head.weight.set_data(fc7.astype("float32"))
+
+
+def teacher_emb_size(teacher, default):
+    """Width of the teacher's embedding (``default`` for a block that does not say)."""
+    split = getattr(teacher, "split", None)
+    return int(split.emb_size) if split is not None else int(getattr(teacher, "emb_size", default))
 
 
 def embedding_loss(kind):
@@ -228,8 +235,6 @@ class StageTerms(Term):
     def _build_final_adapter(self, build):
         """``EmbeddingAdapter`` H_4 when the student's embedding is narrower or wider than the
         teacher's (Sec. 3.3); none when they match (the paper's identity case, Eq. 4/5 as is)."""
-        from shrinkteanet.methods.base.assembler import teacher_emb_size
-
         t_emb = teacher_emb_size(build.teacher, build.emb_size)
         if t_emb == int(build.emb_size):
             return
