@@ -41,7 +41,7 @@ def make_set(path):
 
 def common(data):
     return [f"data_dir={data}", STUDENT, "teacher_network=r18", TEACHER, "emb_size=128", f"batch_size={BATCH}",
-            "lr=0.05", "loss=arcface", "workers=0", "verbose=0", "frequent=100000", "num_classes=0",
+            "lr=0.05", "loss=arcface", "workers=0", "verify_every=0", "frequent=100000", "num_classes=0",
             "lr_schedule=constant"]
 
 

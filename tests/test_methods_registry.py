@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ TOY_MODULE = textwrap.dedent('''
 
 
     METHOD = MethodDef(name="toycos", summary="toy: 1 - cos on the final embedding", order=1000,
-                       needs=Needs(teacher=True, emb=True), defaults=dict(toycos_lambda=2.0),
+                       needs=Needs(teacher=True, emb=True), keys=dict(toycos_lambda=2.0),
                        variants=(Variant("toycos"),),
                        study=(StudyRow("toycos", "toycos", "Toy cosine", order=1000),), terms=terms)
 ''')
@@ -88,7 +89,7 @@ def old_spec(d):
     return row
 OLD_DEMO = {"self": ("self", ()), "l2": ("l2", ()), "l2_final": ("l2_final", ()), "stn_final": ("stn_final", ()),
             "stn": ("stn", ()), "kd": ("kd", ()), "margin": ("margin", ()),
-            "stn_final_w10": ("stn_final", ("distill_weight=10",)), "stn_w10": ("stn", ("distill_weight=10",))}
+            "stn_final_w10": ("stn_final", ("stn_weight=10",)), "stn_w10": ("stn", ("stn_weight=10",))}
 OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet",
                     "l2_final": "L2, final embedding only", "stn_final": "ShrinkTeaNet, final stage only (Eq. 5)",
                     "kd": "Hinton KD", "margin": "MarginDistillation",
@@ -98,7 +99,11 @@ OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student
 def test_derived_tables_equal_the_hand_written_ones():
     from shrinkteanet.study import demo, paper, table
 
-    assert config.DISTILL == OLD_DISTILL and list(config.DISTILL) == list(OLD_DISTILL)
+    # each row as written by hand, plus the method's own keys at their defaults (which DEFAULT held before)
+    assert list(config.DISTILL) == list(OLD_DISTILL)
+    for name, row in config.DISTILL.items():
+        method_keys = registry.method(row.distill).keys
+        assert dict(row) == {**{k: v for k, v in method_keys.items()}, **OLD_DISTILL[name]}, name
     old_configs = {"teacher_r90": ("r90", "emore", "arcface", "none"),
                    "teacher_r100": ("r100", "emore", "arcface", "none")}
     for student in ("mv1", "mv2", "mfn", "mfnr"):
@@ -118,6 +123,44 @@ def test_derived_tables_equal_the_hand_written_ones():
     # a fresh table each read: editing one cannot change the next
     config.DISTILL.stn.distill_stages.append(9)
     assert config.DISTILL.stn.distill_stages == [1, 2, 3, 4]
+
+
+def test_each_config_default_is_declared_once():
+    """Method keys live in the method files (``MethodDef.keys``), the rest in ``config.DEFAULT``; every
+    config has every key, at the value DEFAULT held before (ShrinkTeaNet Sec. 4.2 and the baselines)."""
+    before = dict(distill_stages=[1, 2, 3, 4], distill_lambdas=[], stn_weight=1.0, l2_lambda=0.001,
+                  kd_temperature=4.0, kd_lambda=1.0, hint_lambda=1.0, kd_emb_loss="none", kd_emb_lambda=1.0,
+                  margin_m_min=0.2, margin_m_max=0.5)
+    assert registry.config_keys() == before and not set(before) & set(config.DEFAULT)
+    for name in ("mfn_self", "mv1_kd", "teacher_r100"):
+        cfg = config.config_by_name(name)
+        assert {k: cfg[k] for k in before} == before, name
+    a = registry.MethodDef(name="a", summary="", order=0, variants=(registry.Variant("a"),), keys=dict(k=1))
+    b = registry.MethodDef(name="b", summary="", order=1, variants=(registry.Variant("b"),), keys=dict(k=2))
+    with mock.patch.object(registry, "methods", return_value=(a, b)):
+        with pytest.raises(ValueError, match="config key 'k': 'a' declares 1, 'b' 2"):
+            registry.config_keys()
+    stray = registry.MethodDef(name="c", summary="", order=2, variants=(registry.Variant("c"),),
+                               defaults=dict(nobody_declares=1))
+    with mock.patch.object(registry, "methods", return_value=(stray,)):
+        with pytest.raises(ValueError, match=r"DISTILL row 'c' sets \['nobody_declares'\]"):
+            config.default_config()
+
+
+def test_renamed_keys_still_work_with_a_notice(caplog):
+    """``distill_weight`` is ShrinkTeaNet's ``stn_weight`` and ``verbose`` is ``verify_every``: the old
+    names still set the new keys, with one notice line each."""
+    with caplog.at_level("WARNING", logger="shrinkteanet.training.config"):
+        cfg = config.config_by_name("mfn_stn", ["distill_weight=10", "verbose=7"])
+    assert (cfg.stn_weight, cfg.verify_every) == (10.0, 7) and "distill_weight" not in cfg and "verbose" not in cfg
+    notices = [r.getMessage() for r in caplog.records]
+    assert notices == ["config key distill_weight is now stn_weight; the old name still works",
+                       "config key verbose is now verify_every; the old name still works"]
+    from shrinkteanet.training.run_folder import changed_run_keys
+
+    saved = dict(config.config_by_name("mfn_stn"))
+    saved["distill_weight"] = saved.pop("stn_weight")
+    assert changed_run_keys(saved, cfg) == ["stn_weight"]  # an old run's weight is compared, not skipped
 
 
 def test_stage_weights_moved_into_methods_and_stay_importable_from_config():

@@ -66,7 +66,7 @@ def test_tiny_run_learns_and_writes_insightface_checkpoints(tiny):
     data, _, root = tiny
     out = root / "self" / "model"
     cfg = config.config_by_name("mfnr_self", train_overrides(data, out, "max_batches=32", "lr_schedule=constant",
-                                                       "keep_last=2", "verbose=16"))
+                                                       "keep_last=2", "verify_every=16"))
     seen = []
     summary = train.train(cfg, callbacks=[lambda info: seen.append(info["losses"]["softmax"])])
     assert len(seen) == 32 and summary["steps"] == 32 and summary["epoch"] == 8

@@ -4,6 +4,7 @@
 ``distill_stages``: the adapted student stage against the teacher's stage feature itself (the
 teacher runs with its taps every step).
 """
+from shrinkteanet.methods.base import stage_rules
 from shrinkteanet.methods.base.registry import MethodDef, Needs, Variant
 
 
@@ -30,7 +31,7 @@ METHOD = MethodDef(
     summary="FitNets hints: adapted student stages against the teacher's stage features",
     order=50,
     needs=Needs(teacher=True, taps=True),
-    defaults=dict(distill_stages=[1, 2, 3, 4], hint_lambda=1.0),
+    keys=dict(stage_rules.KEYS, hint_lambda=1.0),
     variants=(Variant("hint"),),
     terms=terms,
     student_taps=student_taps,

@@ -13,7 +13,7 @@ METHOD = MethodDef(
     summary="Hinton KD: soft targets from the teacher's margin logits",
     order=30,
     needs=Needs(teacher=True, emb=True, fc7=True),
-    defaults=dict(soft_targets.DEFAULTS),
+    keys=dict(soft_targets.KEYS),
     variants=(Variant("kd"),),
     study=(StudyRow("kd", "kd", "Hinton KD", order=50),),
     terms=soft_targets.soft_target_terms,

@@ -5,6 +5,7 @@
 Variants: ``l2`` (all four stages) and ``l2_final`` (the final-embedding term only).
 """
 from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base import stage_rules
 from shrinkteanet.methods.base.stage_rules import LAST_STAGE, has_intermediate_stages
 
 
@@ -25,7 +26,7 @@ METHOD = MethodDef(
     summary='"Student-1" (Sec. 4.3): Eq. 7 with the l2 distance',
     order=20,
     needs=Needs(teacher=True, emb=True),
-    defaults=dict(distill_stages=[1, 2, 3, 4], distill_lambdas=[], l2_lambda=0.001),
+    keys=dict(stage_rules.KEYS, l2_lambda=0.001),
     variants=(Variant("l2"), Variant("l2_final", dict(distill_stages=[4]))),
     study=(StudyRow("l2", "l2", "Student-1 (L2)", order=10, paper="Student-1 (L2 loss)"),
            StudyRow("l2_final", "l2_final", "L2, final embedding only", order=20)),

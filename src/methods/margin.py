@@ -32,7 +32,8 @@ METHOD = MethodDef(
     summary="MarginDistillation: fixed teacher centres, per-sample margin from the teacher's angle",
     order=60,
     needs=Needs(teacher=True, emb=True, fc7=True),
-    defaults=dict(margin_s=64.0, margin_m_min=0.2, margin_m_max=0.5),
+    keys=dict(margin_m_min=0.2, margin_m_max=0.5),  # the per-sample margin's range
+    defaults=dict(margin_s=64.0),
     variants=(Variant("margin"),),
     study=(StudyRow("margin", "margin", "MarginDistillation", order=60),),
     classifier=classifier,

@@ -43,7 +43,7 @@ def study_methods():
     """``METHODS``: the study's methods in report order, key -> (config suffix of
     ``<network>_<suffix>``, extra overrides), from the study rows the method modules declare
     (``shrinkteanet.methods.base.registry``).  The keys are the method names of REPORT.md and
-    study.json; ``*_w10``: the distillation weight ablation (``distill_weight`` 10 instead of the
+    study.json; ``*_w10``: the distillation weight ablation (``stn_weight`` 10 instead of the
     paper's lambda_n = 1).  A fresh dict."""
     return {r.key: (method_registry.study_config_suffix(r), tuple(r.overrides)) for r in method_registry.study_rows()}
 
@@ -145,7 +145,7 @@ def teacher_overrides(scale):
     return [f"net_opts={_opts_text(scale['teacher_opts'])}", f"emb_size={scale['emb_size']}",
             f"image_size={scale['image_size']}", f"batch_size={scale['batch_size']}", f"lr={scale['lr']}",
             f"num_epochs={scale['teacher_epochs']}", "lr_step_unit=epoch",
-            f"lr_steps={_lr_steps(scale['teacher_epochs'])}", "verbose=0", f"frequent={scale['frequent']}", "workers=1",
+            f"lr_steps={_lr_steps(scale['teacher_epochs'])}", "verify_every=0", f"frequent={scale['frequent']}", "workers=1",
             *scale["head"]]
 
 
@@ -159,7 +159,7 @@ def student_overrides(scale, network, seed=0):
             f"image_size={scale['image_size']}", "teacher_network=r90",
             f"teacher_net_opts={_opts_text(scale['teacher_opts'])}", f"teacher_emb_size={scale['emb_size']}",
             f"batch_size={scale['batch_size']}", f"lr={scale['lr']}", f"num_epochs={scale['student_epochs']}",
-            "lr_step_unit=epoch", f"lr_steps={_lr_steps(scale['student_epochs'])}", f"seed={seed}", "verbose=0",
+            "lr_step_unit=epoch", f"lr_steps={_lr_steps(scale['student_epochs'])}", f"seed={seed}", "verify_every=0",
             f"frequent={scale['frequent']}", "workers=1", *scale["head"]]
 
 

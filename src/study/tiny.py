@@ -86,7 +86,7 @@ def train_overrides(data, out=None, *extra):
     """``key=value`` overrides of a tiny, quiet, single-process run on the set ``data`` (ids
     taken from its ``property``), checkpoints at ``out`` when given, then ``extra``."""
     items = [f"data_dir={data}", TINY_STUDENT, "teacher_network=r18", TINY_TEACHER, "emb_size=32", "batch_size=16",
-             "lr=0.1", "loss=softmax", "margin_s=16", "workers=0", "verbose=0", "frequent=1000", "num_classes=0"]
+             "lr=0.1", "loss=softmax", "margin_s=16", "workers=0", "verify_every=0", "frequent=1000", "num_classes=0"]
     if out:
         items.append(f"out={out}")
     return items + list(extra)

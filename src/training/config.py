@@ -22,9 +22,12 @@ import difflib
 from easydict import EasyDict as edict
 
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.methods.base import registry as method_registry
 from shrinkteanet.methods.base.stage_rules import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
+
+log = get_logger(__name__)
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
 #: 512 over 4 GPUs, lr 0.1, momentum 0.9, lambda_n = 1 (angular) / 0.001 (l2), lambda_i =
@@ -62,17 +65,8 @@ DEFAULT = dict(
     teacher_emb_size=0,
     teacher_net_opts={},
     teacher_cache="",
-    distill_stages=[1, 2, 3, 4],
-    distill_lambdas=[],  # empty: lambda_4 = 1, lambda_i = lambda_{i+1} / 2, by stage number
-    distill_weight=1.0,
-    l2_lambda=0.001,
-    kd_temperature=4.0,
-    kd_lambda=1.0,
-    hint_lambda=1.0,
-    kd_emb_loss="none",  # kd / lowres_kd / lowres_ktkd: extra embedding term none | angular | l2
-    kd_emb_lambda=1.0,
-    margin_m_min=0.2,  # MarginDistillation: per-sample ArcFace margin in [m_min, m_max]
-    margin_m_max=0.5,
+    # the methods' own keys (distill_stages, stn_weight, l2_lambda, kd_*, ...) are declared by the
+    # method modules (``MethodDef.keys``) and added by ``default_config``
     softmax_weight=1.0,
     # optimisation
     batch_size=512,  # global, split over contexts and workers
@@ -97,7 +91,7 @@ DEFAULT = dict(
     out="",
     ckpt_every=0,  # batches; 0: epoch end only
     keep_last=3,
-    verbose=2000,  # verification every N batches
+    verify_every=2000,  # verification (and a checkpoint) every N batches; 0: none
     nan_guard=5,
     frequent=20,  # log every N batches
     tensorboard="",  # directory for tensorboardX scalars
@@ -124,6 +118,9 @@ LOSSES = edict(
     combined=dict(loss="combined", margin_s=64.0, margin_m1=1.0, margin_m2=0.3, margin_m3=0.2),
 )
 
+#: old key -> its name now: still accepted in overrides (and in a saved run's config), with a notice
+RENAMED_KEYS = {"distill_weight": "stn_weight", "verbose": "verify_every"}
+
 #: keys that name a network: InsightFace's aliases (``y1``) become the registry's names
 NETWORK_KEYS = ("network", "teacher_network")
 
@@ -131,6 +128,27 @@ NETWORK_KEYS = ("network", "teacher_network")
 TEACHER_CONFIGS = {"teacher_r90": "r90", "teacher_r100": "r100"}
 #: The student networks that get one named config ``<student>_<variant>`` per method variant.
 STUDENTS = ("mv1", "mv2", "mfn", "mfnr")
+
+
+def default_config():
+    """``DEFAULT`` plus every method's own keys (``MethodDef.keys``), a fresh dict; ``ValueError``
+    when a method declares a key ``DEFAULT`` has, or a variant sets a key nobody declares."""
+    keys = method_registry.config_keys()
+    clash = sorted(set(keys) & set(DEFAULT))
+    if clash:
+        raise ValueError(f"config keys {clash} are declared both in training.config.DEFAULT and by a method")
+    cfg = copy.deepcopy(DEFAULT)
+    cfg.update(keys)
+    for name, row in method_registry.distill_rows().items():
+        unknown = sorted(set(row) - set(cfg))
+        if unknown:
+            raise ValueError(f"DISTILL row {name!r} sets {unknown}, declared neither in DEFAULT nor in a method's keys")
+    return cfg
+
+
+def current_names(cfg):
+    """``cfg`` (a dict) with every ``RENAMED_KEYS`` old name under its new one (a saved run's config)."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in dict(cfg).items()}
 
 
 def distill_table():
@@ -167,9 +185,9 @@ def _table_row(table, name, what):
 
 
 def generate_config(network="r100", dataset="emore", loss="arcface", distill="none", overrides=()):
-    """Merge DEFAULT <- NETWORKS[network] <- DATASETS[dataset] <- LOSSES[loss] <- DISTILL[distill],
-    then apply ``key=value`` overrides.  Returns a new EasyDict each call."""
-    cfg = copy.deepcopy(DEFAULT)
+    """Merge ``default_config()`` (DEFAULT + the methods' keys) <- NETWORKS[network] <- DATASETS[dataset]
+    <- LOSSES[loss] <- DISTILL[distill], then apply ``key=value`` overrides.  A new EasyDict each call."""
+    cfg = default_config()
     network = network_registry.canonical_name(network)
     for table, name, what in ((NETWORKS, network, "network"), (DATASETS, dataset, "dataset"),
                               (LOSSES, loss, "loss"), (distill_table(), distill, "distill method")):
@@ -189,7 +207,7 @@ def config_by_name(name, overrides=()):
         raise InputError(f"unknown config {name!r}{hint}; valid: {', '.join(sorted(configs))}")
     rows = dict(zip(("network", "dataset", "loss", "distill"), configs[name]))
     rest = []
-    for item in overrides:
+    for item in _renamed(overrides):
         key, _, value = _split(item)
         if key in rows and key != "network":
             rows[key] = value
@@ -210,6 +228,18 @@ def _split(item):
     if not sep or not key:
         raise InputError(f"override {item!r} is not key=value")
     return key, sep, value.strip()
+
+
+def _renamed(overrides):
+    """``overrides`` with each old key name (``RENAMED_KEYS``) replaced by its new one, a notice each."""
+    out = []
+    for item in overrides or ():
+        key, _, value = _split(item)
+        if key in RENAMED_KEYS:
+            log.warning("config key %s is now %s; the old name still works", key, RENAMED_KEYS[key])
+            item = f"{RENAMED_KEYS[key]}={value}"
+        out.append(item)
+    return out
 
 
 def _coerce(key, raw, current):
@@ -245,8 +275,9 @@ def _coerce(key, raw, current):
 
 
 def apply_overrides(cfg, overrides):
-    """Apply ``key=value`` strings in order; unknown keys fail naming the nearest valid ones."""
-    for item in overrides or ():
+    """Apply ``key=value`` strings in order (old key names accepted, ``RENAMED_KEYS``); unknown keys fail
+    naming the nearest valid ones."""
+    for item in _renamed(overrides):
         key, _, raw = _split(item)
         if key not in cfg:
             close = difflib.get_close_matches(key, list(cfg), n=3, cutoff=0.6)

@@ -406,7 +406,7 @@ class Fit:
         ``cb(info)`` after each step (``info``: epoch, batch, step, lr, losses, ok, trainer,
         method); may raise ``StopTraining``.
     verify : callable, optional
-        ``verify(arg, aux) -> {target: {accuracy, ...}}``, run every ``cfg.verbose`` batches.
+        ``verify(arg, aux) -> {target: {accuracy, ...}}``, run every ``cfg.verify_every`` batches.
     """
 
     def __init__(self, method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None,
@@ -428,7 +428,7 @@ class Fit:
         self.prefix = cfg.out
         self.is_chief = job.rank == 0
         self.ckpt = checkpoint.Checkpointer(self.prefix, cfg.keep_last) if self.prefix else None
-        self.verbose = int(cfg.verbose or 0)
+        self.verify_every = int(cfg.verify_every or 0)
         self.window = deque(maxlen=max(int(cfg.frequent), 1))  # the last good steps' loss parts
         self.speed_imgs = self.speed_time = 0.0
         self.trainer = self.state = self.guard = self.monitor = None
@@ -645,16 +645,16 @@ class Fit:
             record_curve_point(self.state, self.window, lr)
 
     def scheduled_checkpoint(self):
-        """Verification (and a checkpoint) every ``verbose`` steps, else a checkpoint every ``ckpt_every``."""
+        """Verification (and a checkpoint) every ``verify_every`` steps, else a checkpoint every ``ckpt_every``."""
         step = self.state["step"]
-        if self.verbose and step % self.verbose == 0:
+        if self.verify_every and step % self.verify_every == 0:
             self.verify_and_save()
         elif self.cfg.ckpt_every and step % self.cfg.ckpt_every == 0:
             self.save()
 
     def final_checkpoint(self):
         """The end of the run: verification and checkpoint (or the checkpoint alone)."""
-        if self.verbose:
+        if self.verify_every:
             self.verify_and_save()
         else:
             self.save()

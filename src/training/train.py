@@ -286,7 +286,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
 
         check_free_space(os.path.dirname(os.path.abspath(cfg.out)), checkpoint_bytes(method))
     sym = student.embedding_symbol
-    verify = make_verifier(cfg, cfg.image_size, ctx_list[0], sym) if cfg.verbose and job.rank == 0 else None
+    verify = make_verifier(cfg, cfg.image_size, ctx_list[0], sym) if cfg.verify_every and job.rank == 0 else None
     try:
         summary = Fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
                       callbacks=callbacks, verify=verify).run(resume=resume)

@@ -66,7 +66,7 @@ def check_stages(cfg, facts):
     from shrinkteanet.methods.base import stage_rules
     from shrinkteanet.methods.base.registry import method_of
 
-    if "distill_stages" in method_of(cfg).defaults:
+    if "distill_stages" in method_of(cfg).keys:
         stage_rules.check_stages(cfg)
         stage_rules.distill_lambdas(cfg)
 

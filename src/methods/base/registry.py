@@ -92,8 +92,12 @@ class MethodDef:
     needs : Needs
     variants : tuple of Variant
         Its ``DISTILL`` rows (at least one).
+    keys : dict
+        The config keys the method brings, with their defaults: the one place they are declared
+        (every config has them; two methods may share a key only with one default).
     defaults : dict
-        Config keys every variant sets (keys new to the project are added to the config).
+        Values its variants set for keys declared elsewhere (``training.config.DEFAULT`` or
+        another method's ``keys``), e.g. ``lowres_size``.
     study : tuple of StudyRow
     terms : callable or None
         ``terms(build) -> [terms.Term]``: the loss terms the method adds to the classifier's
@@ -123,6 +127,7 @@ class MethodDef:
     order: int
     needs: Needs = Needs()
     variants: Tuple[Variant, ...] = ()
+    keys: dict = dataclasses.field(default_factory=dict)
     defaults: dict = dataclasses.field(default_factory=dict)
     study: Tuple[StudyRow, ...] = ()
     terms: Optional[Callable] = None
@@ -139,8 +144,10 @@ class MethodDef:
         return tuple(h for h in HOOKS if getattr(self, h) is not None)
 
     def distill_row(self, variant):
-        """The ``DISTILL`` row of ``variant``: ``distill`` + the defaults + the variant's keys."""
+        """The ``DISTILL`` row of ``variant``: ``distill`` + the method's keys + its defaults + the
+        variant's keys."""
         row = {"distill": self.name}
+        row.update(copy.deepcopy(self.keys))
         row.update(copy.deepcopy(self.defaults))
         row.update(copy.deepcopy(variant.overrides))
         return row
@@ -223,6 +230,19 @@ def method(name):
 def variants():
     """``(MethodDef, Variant)`` of every variant, methods in ``order``, variants as declared."""
     return tuple((d, v) for d in methods() for v in d.variants)
+
+
+def config_keys():
+    """``{key: default}`` of every method's ``keys`` (fresh values each call); ``ValueError`` when two
+    methods declare one key with different defaults."""
+    keys, owner = {}, {}
+    for d in methods():
+        for key, value in d.keys.items():
+            if key in keys and keys[key] != value:
+                raise ValueError(f"config key {key!r}: {owner[key]!r} declares {keys[key]!r}, {d.name!r} {value!r}")
+            keys.setdefault(key, copy.deepcopy(value))
+            owner.setdefault(key, d.name)
+    return keys
 
 
 def distill_rows():

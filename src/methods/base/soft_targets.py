@@ -6,8 +6,9 @@ from shrinkteanet.core.errors import InputError
 #: values of ``kd_emb_loss``: the optional embedding term added to the soft targets
 EMB_LOSSES = ("none", "angular", "l2")
 
-#: config keys every soft-target variant sets
-DEFAULTS = dict(kd_temperature=4.0, kd_lambda=1.0)
+#: the config keys of the soft-target methods (``MethodDef.keys`` of kd, lowres_kd, lowres_ktkd): Hinton's
+#: temperature and weight, and the optional embedding term (``kd_emb_loss`` of ``EMB_LOSSES``, its weight)
+KEYS = dict(kd_temperature=4.0, kd_lambda=1.0, kd_emb_loss="none", kd_emb_lambda=1.0)
 
 
 def check_emb_loss(cfg):

@@ -124,8 +124,7 @@ class Classifier:
 def margin_softmax(build):
     """The default classifier: the margin head of ``cfg.loss`` (InsightFace's fc7 with
     ``margin_s``, ``m1``, ``m2``, ``m3``), part ``softmax`` weighted by ``softmax_weight``."""
-    s, m1, m2, m3 = L.margin_params(build.cfg)
-    head = L.MarginHead(build.num_classes, build.emb_size, s=s, m1=m1, m2=m2, m3=m3)
+    head = L.margin_head(build.cfg, build.num_classes, build.emb_size)
     head.initialize(ctx=build.ctx)
     return Classifier(head, "softmax", build.cfg.softmax_weight)
 
@@ -280,12 +279,11 @@ class SoftTargets(Term):
     def __init__(self, build):
         super().__init__()
         cfg = build.cfg
-        s, m1, m2, m3 = L.margin_params(cfg)
         self.kd = L.KDLoss(cfg.kd_temperature)
         self.weights["kd"] = float(cfg.kd_lambda)
         # the teacher's own head on the teacher's own embedding: its width may differ from the student's
-        head = L.MarginHead(build.num_classes, int(build.teacher_fc7.shape[1]), s=s, m1=m1, m2=m2, m3=m3,
-                            fixed=True, prefix="teacher_fc7_")
+        head = L.margin_head(cfg, build.num_classes, int(build.teacher_fc7.shape[1]), fixed=True,
+                             prefix="teacher_fc7_")
         head.initialize(ctx=build.ctx)
         head.weight.set_data(build.teacher_fc7.astype("float32"))
         build.frozen.head = head
