@@ -69,7 +69,7 @@ def breakdown(data, teacher, reps=5):
     from shrinkteanet.training import config
     from shrinkteanet.methods.base.assembler import build_method
     from shrinkteanet.training.networks import build_networks
-    from shrinkteanet.model.network import freeze_symbol
+    from shrinkteanet.model.rewrites import freeze_symbol
 
     cfg = config.config_by_name("mfnr_stn", common(data) + [f"teacher={teacher}", f"image_size={SIZE}"])
     student, t, fc7 = build_networks(cfg)

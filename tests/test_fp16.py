@@ -11,7 +11,7 @@ import pytest
 from mxnet.contrib import amp
 
 from _toy_fit import ToyMethod, numpy_grads, toy_fit
-from shrinkteanet.model.network import count_amp_casts
+from shrinkteanet.model.rewrites import count_amp_casts
 from shrinkteanet.study import tiny
 from shrinkteanet.training import config, fit
 

@@ -10,7 +10,8 @@ from mxnet import autograd, gluon
 from shrinkteanet import symbols
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model.checkpoint import load_checkpoint, save_checkpoint
-from shrinkteanet.model.network import EmbeddingNet, freeze_symbol, frozen_tail
+from shrinkteanet.model.network import EmbeddingNet, frozen_tail
+from shrinkteanet.model.rewrites import freeze_symbol
 
 SIZE = 32
 EMB = 16
@@ -394,7 +395,7 @@ def module_forward_three_times(sym, arg, aux):
 def test_mkldnn_safe_inserts_flatten_between_bn_and_fc():
     """InsightFace's GDC head (BN -> FC) breaks MXNet 1.9.1 + MKLDNN on the second forward;
     the loader inserts a Flatten, which keeps names and results."""
-    from shrinkteanet.model.network import mkldnn_safe
+    from shrinkteanet.model.rewrites import mkldnn_safe
 
     data = mx.sym.var("data")
     x = mx.sym.Convolution(data, num_filter=4, kernel=(SIZE, SIZE), num_group=1, no_bias=True, name="gdc")

@@ -96,7 +96,7 @@ DEFAULT = dict(
     frequent=20,  # log every N batches
     tensorboard="",  # directory for tensorboardX scalars
     hybridize=True,
-    # train the student's PReLUs as relu + 1x1 depthwise conv (model.prelu_as_depthwise): same
+    # train the student's PReLUs as relu + 1x1 depthwise conv (model.rewrites.prelu_as_depthwise): same
     # function, 3-4x faster CPU steps for the mobile networks; checkpoints keep the PReLU symbol
     prelu_as_conv=True,
 )

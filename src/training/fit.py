@@ -26,8 +26,9 @@ import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.finite import arrays_all_finite
 from shrinkteanet.model import checkpoint
-from shrinkteanet.model.checkpoint import STATE_SUFFIX, arrays_all_finite, is_running_stat, replica_mean
+from shrinkteanet.model.checkpoint import STATE_SUFFIX, is_running_stat, student_params
 from shrinkteanet.training.schedule import (build_lr_schedule, describe_schedule, schedule_record, step_seed,
                                             total_batches)
 
@@ -303,51 +304,6 @@ def params_digest(params):
         h.update(name.encode())
         h.update(np.ascontiguousarray(params[name].data(params[name].list_ctx()[0]).asnumpy()).tobytes())
     return h.hexdigest()
-
-
-def _symbol_names(sym):
-    return set(sym.list_arguments()), set(sym.list_auxiliary_states())
-
-
-def _saved_value(name, p):
-    """What a checkpoint holds of ``p``: BatchNorm running statistics averaged over the devices
-    (InsightFace's ``Module``, ``checkpoint.replica_mean``), trained weights from the first
-    device (the replicas are equal bit for bit; a mean of three equal floats need not be)."""
-    if is_running_stat(name) and len(p.list_ctx()) > 1:
-        return replica_mean(p)
-    return p.data(p.list_ctx()[0]).copy()
-
-
-def _student_params(student, sym):
-    if student is None or sym is None:
-        return {}, {}
-    args, auxs = _symbol_names(sym)
-    arg, aux = {}, {}
-    for name, p in student.collect_params().items():
-        if name in args:
-            arg[name] = _saved_value(name, p)
-        elif name in auxs:
-            aux[name] = _saved_value(name, p)
-    return arg, aux
-
-
-def _checkpoint_params(method, student, sym):
-    """(arg, aux, rest): the embedding network's parameters plus the classifier ``fc7*``
-    (InsightFace keeps it beside ``fc1`` in training checkpoints; MarginDistillation and KD
-    read the teacher's class centres from there), and everything else that is trained
-    (adapters H_i) for the ``.head.params`` file."""
-    arg, aux = _student_params(student, sym)
-    own = set(student.collect_params().keys()) if student is not None else set()
-    rest = {}
-    for name, p in method.collect_params().items():
-        if name in own:
-            continue
-        value = _saved_value(name, p)
-        if name.startswith("fc7"):
-            arg[name] = value
-        else:
-            rest[name] = value
-    return arg, aux, rest
 
 
 def fresh_state(cfg):
@@ -660,16 +616,13 @@ class Fit:
             self.save()
 
     def save(self):
-        """A numbered checkpoint of the current step (worker 0, once per step, finite values only)."""
+        """A numbered checkpoint of the current step (worker 0, once per step, finite values only:
+        ``checkpoint.Checkpointer.save`` decides what it holds)."""
         if self.ckpt is None or not self.is_chief or self.saved_at == self.state["step"]:
             return
-        arg, aux, head = _checkpoint_params(self.method, self.student, self.symbol)
-        if not checkpoint.checkpoint_is_finite(arg, aux, head, self.state):
-            return
-        self.state["checkpoint"] += 1
-        self.ckpt.save(self.state["checkpoint"], symbol=self.symbol, arg_params=arg, aux_params=aux,
-                       head_params=head, trainer=self.trainer, state=self.state)
-        self.saved_at = self.state["step"]
+        if self.ckpt.save(method=self.method, student=self.student, symbol=self.symbol, trainer=self.trainer,
+                          state=self.state):
+            self.saved_at = self.state["step"]
 
     def verify_and_save(self):
         """Verification on the ``.bin`` sets of the current weights, then the checkpoint, then
@@ -677,7 +630,7 @@ class Fit:
         if self.verify is None or not self.is_chief:
             self.save()
             return
-        arg, aux = _student_params(self.student, self.symbol)
+        arg, aux = student_params(self.student, self.symbol)
         results = self.verify(arg, aux)
         self.save()
         if results:
