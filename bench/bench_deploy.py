@@ -89,7 +89,8 @@ def time_call(fn, warmup, reps):
 def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, calib_mode="naive"):
     from shrinkteanet.deploy import cpu, graph, onnx_export, runner
     from shrinkteanet.eval import embed, images
-    from shrinkteanet.symbols import count_flops, get_symbol
+    from shrinkteanet.symbols import get_symbol
+    from shrinkteanet.symbols.measure import count_flops
 
     if model:
         sym, arg, aux = embed.load_model(model)

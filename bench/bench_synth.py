@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from shrinkteanet.data import load_bin, synth  # noqa: E402
+from shrinkteanet.data import synth  # noqa: E402
+from shrinkteanet.data.binfile import load_bin  # noqa: E402
 from shrinkteanet.eval.verification import evaluate  # noqa: E402
 from _common import write_marked_section  # noqa: E402
 

@@ -5,7 +5,8 @@
 * every sub-package of ``src/`` says in its ``__init__.py`` docstring what it holds;
 * no module imports "upwards" against the stage order of the package (function-level lazy
   imports included): core < data < symbols < model < methods < eval < training < deploy <
-  study < cli.
+  study < cli;
+* no module-level ``__getattr__`` outside the contract shims (issue 25).
 """
 import ast
 import functools
@@ -150,3 +151,15 @@ def test_every_sub_package_says_what_it_holds():
 def test_no_import_against_the_stage_order(stage):
     bad = [b for b in upward_imports() if f" ({stage}) imports " in b]
     assert not bad, "\n".join(bad)
+
+
+#: the only modules with a module-level ``__getattr__``: the lazy contract names of ../shared/CONTRACTS.md
+#: (``shrinkteanet.symbols.get_symbol``/``get_stages`` and ``shrinkteanet.data.FaceRecordDataset``, which
+#: load MXNet on first use)
+CONTRACT_SHIMS = {"shrinkteanet.symbols.__init__", "shrinkteanet.data.__init__"}
+
+
+def test_no_module_getattr_outside_the_contract_shims():
+    found = {name for _, name, tree in MODULES for node in tree.body
+             if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"}
+    assert found == CONTRACT_SHIMS, f"values computed on attribute access: {sorted(found - CONTRACT_SHIMS)}"

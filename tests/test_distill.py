@@ -13,7 +13,7 @@ from shrinkteanet.methods.base import assembler, registry
 from shrinkteanet.training.config import generate_config
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model.checkpoint import save_checkpoint
-from shrinkteanet.model.network import EmbeddingNet, materialize
+from shrinkteanet.model.network import materialize
 from shrinkteanet.training.networks import build_networks
 
 SIZE, EMB, CLASSES = 32, 16, 4

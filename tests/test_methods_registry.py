@@ -1,7 +1,6 @@
 """The method registry (``shrinkteanet.methods.base.registry``): a method is one module, discovered lazily;
 every method table of the project is derived from it and equals what it was written out by hand."""
 import json
-import os
 import pkgutil
 import subprocess
 import sys
@@ -100,8 +99,8 @@ def test_derived_tables_equal_the_hand_written_ones():
     from shrinkteanet.study import demo, paper, table
 
     # each row as written by hand, plus the method's own keys at their defaults (which DEFAULT held before)
-    assert list(config.DISTILL) == list(OLD_DISTILL)
-    for name, row in config.DISTILL.items():
+    assert list(config.distill_table()) == list(OLD_DISTILL)
+    for name, row in config.distill_table().items():
         method_keys = registry.method(row.distill).keys
         assert dict(row) == {**{k: v for k, v in method_keys.items()}, **OLD_DISTILL[name]}, name
     old_configs = {"teacher_r90": ("r90", "emore", "arcface", "none"),
@@ -111,18 +110,19 @@ def test_derived_tables_equal_the_hand_written_ones():
         for m in ("l2", "l2_final", "stn", "stn_final", "kd", "hint", "margin", "lowres_kt", "lowres_kd",
                   "lowres_ktkd"):
             old_configs[f"{student}_{m}"] = (student, "emore", "arcface", m)
-    assert config.CONFIGS == old_configs
+    assert config.named_configs() == old_configs
     assert {d.name: old_spec(d) for d in registry.methods()} == OLD_SPECS and registry.names() == tuple(OLD_SPECS)
-    assert demo.METHODS == OLD_DEMO and list(demo.METHODS) == list(OLD_DEMO)  # report order
-    assert paper.METHODS == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
+    assert demo.study_methods() == OLD_DEMO and list(demo.study_methods()) == list(OLD_DEMO)  # report order
+    assert paper.paper_methods() == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
                              "stn": "ShrinkTeaNet"}
-    assert table.METHOD_NAMES == OLD_METHOD_NAMES
-    assert table.WEIGHT_ABLATION == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
+    assert table.method_names() == OLD_METHOD_NAMES
+    assert table.weight_ablation() == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
     assert [table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
         ["self", "stn", "stn_final", "hint"]
-    # a fresh table each read: editing one cannot change the next
-    config.DISTILL.stn.distill_stages.append(9)
-    assert config.DISTILL.stn.distill_stages == [1, 2, 3, 4]
+    # a fresh table each call: editing one cannot change the next
+    table_once = config.distill_table()
+    table_once.stn.distill_stages.append(9)
+    assert config.distill_table().stn.distill_stages == [1, 2, 3, 4]
 
 
 def test_each_config_default_is_declared_once():
@@ -163,10 +163,15 @@ def test_renamed_keys_still_work_with_a_notice(caplog):
     assert changed_run_keys(saved, cfg) == ["stn_weight"]  # an old run's weight is compared, not skipped
 
 
-def test_stage_weights_moved_into_methods_and_stay_importable_from_config():
-    from shrinkteanet.methods.base import stage_rules as stages
+def test_no_compatibility_attribute_is_left():
+    """The tables are functions of the registry, read where they live: no module-level ``__getattr__``
+    computes them (nor re-exports the Eq. 7 weights from ``config``)."""
+    from shrinkteanet.study import demo, paper, table
 
-    assert config.distill_lambdas is stages.distill_lambdas and config.LAST_STAGE == stages.LAST_STAGE == 4
+    for module, names in ((config, ("DISTILL", "CONFIGS", "distill_lambdas", "LAST_STAGE")), (demo, ("METHODS",)),
+                          (paper, ("METHODS",)), (table, ("METHOD_NAMES", "WEIGHT_ABLATION"))):
+        assert not hasattr(module, "__getattr__"), module.__name__
+        assert not any(hasattr(module, n) for n in names), module.__name__
 
 
 def test_discovery_is_lazy_and_the_methods_package_never_imports_training():
@@ -210,7 +215,7 @@ def test_unknown_names_fail_listing_every_valid_one():
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "unknown config 'mfn_stnn'" in lines[0] and "did you mean mfn_stn" in lines[0]
     listed = set(lines[0].split("valid: ")[1].split(", "))
-    assert listed == set(config.CONFIGS) and {"mfnr_lowres_ktkd", "teacher_r100", "mv1_self"} <= listed
+    assert listed == set(config.named_configs()) and {"mfnr_lowres_ktkd", "teacher_r100", "mv1_self"} <= listed
     r = run_cli("config", "mfn_stn", "distill=bogus")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "unknown distill method 'bogus'; valid: hint, kd" in lines[0]
@@ -234,11 +239,11 @@ def test_a_new_method_file_appears_in_every_table(toy_method):
     from shrinkteanet.study import demo, table
 
     assert TOY_NAME in registry.names() and registry.names()[-1] == TOY_NAME
-    assert config.DISTILL[TOY_NAME] == {"distill": TOY_NAME, "toycos_lambda": 2.0}
-    assert {f"{s}_{TOY_NAME}" for s in ("mv1", "mv2", "mfn", "mfnr")} <= set(config.CONFIGS)
+    assert config.distill_table()[TOY_NAME] == {"distill": TOY_NAME, "toycos_lambda": 2.0}
+    assert {f"{s}_{TOY_NAME}" for s in ("mv1", "mv2", "mfn", "mfnr")} <= set(config.named_configs())
     cfg = config.config_by_name(f"mfn_{TOY_NAME}", ["toycos_lambda=3"])
     assert cfg.distill == TOY_NAME and cfg.toycos_lambda == 3.0
-    assert demo.METHODS[TOY_NAME] == (TOY_NAME, ()) and table.METHOD_NAMES[TOY_NAME] == "Toy cosine"
+    assert demo.study_methods()[TOY_NAME] == (TOY_NAME, ()) and table.method_names()[TOY_NAME] == "Toy cosine"
     r = run_cli("config", "--methods")
     assert r.returncode == 0 and any(ln.startswith(f"{TOY_NAME} ") for ln in r.stdout.splitlines()), r.stdout
 

@@ -8,6 +8,8 @@ import pytest
 from mxnet import autograd, gluon
 
 from shrinkteanet import symbols
+
+from shrinkteanet.symbols import measure
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model.checkpoint import load_checkpoint, save_checkpoint
 from shrinkteanet.model.network import EmbeddingNet, frozen_tail
@@ -267,7 +269,7 @@ def test_freeze_symbol_prelu_rewrite_is_exact(nets, network):
 # --------------------------------------------------------------- checkpoints
 def random_params(sym, seed=0):
     rng = np.random.RandomState(seed)
-    arg, aux = symbols.param_shapes(sym, SIZE)
+    arg, aux = measure.param_shapes(sym, SIZE)
     arg_params = {k: mx.nd.array(rng.normal(0, 1.0 / np.sqrt(max(1, np.prod(s[1:]))), size=s))
                   for k, s in arg.items() if k != "data"}
     aux_params = {k: mx.nd.array(rng.uniform(0.5, 1.5, s)) for k, s in aux.items()}

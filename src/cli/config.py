@@ -36,7 +36,7 @@ def run(args):
         print_methods()
         return 0
     if args.list or not args.name:
-        for name, rows in sorted(config.CONFIGS.items()):
+        for name, rows in sorted(config.named_configs().items()):
             print(f"{name:<20} network={rows[0]} dataset={rows[1]} loss={rows[2]} distill={rows[3]}")
         if not args.list:
             raise InputError("give a config NAME (or --list)")

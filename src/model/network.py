@@ -18,6 +18,8 @@ import numpy as np
 from mxnet import gluon
 
 from shrinkteanet import symbols
+
+from shrinkteanet.symbols import measure
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model import checkpoint
 from shrinkteanet.model.checkpoint import cut_at_embedding
@@ -91,7 +93,7 @@ class EmbeddingNet(gluon.SymbolBlock):
         outputs = mx.sym.Group([embedding] + list(taps)) if with_taps else embedding
         known = {}
         if self.split is not None:
-            arg_shapes, aux_shapes = symbols.param_shapes(embedding, opts.get("image_size", 112))
+            arg_shapes, aux_shapes = measure.param_shapes(embedding, opts.get("image_size", 112))
             known = dict(arg_shapes, **aux_shapes)
             if prelu_as_conv:
                 # the computed graph only; ``embedding_symbol`` (checkpoints) keeps the PReLUs

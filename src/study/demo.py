@@ -6,7 +6,7 @@ Every stage is a real user command, run as a child process ``python -m shrinktea
 1. ``data synth``   - synthetic training set, LFW/CFP-FP/AgeDB ``.bin``, IJB-C and MegaFace trees;
 2. ``train``        - a small LResNet-E-IR teacher (the r90 family with few units and narrow stages);
 3. ``train``        - small MobileFaceNet-family students (``mfn``, and ``mfnr`` whose stage widths equal
-   the teacher's, ShrinkTeaNet Sec. 4), one run per method of ``METHODS`` and seed, every method on
+   the teacher's, ShrinkTeaNet Sec. 4), one run per method of ``study_methods()`` and seed, every method on
    the same data order, seed and schedule (paired); self-studied runs need no teacher and run beside it;
 4. ``eval verification|megaface|ijb`` for the teacher and every student (one stage per run);
 5. ``REPORT.md`` (``shrinkteanet.study.table``: the paper's Table 2 layout, paired differences to
@@ -21,12 +21,11 @@ Layout of ``out`` (the Makefile's ``eval-*`` targets default to ``student/`` and
 
     synth/                        data synth output
     teacher/model-*.params        teacher checkpoint; teacher/train.json; teacher/eval/{verification,megaface,ijbc}.json
-    <net>_<method>[_s<seed>]/     the same for each student run (method: a key of METHODS)
+    <net>_<method>[_s<seed>]/     the same for each student run (method: a key of study_methods())
     student/model-0001.params     copy of the headline student (the scale's ``headline`` run)
     REPORT.md, study.json, demo.json, *.png
 """
 import copy
-import json
 import os
 import shutil
 import time
@@ -40,19 +39,12 @@ from shrinkteanet.methods.base import registry as method_registry
 log = get_logger(__name__)
 
 def study_methods():
-    """``METHODS``: the study's methods in report order, key -> (config suffix of
+    """The study's methods in report order, key -> (config suffix of
     ``<network>_<suffix>``, extra overrides), from the study rows the method modules declare
     (``shrinkteanet.methods.base.registry``).  The keys are the method names of REPORT.md and
     study.json; ``*_w10``: the distillation weight ablation (``stn_weight`` 10 instead of the
     paper's lambda_n = 1).  A fresh dict."""
     return {r.key: (method_registry.study_config_suffix(r), tuple(r.overrides)) for r in method_registry.study_rows()}
-
-
-def __getattr__(name):
-    """``METHODS`` is computed from the method registry when read (``study_methods``)."""
-    if name == "METHODS":
-        return study_methods()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Demo sizes.  ``synth``: keyword arguments of ``data synth`` (flags with ``-`` for ``_``);

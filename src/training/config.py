@@ -6,14 +6,14 @@ plus a fourth for the distillation method of ShrinkTeaNet and its relatives:
 * ``NETWORKS``  - which symbol and its options (``symbols.get_symbol``)
 * ``DATASETS``  - where the RecordIO set and the ``.bin`` targets are
 * ``LOSSES``    - the margin head (softmax, ArcFace, CosFace, combined)
-* ``DISTILL``   - the method variants (none / stn / stn_final / l2 / l2_final / kd / hint / margin /
+* ``distill_table()`` - the method variants (none / stn / stn_final / l2 / l2_final / kd / hint / margin /
   lowres_kt / lowres_kd / lowres_ktkd), derived from the method registry
   (``shrinkteanet.methods.base.registry``: one module per method)
 
 ``generate_config(network, dataset, loss, distill, overrides)`` returns a fresh
 ``EasyDict`` (no global mutable state); ``apply_overrides`` takes ``key=value``
 strings from the command line and type-checks each against the preset value.
-Named configs (``CONFIGS``, also derived) pick one row of each table, e.g. ``mfnr_stn``.
+Named configs (``named_configs()``, also derived) pick one row of each table, e.g. ``mfnr_stn``.
 """
 import ast
 import copy
@@ -25,7 +25,6 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.methods.base import registry as method_registry
-from shrinkteanet.methods.base.stage_rules import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
 
 log = get_logger(__name__)
 
@@ -168,16 +167,6 @@ def named_configs():
     return configs
 
 
-def __getattr__(name):
-    """``DISTILL`` and ``CONFIGS`` are computed from the method registry when read, so that a
-    method module added to ``shrinkteanet.methods`` appears in both."""
-    if name == "DISTILL":
-        return distill_table()
-    if name == "CONFIGS":
-        return named_configs()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _table_row(table, name, what):
     if name not in table:
         raise InputError(f"unknown {what} {name!r}; valid: {', '.join(sorted(table))}")
@@ -186,7 +175,7 @@ def _table_row(table, name, what):
 
 def generate_config(network="r100", dataset="emore", loss="arcface", distill="none", overrides=()):
     """Merge ``default_config()`` (DEFAULT + the methods' keys) <- NETWORKS[network] <- DATASETS[dataset]
-    <- LOSSES[loss] <- DISTILL[distill], then apply ``key=value`` overrides.  A new EasyDict each call."""
+    <- LOSSES[loss] <- distill_table()[distill], then apply ``key=value`` overrides.  A new EasyDict each call."""
     cfg = default_config()
     network = network_registry.canonical_name(network)
     for table, name, what in ((NETWORKS, network, "network"), (DATASETS, dataset, "dataset"),
@@ -197,7 +186,7 @@ def generate_config(network="r100", dataset="emore", loss="arcface", distill="no
 
 
 def config_by_name(name, overrides=()):
-    """A named config (``CONFIGS``) with overrides.  Overrides of ``network``,
+    """A named config (``named_configs()``) with overrides.  Overrides of ``network``,
     ``dataset``, ``loss`` or ``distill`` re-select the table rows first, so that
     e.g. ``distill=l2`` brings the L2 preset's own defaults."""
     configs = named_configs()

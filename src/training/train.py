@@ -30,11 +30,9 @@ import numpy as np
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import mxnet_reason
-# names of the loop and its files that the CLI, benches and tests use as ``train.X``
-from shrinkteanet.model.checkpoint import read_state  # noqa: F401
-from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
-from shrinkteanet.training.schedule import build_lr_schedule, cfg_lr_steps, seed_everything, total_batches  # noqa: F401
-from shrinkteanet.training.validate import check_hyperparameters, validate  # noqa: F401
+from shrinkteanet.training.fit import Fit
+from shrinkteanet.training.schedule import seed_everything
+from shrinkteanet.training.validate import validate
 
 log = get_logger(__name__)
 
@@ -176,7 +174,7 @@ def _num_classes_chosen(cfg):
     from shrinkteanet.training import config
 
     name = cfg.get("config_name")
-    if name not in config.CONFIGS:
+    if name not in config.named_configs():
         return True
     row = config.DATASETS.get(cfg.get("dataset"), {})
     preset = row.get("num_classes", config.DEFAULT.get("num_classes"))
@@ -358,13 +356,6 @@ def open_teacher_cache(cfg, loader):
     cache = TeacherCache(cfg.teacher_cache)
     cache.check_covers(loader.keys)
     return cache
-
-
-def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None, resume=False,
-        callbacks=(), verify=None):
-    """Run the loop: ``fit.Fit(...).run(resume)`` (see ``Fit`` for the arguments); returns the summary."""
-    return Fit(method, loader, cfg, job, student=student, student_symbol=student_symbol,
-               teacher_cache=teacher_cache, callbacks=callbacks, verify=verify).run(resume=resume)
 
 
 def final_stage_cosines(method, loader, ctx, num_ctx=1):

@@ -62,7 +62,7 @@ class Variant:
 
 @dataclasses.dataclass(frozen=True)
 class StudyRow:
-    """One method of the study (``study.demo.METHODS``): ``key`` (its name in REPORT.md and
+    """One method of the study (``study.demo.study_methods()``): ``key`` (its name in REPORT.md and
     study.json), the ``variant`` it trains (config ``<network>_<variant's config suffix>``), extra
     ``overrides`` (``key=value`` strings), the report's ``display`` name, the paper's row name
     (``paper``, None where Duong et al. 2019 has no such row), ``order`` (report order, across all

@@ -52,7 +52,8 @@ def _choose(cfg, inferred, arg_shapes, where):
 
 def expected_shapes(plan, image_size):
     """(arg name -> shape, aux name -> shape) of the plan's network at ``image_size``."""
-    from shrinkteanet.symbols import get_symbol, param_shapes
+    from shrinkteanet.symbols import get_symbol
+    from shrinkteanet.symbols.measure import param_shapes
 
     opts = dict(plan.opts)
     opts.setdefault("image_size", int(image_size))
