@@ -163,3 +163,23 @@ def test_no_module_getattr_outside_the_contract_shims():
     found = {name for _, name, tree in MODULES for node in tree.body
              if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"}
     assert found == CONTRACT_SHIMS, f"values computed on attribute access: {sorted(found - CONTRACT_SHIMS)}"
+
+
+#: module names that deliberately mirror one in another sub-package (each says so in its docstring)
+MIRRORS = {"losses": "the contract shim shrinkteanet.losses mirrors methods.base.blocks",
+           "registry": "the network registry (symbols) and the method registry (methods.base) mirror each other"}
+#: the command modules are named after their command (the cli docstring says they mirror what they drive)
+COMMANDS = "shrinkteanet.cli"
+
+
+def test_no_two_modules_share_a_name_across_sub_packages():
+    """One name, one module: a reader who meets ``images`` or ``report`` knows which is meant (issue 25)."""
+    homes = {}
+    for _, name, _ in MODULES:
+        parts = name.split(".")
+        if parts[-1] in ("__init__", "__main__"):
+            continue
+        if ".".join(parts[:-1]) != COMMANDS:
+            homes.setdefault(parts[-1], []).append(".".join(parts[:-1]))
+    clashes = {leaf: where for leaf, where in homes.items() if len(where) > 1 and leaf not in MIRRORS}
+    assert not clashes, f"modules named alike in several sub-packages: {clashes}"

@@ -96,7 +96,7 @@ OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student
 
 
 def test_derived_tables_equal_the_hand_written_ones():
-    from shrinkteanet.study import demo, paper, table
+    from shrinkteanet.study import demo, paper, report_table
 
     # each row as written by hand, plus the method's own keys at their defaults (which DEFAULT held before)
     assert list(config.distill_table()) == list(OLD_DISTILL)
@@ -115,9 +115,9 @@ def test_derived_tables_equal_the_hand_written_ones():
     assert demo.study_methods() == OLD_DEMO and list(demo.study_methods()) == list(OLD_DEMO)  # report order
     assert paper.paper_methods() == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
                              "stn": "ShrinkTeaNet"}
-    assert table.method_names() == OLD_METHOD_NAMES
-    assert table.weight_ablation() == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
-    assert [table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
+    assert report_table.method_names() == OLD_METHOD_NAMES
+    assert report_table.weight_ablation() == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
+    assert [report_table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
         ["self", "stn", "stn_final", "hint"]
     # a fresh table each call: editing one cannot change the next
     table_once = config.distill_table()
@@ -166,10 +166,10 @@ def test_renamed_keys_still_work_with_a_notice(caplog):
 def test_no_compatibility_attribute_is_left():
     """The tables are functions of the registry, read where they live: no module-level ``__getattr__``
     computes them (nor re-exports the Eq. 7 weights from ``config``)."""
-    from shrinkteanet.study import demo, paper, table
+    from shrinkteanet.study import demo, paper, report_table
 
     for module, names in ((config, ("DISTILL", "CONFIGS", "distill_lambdas", "LAST_STAGE")), (demo, ("METHODS",)),
-                          (paper, ("METHODS",)), (table, ("METHOD_NAMES", "WEIGHT_ABLATION"))):
+                          (paper, ("METHODS",)), (report_table, ("METHOD_NAMES", "WEIGHT_ABLATION"))):
         assert not hasattr(module, "__getattr__"), module.__name__
         assert not any(hasattr(module, n) for n in names), module.__name__
 
@@ -236,14 +236,14 @@ def test_a_method_module_declaring_a_taken_name_is_refused():
 
 
 def test_a_new_method_file_appears_in_every_table(toy_method):
-    from shrinkteanet.study import demo, table
+    from shrinkteanet.study import demo, report_table
 
     assert TOY_NAME in registry.names() and registry.names()[-1] == TOY_NAME
     assert config.distill_table()[TOY_NAME] == {"distill": TOY_NAME, "toycos_lambda": 2.0}
     assert {f"{s}_{TOY_NAME}" for s in ("mv1", "mv2", "mfn", "mfnr")} <= set(config.named_configs())
     cfg = config.config_by_name(f"mfn_{TOY_NAME}", ["toycos_lambda=3"])
     assert cfg.distill == TOY_NAME and cfg.toycos_lambda == 3.0
-    assert demo.study_methods()[TOY_NAME] == (TOY_NAME, ()) and table.method_names()[TOY_NAME] == "Toy cosine"
+    assert demo.study_methods()[TOY_NAME] == (TOY_NAME, ()) and report_table.method_names()[TOY_NAME] == "Toy cosine"
     r = run_cli("config", "--methods")
     assert r.returncode == 0 and any(ln.startswith(f"{TOY_NAME} ") for ln in r.stdout.splitlines()), r.stdout
 

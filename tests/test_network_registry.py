@@ -15,7 +15,7 @@ from shrinkteanet.symbols import measure
 from shrinkteanet.cli import main as cli_main
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.study import paper
-from shrinkteanet.study import table as report_table
+from shrinkteanet.study import report_table
 from shrinkteanet.symbols import registry
 from shrinkteanet.training import config
 

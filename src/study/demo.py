@@ -9,7 +9,7 @@ Every stage is a real user command, run as a child process ``python -m shrinktea
    the teacher's, ShrinkTeaNet Sec. 4), one run per method of ``study_methods()`` and seed, every method on
    the same data order, seed and schedule (paired); self-studied runs need no teacher and run beside it;
 4. ``eval verification|megaface|ijb`` for the teacher and every student (one stage per run);
-5. ``REPORT.md`` (``shrinkteanet.study.table``: the paper's Table 2 layout, paired differences to
+5. ``REPORT.md`` (``shrinkteanet.study.report_table``: the paper's Table 2 layout, paired differences to
    the self-studied student with 95% t intervals, verdicts, the weight ablation, convergence per run)
    and ``study.json`` beside it.
 
@@ -294,7 +294,7 @@ def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=Fal
     headline = scale.get("headline") or (students[-1], methods[-1])
     head_run = next((r for r in runs if (r["network"], r["method"]) == tuple(headline)), runs[-1])
     _publish_student(out, head_run["dir"], scale)
-    from shrinkteanet.study import table as report_table
+    from shrinkteanet.study import report_table
 
     elapsed = time.time() - t_start
     meta = dict(title=title, scale=scale["name"], image_size=scale["image_size"], seeds=list(seeds),

@@ -349,7 +349,7 @@ class Fit:
         ``flipped``; ``len(loader)`` batches per epoch.
     cfg : EasyDict
         The run's config (``training.config``).
-    job : train.Context
+    job : train.Job
         Contexts, kvstore, rank and number of workers.
     student : EmbeddingNet, optional
         The block whose parameters form the InsightFace checkpoint (symbol ``student_symbol``);

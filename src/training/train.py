@@ -40,7 +40,7 @@ log = get_logger(__name__)
 # ---------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------
-class Context:
+class Job:
     """What the loop needs about the job: contexts, kvstore, rank."""
 
     def __init__(self, ctx_list, kvstore=None):
@@ -245,10 +245,10 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
 
 
 def make_job(cfg, ctx_list):
-    """The ``Context`` of this worker (kvstore ``cfg.kvstore``); the global batch must split
+    """The ``Job`` of this worker (kvstore ``cfg.kvstore``); the global batch must split
     evenly over workers and contexts."""
     kv = make_kvstore(cfg.kvstore)
-    job = Context(ctx_list, None if isinstance(kv, str) else kv)
+    job = Job(ctx_list, None if isinstance(kv, str) else kv)
     job.kvstore = kv
     if job.num_workers > 1 and cfg.out and job.rank > 0:
         log.info("worker %d of %d: checkpoints are written by worker 0", job.rank, job.num_workers)

@@ -35,7 +35,7 @@ from mxnet import autograd, gluon
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.methods.base.registry import method_of, needs_teacher, student_image_size
 from shrinkteanet.methods.base.stage_rules import LAST_STAGE
-from shrinkteanet.methods.base.terms import Batch, Build, Frozen, margin_softmax, teacher_emb_size
+from shrinkteanet.methods.base.terms import Build, Frozen, StepViews, margin_softmax, teacher_emb_size
 from shrinkteanet.model.network import context_list
 
 
@@ -172,7 +172,7 @@ class Method(gluon.Block):
         t_emb, t_taps = self.teacher_forward(data, teacher_emb) if self.needs.teacher else (None, None)
         if t_emb is not None:
             t_emb = t_emb.astype("float32", copy=False)
-        batch = Batch(emb=emb, taps=taps, t_emb=t_emb, t_taps=t_taps, label=label)
+        batch = StepViews(emb=emb, taps=taps, t_emb=t_emb, t_taps=t_taps, label=label)
         batch.logits = self._classifier.logits(batch)
         parts = OrderedDict([(self._classifier.part, self.ce(batch.logits, label) * self._classifier.weight)])
         for term in self.terms:

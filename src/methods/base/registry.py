@@ -1,4 +1,5 @@
-"""The method registry: every module of ``shrinkteanet.methods`` is one teacher-student method.
+"""The method registry: every module of ``shrinkteanet.methods`` is one teacher-student method
+(deliberately mirroring the network registry, ``shrinkteanet.symbols.registry``).
 
 A method module declares ``METHOD = MethodDef(...)`` (and imports nothing heavy at module level:
 its loss terms import MXNet inside their builder), in the manner of torchdistill's per-kind

@@ -2,7 +2,7 @@
 never at discovery).
 
 ``Build``: what a method's ``terms``/``classifier`` builder is given (config, networks, sizes,
-the teacher's class centres, the holder of frozen teacher blocks).  ``Batch``: what each term's
+the teacher's class centres, the holder of frozen teacher blocks).  ``StepViews``: what each term's
 forward is given (student and teacher embeddings and stage features, labels, the student's
 logits).  ``Term``: a Gluon block whose call returns named, already-weighted per-sample loss
 parts; ``EmbeddingTerm`` is the common one on the final embeddings.  ``Classifier``: the head
@@ -60,7 +60,7 @@ class Build:
 
 
 @dataclasses.dataclass
-class Batch:
+class StepViews:
     """One step's views: student ``emb`` and stage ``taps`` (or None), teacher ``t_emb`` and
     ``t_taps`` (or None), ``label`` and the student's ``logits`` (set after the classifier)."""
 

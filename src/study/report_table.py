@@ -17,7 +17,7 @@ import numpy as np
 
 from shrinkteanet.study import paper
 from shrinkteanet.study import stats
-from shrinkteanet.study import report as study_report
+from shrinkteanet.study import study_report
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import atomic_write_bytes
