@@ -6,11 +6,13 @@
 * no module imports "upwards" against the stage order of the package (function-level lazy
   imports included): core < data < symbols < model < methods < eval < training < deploy <
   study < cli;
-* no module-level ``__getattr__`` outside the contract shims (issue 25).
+* no module-level ``__getattr__`` outside the contract shims, no two modules named alike across
+  sub-packages, and every import between sub-packages one that docs/design.md's table allows (issue 25).
 """
 import ast
 import functools
 import os
+import re
 
 import pytest
 
@@ -99,8 +101,13 @@ def long_functions():
 @functools.lru_cache(maxsize=None)
 def upward_imports():
     """One line per import statement that reaches a later stage."""
+    return upward_imports_of(MODULES)
+
+
+def upward_imports_of(modules):
+    """``upward_imports`` of the given (rel, name, tree) modules."""
     out = {}
-    for rel, name, tree in MODULES:
+    for rel, name, tree in modules:
         own = _stage(name)
         if own is None:
             continue
@@ -183,3 +190,56 @@ def test_no_two_modules_share_a_name_across_sub_packages():
             homes.setdefault(parts[-1], []).append(".".join(parts[:-1]))
     clashes = {leaf: where for leaf, where in homes.items() if len(where) > 1 and leaf not in MIRRORS}
     assert not clashes, f"modules named alike in several sub-packages: {clashes}"
+
+
+DESIGN = os.path.join(ROOT, "docs", "design.md")
+
+
+def design_table():
+    """``{sub-package: set of sub-packages it may import}`` as docs/design.md's import table states it,
+    in the table's order ("all of the above", "all but `x`", "everything", "nothing of the package",
+    or a list of names)."""
+    with open(DESIGN, encoding="utf-8") as f:
+        text = f.read()
+    body = text.split("| sub-package | holds | may import |", 1)[1].split("\n\n", 1)[0]
+    rows = [ln.split("|") for ln in body.strip().splitlines()[1:]]
+    table, above = {}, []
+    for row in rows:
+        name, rule = row[1].strip().strip("`"), row[-2].strip()
+        if rule == "nothing of the package":
+            allowed = set()
+        elif rule in ("all of the above", "everything"):
+            allowed = set(above)
+        elif rule.startswith("all but"):
+            allowed = set(above) - set(re.findall(r"`(\w+)`", rule))
+        else:
+            allowed = set(re.findall(r"`(\w+)`", rule))
+        table[name] = allowed
+        above.append(name)
+    return table
+
+
+def table_violations(modules, table):
+    """One line per import between sub-packages that the design.md ``table`` does not allow."""
+    bad = set()
+    for rel, name, tree in modules:
+        own = _stage(name)
+        if own is None:
+            continue
+        for line, mod in _imported(name, tree):
+            other = _stage(mod)
+            if other is not None and other != own and ORDER[other] not in table[ORDER[own]]:
+                bad.add(f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]}), not in its design.md row")
+    return sorted(bad)
+
+
+def test_the_design_table_is_the_import_rule():
+    """Every import between sub-packages is one the design.md table allows (not only a later stage:
+    ``eval`` may import ``core``, ``data`` and ``model``, so ``eval`` importing ``methods`` fails)."""
+    table = design_table()
+    assert tuple(table) == ORDER, "docs/design.md lists the sub-packages in another order than ORDER"
+    assert table["eval"] == {"core", "data", "model"} and table["core"] == set() and "cli" not in table["study"]
+    probe = ("eval/x.py", "shrinkteanet.eval.x", ast.parse("from shrinkteanet.methods.base import blocks"))
+    assert table_violations([probe], table) and not upward_imports_of([probe])  # the order alone allows it
+    bad = table_violations(MODULES, table)
+    assert not bad, "\n".join(bad)
