@@ -104,17 +104,25 @@ def upward_imports():
     return upward_imports_of(MODULES)
 
 
-def upward_imports_of(modules):
-    """``upward_imports`` of the given (rel, name, tree) modules."""
-    out = {}
+def stage_imports(modules):
+    """(rel, line, own stage, imported stage, module) of every import between two stages of the
+    given (rel, name, tree) modules (the package entry and outside modules left out)."""
     for rel, name, tree in modules:
         own = _stage(name)
         if own is None:
             continue
         for line, mod in _imported(name, tree):
             other = _stage(mod)
-            if other is not None and other > own:
-                out.setdefault((rel, line), f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]})")
+            if other is not None:
+                yield rel, line, own, other, mod
+
+
+def upward_imports_of(modules):
+    """``upward_imports`` of the given (rel, name, tree) modules."""
+    out = {}
+    for rel, line, own, other, mod in stage_imports(modules):
+        if other > own:
+            out.setdefault((rel, line), f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]})")
     return tuple(out[k] for k in sorted(out))
 
 
@@ -221,16 +229,9 @@ def design_table():
 
 def table_violations(modules, table):
     """One line per import between sub-packages that the design.md ``table`` does not allow."""
-    bad = set()
-    for rel, name, tree in modules:
-        own = _stage(name)
-        if own is None:
-            continue
-        for line, mod in _imported(name, tree):
-            other = _stage(mod)
-            if other is not None and other != own and ORDER[other] not in table[ORDER[own]]:
-                bad.add(f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]}), not in its design.md row")
-    return sorted(bad)
+    return sorted({f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]}), not in its design.md row"
+                   for rel, line, own, other, mod in stage_imports(modules)
+                   if other != own and ORDER[other] not in table[ORDER[own]]})
 
 
 def test_the_design_table_is_the_import_rule():

@@ -10,62 +10,21 @@ import numpy as np
 import pytest
 
 from shrinkteanet.methods.base import assembler, registry
+from shrinkteanet.study import tiny
 from shrinkteanet.training.config import generate_config
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.model.checkpoint import save_checkpoint
 from shrinkteanet.model.network import materialize
 from shrinkteanet.training.networks import build_networks
 
-SIZE, EMB, CLASSES = 32, 16, 4
-T_OPTS = dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32))
-S_OPTS = dict(blocks=(1, 1, 1, 1), filters=(4, 4, 8, 8, 16))
+SIZE, EMB, CLASSES = tiny.DISTILL_SIZE, tiny.DISTILL_EMB, tiny.DISTILL_CLASSES
+T_OPTS, S_OPTS = tiny.DISTILL_TEACHER_OPTS, tiny.DISTILL_STUDENT_OPTS
+make_cfg, build, batch = tiny.distill_config, tiny.build_distill_method, tiny.distill_batch
 
 
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory):
-    """A tiny r18 teacher trained (ArcFace, self-studied) on the synthetic batch of the
-    short runs, so that its embeddings point at its class centres as a real teacher's
-    do; saved with its fc7 as an InsightFace checkpoint (prefix, epoch)."""
-    mx.random.seed(11)
-    cfg = generate_config("r18", "synth", "arcface", "none", [
-        f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"net_opts={dict(T_OPTS)!r}"])
-    net, _, _ = build_networks(cfg)
-    method = assembler.build_method(cfg, net, hybridize=True)
-    trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
-    data, label = batch(6, n=16)
-    for _ in range(30):
-        with mx.autograd.record():
-            loss = method(data, label)["softmax"]
-        loss.backward()
-        trainer.step(16)
-    arg, aux = net.get_params()
-    arg["fc7_weight"] = method.head.weight.data().copy()
-    prefix = str(tmp_path_factory.mktemp("teacher") / "model")
-    save_checkpoint(prefix, 1, net.embedding_symbol, arg, aux)
-    return prefix, 1
-
-
-def make_cfg(method, ckpt, *extra):
-    prefix, epoch = ckpt
-    lowres_kt = method.startswith("lowres_kt")
-    opts = T_OPTS if lowres_kt else S_OPTS
-    return generate_config("r18" if lowres_kt else "mfn", "synth", "arcface", method, [
-        f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"teacher={prefix},{epoch}",
-        "teacher_network=r18", f"teacher_net_opts={dict(T_OPTS)!r}", f"net_opts={dict(opts)!r}",
-        f"lowres_size={SIZE // 2}", *extra])
-
-
-def build(method, ckpt, *extra, hybridize=False):
-    cfg = make_cfg(method, ckpt, *extra)
-    student, teacher, fc7 = build_networks(cfg)
-    return cfg, assembler.build_method(cfg, student, teacher, teacher_fc7=fc7, hybridize=hybridize)
-
-
-def batch(seed=0, n=8):
-    rng = np.random.RandomState(seed)
-    data = mx.nd.array(rng.uniform(0, 255, size=(n, 3, SIZE, SIZE)))
-    label = mx.nd.array(np.arange(n) % CLASSES)
-    return data, label
+    """The tiny r18 teacher of ``study.tiny.train_distill_teacher`` (shared with bench/bench_distill.py)."""
+    return tiny.train_distill_teacher(tmp_path_factory.mktemp("teacher") / "model")
 
 
 def _unit(x):
@@ -319,14 +278,102 @@ def test_short_run_every_term_decreases(teacher_ckpt, method_name, extra):
                         "hint_lambda=10", "kd_emb_lambda=5", hybridize=True)
     trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.005, "momentum": 0.9})
     data, label = batch(6, n=16)
-    history = []
-    for _ in range(25):
-        with mx.autograd.record():
-            parts = method(data, label)
-            total = mx.nd.add_n(*[v.sum() for v in parts.values()])
-        total.backward()
-        trainer.step(16)
-        history.append({k: float(v.mean().asscalar()) for k, v in parts.items()})
+    history = tiny.sgd_steps(method, trainer, data, label, 25)
     for name in history[0]:
         first, last = history[0][name], history[-1][name]
         assert np.isfinite(last) and last < first, (name, [h[name] for h in history])
+
+
+# ---- every stage part against numpy (issue 25: hint, the intermediate l2_i and lowres_kd were only
+# checked to decrease).  The networks' pieces (student taps, teacher taps and tails) come from their own
+# blocks, tested in tests/test_model.py; the adapter H_i (1x1 conv + BN on running statistics), the
+# distances and the weights of Eq. 6/7 are recomputed here in numpy.
+def _np_adapter(adapter, x):
+    """H_i(x) = BN(conv1x1(x)) in inference mode: ``(x W^T) * gamma / sqrt(var + eps) + beta - ...``."""
+    w = adapter.conv.weight.data().asnumpy()[:, :, 0, 0]
+    bn = adapter.bn
+    gamma, beta = bn.gamma.data().asnumpy(), bn.beta.data().asnumpy()
+    mean, var = bn.running_mean.data().asnumpy(), bn.running_var.data().asnumpy()
+    z = np.einsum("oc,nchw->nohw", w, x)
+    scale = (gamma / np.sqrt(var + 2e-5))[None, :, None, None]
+    return (z - mean[None, :, None, None]) * scale + beta[None, :, None, None]
+
+
+def _randomize_adapter_bn(method, seed):
+    """Random BatchNorm scale, shift and statistics in every adapter, so that the check sees them."""
+    rng = np.random.RandomState(seed)
+    for adapter in method.adapters.values():
+        bn = adapter.adapter.bn if hasattr(adapter, "adapter") else adapter.bn
+        for p, lo, hi in ((bn.gamma, 0.5, 1.5), (bn.beta, -0.2, 0.2), (bn.running_mean, -0.1, 0.1),
+                          (bn.running_var, 0.5, 2.0)):
+            p.set_data(mx.nd.array(rng.uniform(lo, hi, size=p.shape)))
+
+
+@pytest.mark.parametrize("name,extra", [("stn", ("stn_weight=2.5",)), ("l2", ("l2_lambda=0.02",)),
+                                        ("hint", ("hint_lambda=3.0",))])
+def test_every_stage_part_matches_numpy(teacher_ckpt, name, extra):
+    """stn: ``w lambda_i (1 - cos(T_{i+1..n}(H_i(F_i^s)), t))^2`` (Eq. 6) and ``w (1 - cos(s, t))^2``
+    (Eq. 4); l2: the same with ``||.||^2``; hint: ``w lambda_i mean((H_i(F_i^s) - F_i^t)^2)``; lambda_i =
+    0.5 ** (4 - i) (Eq. 7)."""
+    _, method = build(name, teacher_ckpt, *extra)
+    _randomize_adapter_bn(method, 3)
+    data, label = batch(7)
+    parts = {k: v.asnumpy() for k, v in method(data, label).items()}
+    out = method.student(data)
+    emb, taps = out[0].asnumpy(), [t.asnumpy() for t in out[1:]]
+    t_out = method.teacher(data)
+    t_emb = (t_out[0] if isinstance(t_out, (list, tuple)) else t_out).asnumpy()
+    weight = float(extra[0].split("=")[1])
+    l2 = lambda a, b: ((a - b) ** 2).reshape(len(a), -1).sum(1)  # noqa: E731
+    for stage in (1, 2, 3, 4):
+        lam = weight * 0.5 ** (4 - stage)
+        if name == "hint":
+            feat = _np_adapter(method.adapters[stage], taps[stage - 1])
+            want = lam * ((feat - t_out[stage].asnumpy()) ** 2).reshape(len(feat), -1).mean(1)
+            key = f"hint_{stage}"
+        else:
+            if stage == 4:
+                view = emb
+            else:
+                feat = _np_adapter(method.adapters[stage], taps[stage - 1])
+                view = method._frozen.tails[stage](mx.nd.array(feat)).asnumpy()
+            want = lam * (_np_angular(view, t_emb) if name == "stn" else l2(view, t_emb))
+            key = (f"angular_{stage}" if name == "stn" else ("l2" if stage == 4 else f"l2_{stage}"))
+        np.testing.assert_allclose(parts[key], want, rtol=2e-3, atol=1e-6, err_msg=key)
+
+
+def _np_margin_logits(emb, centres, y, s=64.0, m=0.5):
+    """InsightFace's ArcFace logits (``loss_m2=m``, the easy-margin fallback past pi) in numpy."""
+    cos = _unit(emb) @ _unit(centres).T
+    logits = cos.copy()
+    for i in range(len(y)):
+        th = math.acos(np.clip(cos[i, y[i]], -1 + 1e-6, 1 - 1e-6))
+        logits[i, y[i]] = math.cos(th + m) if th + m <= math.pi else cos[i, y[i]] - m * math.sin(m)
+    return logits * s
+
+
+def test_lowres_kd_matches_numpy(teacher_ckpt):
+    """lowres_kd (Karlekar et al. 2019): ``kd_lambda T^2 KL(softmax(z_t/T) || softmax(z_s/T))`` with z_s
+    the student's margin logits on the 2x2 area average of the batch, z_t the teacher's on the batch
+    itself with its own fc7 centres; plus the margin softmax of the student."""
+    _, method = build("lowres_kd", teacher_ckpt, "kd_temperature=3.0", "kd_lambda=0.7")
+    data, label = batch(8)
+    parts = {k: v.asnumpy() for k, v in method(data, label).items()}
+    assert list(parts) == ["softmax", "kd"]
+    x = data.asnumpy()
+    small = x.reshape(len(x), 3, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(3, 5))
+    emb = method.student(mx.nd.array(small)).asnumpy()
+    from shrinkteanet.model.checkpoint import load_checkpoint
+
+    _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
+    y = label.asnumpy().astype(int)
+    s_logits = _np_margin_logits(emb, method.head.weight.data().asnumpy(), y)
+    t_logits = _np_margin_logits(method.teacher(data).asnumpy(), arg["fc7_weight"].asnumpy(), y)
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lt, ls = log_softmax(t_logits / 3.0), log_softmax(s_logits / 3.0)
+    np.testing.assert_allclose(parts["kd"], 0.7 * 9.0 * (np.exp(lt) * (lt - ls)).sum(1), rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(parts["softmax"], -log_softmax(s_logits)[np.arange(len(y)), y], rtol=2e-3, atol=1e-4)
