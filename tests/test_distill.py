@@ -377,3 +377,32 @@ def test_lowres_kd_matches_numpy(teacher_ckpt):
     lt, ls = log_softmax(t_logits / 3.0), log_softmax(s_logits / 3.0)
     np.testing.assert_allclose(parts["kd"], 0.7 * 9.0 * (np.exp(lt) * (lt - ls)).sum(1), rtol=2e-3, atol=1e-4)
     np.testing.assert_allclose(parts["softmax"], -log_softmax(s_logits)[np.arange(len(y)), y], rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,extra", [("none", ()), ("lowres_kt", ()),
+                                        ("lowres_ktkd", ("kd_emb_loss=l2", "kd_emb_lambda=0.4")),
+                                        ("kd", ("kd_emb_loss=angular", "kd_emb_lambda=0.3"))])
+def test_softmax_and_embedding_parts_match_numpy(teacher_ckpt, name, extra):
+    """``softmax``: the cross-entropy of the student's ArcFace logits (InsightFace's combined margin,
+    s=64, m2=0.5) at ``softmax_weight``; the ``kd_emb_loss`` term: ``w ||s - t||^2`` (``l2``) or
+    ``w (1 - cos(s, t))^2`` (``angular_4``, Eq. 4), the student at its own input size."""
+    _, method = build(name, teacher_ckpt, *extra, "softmax_weight=0.6")
+    data, label = batch(9)
+    parts = {k: v.asnumpy() for k, v in method(data, label).items()}
+    x = data.asnumpy()
+    k = SIZE // method.student_size
+    small = x.reshape(len(x), 3, method.student_size, k, method.student_size, k).mean(axis=(3, 5))
+    emb = method.student(mx.nd.array(small))
+    emb = (emb[0] if isinstance(emb, (list, tuple)) else emb).asnumpy()
+    y = label.asnumpy().astype(int)
+    z = _np_margin_logits(emb, method.head.weight.data().asnumpy(), y)
+    z = z - z.max(1, keepdims=True)
+    ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1)))
+    np.testing.assert_allclose(parts["softmax"], 0.6 * ce, rtol=2e-3, atol=1e-4)
+    if not extra:
+        return
+    t_emb = method.teacher(data).asnumpy()
+    if "kd_emb_loss=l2" in extra:
+        np.testing.assert_allclose(parts["l2"], 0.4 * ((emb - t_emb) ** 2).sum(1), rtol=2e-3, atol=1e-5)
+    else:
+        np.testing.assert_allclose(parts["angular_4"], 0.3 * _np_angular(emb, t_emb), rtol=2e-3, atol=1e-6)
