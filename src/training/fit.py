@@ -38,6 +38,20 @@ log = get_logger(__name__)
 RESUMED_KEYS = ("epoch", "batch", "step", "checkpoint", "kept", "best", "nonfinite_skipped")
 
 
+class Job:
+    """What the loop needs about the job: contexts, kvstore, rank."""
+
+    def __init__(self, ctx_list, kvstore=None):
+        self.ctx_list = list(ctx_list)
+        self.kvstore = kvstore
+        self.rank = getattr(kvstore, "rank", 0) if kvstore is not None else 0
+        self.num_workers = getattr(kvstore, "num_workers", 1) if kvstore is not None else 1
+
+    @property
+    def distributed(self):
+        return self.kvstore is not None and "dist" in getattr(self.kvstore, "type", "")
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after ``nan_guard`` consecutive non-finite steps; names the loss term."""
 
@@ -349,7 +363,7 @@ class Fit:
         ``flipped``; ``len(loader)`` batches per epoch.
     cfg : EasyDict
         The run's config (``training.config``).
-    job : train.Job
+    job : Job
         Contexts, kvstore, rank and number of workers.
     student : EmbeddingNet, optional
         The block whose parameters form the InsightFace checkpoint (symbol ``student_symbol``);

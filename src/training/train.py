@@ -30,7 +30,7 @@ import numpy as np
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import mxnet_reason
-from shrinkteanet.training.fit import Fit
+from shrinkteanet.training.fit import Fit, Job
 from shrinkteanet.training.schedule import seed_everything
 from shrinkteanet.training.validate import validate
 
@@ -40,20 +40,6 @@ log = get_logger(__name__)
 # ---------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------
-class Job:
-    """What the loop needs about the job: contexts, kvstore, rank."""
-
-    def __init__(self, ctx_list, kvstore=None):
-        self.ctx_list = list(ctx_list)
-        self.kvstore = kvstore
-        self.rank = getattr(kvstore, "rank", 0) if kvstore is not None else 0
-        self.num_workers = getattr(kvstore, "num_workers", 1) if kvstore is not None else 1
-
-    @property
-    def distributed(self):
-        return self.kvstore is not None and "dist" in getattr(self.kvstore, "type", "")
-
-
 def make_kvstore(name):
     """``device``/``local`` (one worker), ``dist_sync``/``dist_device_sync``/``dist_async``
     (MXNet's parameter server, started by ``shrinkteanet launch``), or ``horovod``."""
