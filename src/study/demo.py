@@ -107,6 +107,41 @@ SCALES = {
         methods=("self", "l2", "stn_final", "stn", "kd", "margin", "stn_w10"), seeds=(0, 1, 2),
         headline=("mfnr", "stn_w10"),
     ),
+    # `shrinkteanet reproduce --part calibration|tuning|main|efficiency` (issue 26, shrinkteanet.study.fair):
+    # students trained as long as their teacher.  Budgets are fields, in steps (multiples of the 500 steps
+    # of an epoch here): ``budget_steps`` is the converged budget the calibration part measures, provisional
+    # until it has (12,000 steps still moved the self-studied MFN-R by 3-6 points, docs/reproduction.md)
+    "fair": dict(
+        image_size=32,
+        synth=dict(identities=2000, images_per_id=16, test_identities=600, pairs=6000, val_pairs=6000,
+                   ijb_templates=700, megaface_probes=100, megaface_probe_images=5, megaface_distractors=5000,
+                   difficulty=1.3),
+        teacher_opts=dict(units=(2, 4, 8, 2), filters=(16, 16, 32, 64, 128)),
+        student_opts=dict(mfn=dict(blocks=(1, 1, 2, 1), filters=(16, 16, 32, 32, 128)),
+                          mfnr=dict(blocks=(1, 1, 2, 1), filters=(16, 32, 64, 128, 128))),
+        emb_size=128, students=("mfnr", "mfn"), batch_size=64, teacher_epochs=24, student_epochs=24, lr=0.1,
+        eval_batch=128, head=SMALL_HEAD, frequent=10,
+        methods=("self", "l2", "stn_final", "stn", "kd", "margin"), seeds=(0, 1, 2), headline=("mfnr", "stn"),
+        budget_steps=12000, teacher_steps=12000, efficiency_steps=3000,
+        calibration_steps=(1500, 3000, 6000, 12000, 24000), calibration_teacher_steps=(6000, 12000, 24000),
+        # method -> (config key, grid of the same size for every method, the published default)
+        tuning=dict(stn=("distill_weight", (1, 3, 10, 30), 1), kd=("kd_lambda", (0.1, 0.3, 1, 3), 1),
+                    margin=("margin_m_max", (0.2, 0.3, 0.4, 0.5), 0.5)),
+        tuning_seed=0,
+    ),
+    # the fair study's machinery at the tiny scale (tests): 3 steps per epoch
+    "fair_tiny": dict(
+        image_size=32,
+        synth=dict(identities=12, images_per_id=6, test_identities=12, pairs=40, val_pairs=40, ijb_templates=8,
+                   megaface_probes=3, megaface_probe_images=2, megaface_distractors=10),
+        teacher_opts=dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 32, 64)),
+        student_opts=dict(mfn=dict(blocks=(1, 1, 1, 1), filters=(8, 8, 16, 16, 64)),
+                          mfnr=dict(blocks=(1, 1, 1, 1), filters=(8, 16, 32, 64, 64))),
+        emb_size=32, students=("mfnr",), batch_size=24, teacher_epochs=2, student_epochs=2, lr=0.05,
+        eval_batch=32, head=SMALL_HEAD, frequent=1, methods=("self", "stn"), seeds=(0, 1), headline=("mfnr", "stn"),
+        budget_steps=6, teacher_steps=6, efficiency_steps=3, calibration_steps=(3, 6), calibration_teacher_steps=(6,),
+        tuning=dict(stn=("distill_weight", (1, 10), 1)), tuning_seed=0,
+    ),
 }
 
 #: the environment knob of the test suite and the Makefile
