@@ -91,6 +91,8 @@ SCALES = {
         emb_size=128, students=("mfnr",), batch_size=64, teacher_epochs=16, student_epochs=8, lr=0.1,
         eval_batch=128, head=SMALL_HEAD, frequent=10, methods=("self", "stn_final_w10", "stn_w10"), seeds=(0,),
         headline=("mfnr", "stn_w10"),
+        # a self-studied run at 4x the students' steps: the demo's effect is sample efficiency (issue 26)
+        self_multiple=4,
     ),
     # `make reproduce-small`: teacher at least 93% on the synthetic LFW and 6 points above the self-studied
     # MFN-R (measured while choosing: this teacher 96.8% / 88.9% / 83.1%, MFN-R self 90.4% / 78.5% / 69.8%);
@@ -292,6 +294,7 @@ def plan(out, scale, seeds=None, students=None, methods=None):
     stages = [data_st]
     stages += _train_and_eval("teacher", teacher_dir, ["--config", "teacher_r90", *teacher_overrides(scale), "seed=0"],
                               data, scale, after=(data_st.name,))
+    stages += _long_self_stages(out, scale, students, seeds, data, data_st.name)
     runs = []
     known = study_methods()
     order = sorted(methods, key=lambda m: known[m][0] != "self")  # self-studied first: no teacher to wait for
@@ -309,6 +312,18 @@ def plan(out, scale, seeds=None, students=None, methods=None):
                 runs.append(dict(network=net, method=method, seed=int(seed), dir=name))
     runs.sort(key=lambda r: (students.index(r["network"]), methods.index(r["method"]), r["seed"]))
     return stages, runs
+
+
+def _long_self_stages(out, scale, students, seeds, data, data_name):
+    """The self-studied runs at ``self_multiple`` x the budget (``demo_efficiency``), beside the teacher."""
+    from shrinkteanet.study import demo_efficiency
+
+    stages = []
+    for lr in demo_efficiency.long_self_runs(scale, students, seeds):
+        over = demo_efficiency.long_self_overrides(scale, student_overrides(scale, lr["network"], lr["seed"]))
+        args = ["--config", f"{lr['network']}_{study_methods()['self'][0]}", *over]
+        stages += _train_and_eval(lr["dir"], os.path.join(out, lr["dir"]), args, data, scale, after=(data_name,))
+    return stages
 
 
 def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=False, dry_run=False,
@@ -351,8 +366,12 @@ def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=Fal
                 schedule=dict(batch_size=scale["batch_size"], lr=scale["lr"],
                               teacher_epochs=scale["teacher_epochs"], student_epochs=scale["student_epochs"]),
                 runs=runs, date=time.strftime("%Y-%m-%d %H:%M"))
+    from shrinkteanet.study import demo_efficiency
+
+    meta["long_self"] = demo_efficiency.long_self_runs(scale, students, seeds)
     write_json(os.path.join(out, "demo.json"), meta)
     path = report_table.write_report(out, meta)
+    demo_efficiency.insert_section(path, demo_efficiency.section(out, meta, report_table.method_names()))
     log.info("report: %s (%.1f min in all)", path, elapsed / 60)
     return path
 
