@@ -258,3 +258,42 @@ def test_cli_parts_dry_run_writes_nothing_and_bad_input_exits_2(tmp_path, capsys
     assert main(["reproduce", "--resume", "--out", str(out)]) == 2
     assert main(["reproduce", "--scale", "study", "--part", "main", "--out", str(out)]) == 2
     assert "needs --scale fair" in capsys.readouterr().err
+
+
+def _fake_run(out, run, acc, cos=0.5):
+    rdir = os.path.join(out, run["dir"])
+    os.makedirs(os.path.join(rdir, "eval"), exist_ok=True)
+    sched = {"lr_steps_batches": [run["steps"] * 6 // 10], "global_batch": 24}
+    with open(os.path.join(rdir, "train.json"), "w") as f:
+        json.dump({"steps": run["steps"], "schedule": sched, "losses": {"softmax": 1.0},
+                   "stage_cosines": {"4": cos}}, f)
+    with open(os.path.join(rdir, "eval", "verification.json"), "w") as f:
+        json.dump({t: {"accuracy": acc} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
+    with open(os.path.join(rdir, "eval", "megaface.json"), "w") as f:
+        json.dump({"rank1": {"10": acc}}, f)
+    with open(os.path.join(rdir, "eval", "ijbc.json"), "w") as f:
+        json.dump({"tar_at_far": {"0.0001": acc}}, f)
+
+
+def test_study_json_records_budget_schedule_strength_validation_and_cosines_per_run(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    out = str(tmp_path)
+    sel = {"mfnr": {"stn": dict(key="distill_weight", default=1, chosen=10, grid={"1": 0.6, "10": 0.7})}}
+    runs = fair.part_runs("main", scale, ("mfnr",), selection=sel)
+    for k, r in enumerate(runs):
+        _fake_run(out, r, 0.5 + 0.01 * k, cos=0.1 * k)
+    os.remove(os.path.join(out, runs[-1]["dir"], "eval", "ijbc.json"))  # one run not evaluated yet
+    study = fair_report.build_part(out, scale, "main", runs)
+    assert study["missing"] == [runs[-1]["dir"]] and len(study["runs"]) == len(runs) - 1
+    by_dir = {r["dir"]: r for r in study["runs"]}
+    tuned = by_dir["main/mfnr_stn_tuned_s0"]
+    assert tuned["strength"] == "tuned" and (tuned["key"], tuned["value"]) == ("distill_weight", 10)
+    assert tuned["validation"] == {"metric": fair.VAL_METRIC, "value": 0.7}
+    assert tuned["overrides"] == ["distill_weight=10"]
+    default = by_dir["main/mfnr_stn_s0"]
+    assert default["strength"] == "default" and default["value"] == 1 and default["validation"]["value"] == 0.6
+    k = [r["dir"] for r in runs].index("main/mfnr_stn_s0")
+    assert default["stage_cosines"] == {"4": pytest.approx(0.1 * k)}
+    assert default["steps"] == scale["budget_steps"] and default["schedule"]["lr_steps_batches"] == [3]
+    assert by_dir["teacher"]["steps"] == scale["teacher_steps"]
+    assert {(r["method"], r["strength"]) for r in study["paired"]} == {("stn", "default"), ("stn", "tuned")}

@@ -123,10 +123,12 @@ def strength_runs(part, scale, students, seeds, methods, steps, selection=None):
     for net in students:
         for method in methods:
             grid = scale["tuning"].get(method)
+            chosen = ((selection or {}).get(net) or {}).get(method)
             for seed in seeds:
                 kw = dict(strength="default", key=grid[0], value=grid[2]) if grid else {}
+                if grid and chosen and chosen["grid"].get(_value_text(grid[2])) is not None:
+                    kw["validation"] = dict(metric=VAL_METRIC, value=chosen["grid"][_value_text(grid[2])])
                 runs.append(_run(part, net, method, seed, steps, f"{net}_{method}_s{seed}", **kw))
-                chosen = ((selection or {}).get(net) or {}).get(method)
                 if chosen and chosen.get("chosen") is not None and chosen["chosen"] != chosen["default"]:
                     v = chosen["chosen"]
                     runs.append(_run(part, net, method, seed, steps, f"{net}_{method}_tuned_s{seed}",
