@@ -33,7 +33,8 @@ def _jobs(text):
 def _common(p, out_default, scale_default):
     p.add_argument("--out", default=out_default, metavar="DIR", help=f"work folder (default {out_default})")
     p.add_argument("--scale", default=None,
-                   help=f"tiny | small | study (default: $SHRINKTEANET_DEMO_SCALE or {scale_default})")
+                   help=f"tiny | small | study | fair | fair_tiny (default: $SHRINKTEANET_DEMO_SCALE or {scale_default}; "
+                        "--part: fair)")
     p.add_argument("--seeds", default=None, help="student seeds, comma-separated (default: the scale's)")
     p.add_argument("--students", default=None, help="student networks, comma-separated (default: the scale's)")
     p.add_argument("--methods", default=None, help="methods, comma-separated (default: the scale's; "
@@ -58,7 +59,8 @@ def register(sub):
                                          "paper's ordering holds")
     _common(r, "work/reproduce-small", "study")
     r.add_argument("--part", default=None, help="the fair study (issue 26, default scale fair): calibration, "
-                                                "tuning, main, efficiency, comma-separated; run in that order")
+                                                "tuning, main, efficiency, comma-separated; run in that order; --out default "
+                                                "work/reproduce-fair")
     r.add_argument("--resume", action="store_true", help="a train stage killed midway continues from its last "
                                                          "checkpoint (train --resume) instead of starting afresh")
     r.set_defaults(func=run_reproduce)
