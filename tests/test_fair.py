@@ -43,7 +43,7 @@ def test_fair_scale_plans_every_part_at_its_budget(tmp_path):
     cal = fair.part_runs("calibration", scale, ("mfnr", "mfn"))
     assert sorted(r["steps"] for r in cal if r["network"] == "mfn") == sorted(scale["calibration_steps"])
     tun = fair.part_runs("tuning", scale, ("mfnr",))
-    assert {r["seed"] for r in tun} == {scale["tuning_seed"]} and len(tun) == 3 * 4  # same-size grid per method
+    assert {r["seed"] for r in tun} == {scale["tuning_seed"]} and len(tun) == 5 * 4  # same-size grid per method
     stages = fair.plan_part(str(tmp_path), scale, "tuning", tun)
     evals = [s for s in stages if s.name.endswith(": eval") and s.name.startswith("tuning/")]
     assert evals and all(" --targets val " in s.text() and "megaface" not in s.text() for s in evals)
@@ -106,6 +106,7 @@ def test_selection_reads_only_the_validation_set(tmp_path):
     scale = demo.get_scale("fair")
     scale["students"] = ("mfnr",)
     out = str(tmp_path)
+    scale["tuning"] = {m: scale["tuning"][m] for m in ("stn", "kd", "margin")}
     val = {("stn", 1): 0.80, ("stn", 3): 0.83, ("stn", 10): 0.86, ("stn", 30): 0.85,
            ("kd", 0.1): 0.90, ("kd", 0.3): 0.90, ("kd", 1): 0.90, ("kd", 3): 0.88,
            ("margin", 0.2): 0.91, ("margin", 0.3): 0.93, ("margin", 0.4): 0.92, ("margin", 0.5): 0.91}

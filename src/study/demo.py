@@ -127,7 +127,9 @@ SCALES = {
         budget_steps=12000, teacher_steps=12000, efficiency_steps=3000,
         calibration_steps=(1500, 3000, 6000, 12000, 24000), calibration_teacher_steps=(6000, 12000, 24000),
         # method -> (config key, grid of the same size for every method, the published default)
-        tuning=dict(stn=("distill_weight", (1, 3, 10, 30), 1), kd=("kd_lambda", (0.1, 0.3, 1, 3), 1),
+        # (all stages and final stage only alike, so their contrast is not a contrast of calibrations)
+        tuning=dict(stn=("distill_weight", (1, 3, 10, 30), 1), stn_final=("distill_weight", (1, 3, 10, 30), 1),
+                    l2=("l2_lambda", (0.001, 0.01, 0.1, 1), 0.001), kd=("kd_lambda", (0.1, 0.3, 1, 3), 1),
                     margin=("margin_m_max", (0.2, 0.3, 0.4, 0.5), 0.5)),
         tuning_seed=0,
     ),
