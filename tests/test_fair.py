@@ -298,3 +298,21 @@ def test_study_json_records_budget_schedule_strength_validation_and_cosines_per_
     assert default["steps"] == scale["budget_steps"] and default["schedule"]["lr_steps_batches"] == [3]
     assert by_dir["teacher"]["steps"] == scale["teacher_steps"]
     assert {(r["method"], r["strength"]) for r in study["paired"]} == {("stn", "default"), ("stn", "tuned")}
+
+
+def test_match_table_reads_the_self_studied_calibration_curve():
+    def rec(method, steps, acc, seed=0, strength=None):
+        return dict(_record(method, seed, (acc,) * 5, strength), steps=steps)
+
+    calibration = {"runs": [rec("self", 100, 0.70), rec("self", 200, 0.80), rec("self", 400, 0.90),
+                            rec("teacher", 400, 0.99)]}
+    efficiency = {"runs": [rec("stn", 100, 0.84, 0, "default"), rec("stn", 100, 0.86, 1, "default"),
+                           rec("self", 100, 0.70)]}
+    rows = fair_report.match_table(calibration, efficiency)
+    stn = next(r for r in rows if r["method"] == "stn" and r["protocol"] == "lfw")
+    assert stn["mean"] == pytest.approx(0.85) and stn["match"] == "interpolated"
+    assert stn["steps"] == pytest.approx(2 ** (math.log2(200) + 0.5))  # halfway from 0.80 to 0.90
+    own = next(r for r in rows if r["method"] == "self" and r["protocol"] == "lfw")
+    assert (own["match"], own["steps"]) == ("at most", 100.0)
+    none = fair_report.match_table({"runs": []}, efficiency)
+    assert {r["match"] for r in none} == {"no calibration curve"}

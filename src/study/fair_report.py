@@ -167,6 +167,8 @@ def match_table(calibration, efficiency):
         for prot in PROTOCOLS:
             mean, _ = stats.mean_std([study_report.metric(r, prot) for r in efficiency["runs"] if group(r) == g])
             how, steps = steps_to_match([(s, v[prot]) for s, v in curve if v[prot] is not None], mean)
+            if not curve:
+                how = "no calibration curve"
             rows.append({"network": g[0], "method": g[1], "strength": g[2], "protocol": prot, "mean": mean,
                          "match": how, "steps": steps})
     return rows
