@@ -49,7 +49,10 @@ def register(sub):
                    help="start a new run in an OUT that holds an old one: the files its manifest "
                         "(OUT/model-manifest.json) lists are removed, nothing else")
     p.add_argument("--fp16", action="store_true", help="mixed precision on GPUs (mx.contrib.amp)")
-    p.add_argument("--kvstore", default=None, help="device (default), dist_sync (under `shrinkteanet launch`), horovod")
+    p.add_argument("--kvstore", default=None,
+                   help="device (default), dist_sync (CPU workers) or dist_device_sync (GPU workers) under "
+                        "`shrinkteanet launch`, horovod (under horovodrun, one GPU per process); dist_async is "
+                        "refused")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard scalars to DIR")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (sets num_epochs)")
