@@ -111,3 +111,23 @@ def test_horovod_takes_one_gpu_per_process_from_the_local_rank(horovod, data):
 def test_unknown_stores_are_named():
     with pytest.raises(InputError, match="--kvstore 'nccl': expected device, local, dist_sync, dist_device_sync"):
         train.check_kvstore("nccl")
+
+
+def test_resume_with_several_workers_needs_the_run_files_on_every_worker(tmp_path):
+    from shrinkteanet.model import checkpoint
+    from shrinkteanet.training import fit
+
+    prefix = str(tmp_path / "model")
+    job = types.SimpleNamespace(rank=1, num_workers=2)
+    with pytest.raises(InputError, match=r"--resume: worker 1 of 2 \(.*\) cannot see .*model-state.json: resuming a "
+                                         "multi-machine run needs --out on a folder every worker shares"):
+        fit.check_resume_visible(prefix, job)
+    checkpoint.write_state(prefix, {"checkpoint": 3})
+    paths = checkpoint.training_paths(prefix, 3)
+    for p in paths[:2]:
+        open(p, "w").close()
+    with pytest.raises(InputError, match=r"cannot see .*model-0003\.states"):
+        fit.check_resume_visible(prefix, job)
+    open(paths[2], "w").close()
+    fit.check_resume_visible(prefix, job)  # all there
+    fit.check_resume_visible(str(tmp_path / "elsewhere"), types.SimpleNamespace(rank=0, num_workers=1))

@@ -220,6 +220,25 @@ def record_curve_point(state, window, lr):
     state.setdefault("curve", []).append(point)
 
 
+def check_resume_visible(prefix, job):
+    """``--resume`` of a job with several workers: every worker reads ``PREFIX-state.json`` and the
+    checkpoint's ``.params``/``.head.params``/``.states``, which worker 0 alone writes, so ``--out`` must
+    be a folder every machine shares.  A worker that cannot see one of them refuses in one line.
+    (A worker holding an older copy of its own is not detected: rank 0's weights are broadcast at
+    the start anyway, but its position and momentum would be the old ones.)"""
+    import socket
+
+    if job.num_workers <= 1:
+        return
+    saved = checkpoint.read_state(prefix)
+    files = [prefix + STATE_SUFFIX] if saved is None else checkpoint.training_paths(prefix, saved["checkpoint"])
+    missing = next((f for f in files if not os.path.exists(f)), None)
+    if missing:
+        raise InputError(f"--resume: worker {job.rank} of {job.num_workers} ({socket.gethostname()}) cannot see "
+                         f"{missing}: resuming a multi-machine run needs --out on a folder every worker shares "
+                         "(worker 0 alone writes the run's files)")
+
+
 def sync_initial_params(trainer, job):
     """Start the Trainer's kvstore and finish its initial broadcast *before* the first step.
 
@@ -505,6 +524,8 @@ class Fit:
         from shrinkteanet.training.run_folder import check_resume_config
 
         prefix = self.prefix
+        if prefix:
+            check_resume_visible(prefix, self.job)
         saved = checkpoint.read_state(prefix) if prefix else None
         if saved is None:
             raise InputError(f"--resume: no {prefix}{STATE_SUFFIX} to resume from")
