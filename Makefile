@@ -153,6 +153,10 @@ train-lowres-kd: install  ## low-resolution student, knowledge distillation
 train-lowres-ktkd: install  ## low-resolution student, KT + KD
 	$(call RECIPE,lowres,lowres,ktkd)
 
+.PHONY: gpu-smoke
+gpu-smoke: install  ## GPU machine check (< 10 min): import, a convolution, mfnr_stn fp32/fp16 on every GPU, resume on another count
+	bash tools/gpu_smoke.sh
+
 BENCHES ?= loader synth distill train eval deploy mtcnn
 bench: install test-assets  ## run every benchmark (BENCHES="loader eval ..." for some) -> docs/benchmarks.md
 	@for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(PY) bench/bench_$$b.py || exit $$?; done
