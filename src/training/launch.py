@@ -30,7 +30,7 @@ routable interface:
 
 Each node runs the same command; ``DMLC_ROLE`` tells it what it is (importing
 mxnet turns a ``server``/``scheduler`` process into a parameter-server node), and
-``shrinkteanet train --kvstore dist_sync`` makes workers read shard
+``shrinkteanet train --kvstore dist_sync`` (``dist_device_sync`` for GPU workers) makes workers read shard
 ``rank`` of ``num_workers`` of the ``.rec``.
 """
 import os
