@@ -131,3 +131,13 @@ def test_resume_with_several_workers_needs_the_run_files_on_every_worker(tmp_pat
     open(paths[2], "w").close()
     fit.check_resume_visible(prefix, job)  # all there
     fit.check_resume_visible(str(tmp_path / "elsewhere"), types.SimpleNamespace(rank=0, num_workers=1))
+
+
+def test_horovod_splits_the_batch_over_processes_not_over_the_gpus_given(horovod, data):
+    # 4 processes x gpu(local_rank): batch 16 splits; the 3 GPUs given to each process do not count
+    horovod(rank=0, size=4, local_rank=2)
+    cfg = config.config_by_name("mfnr_self", train_overrides(data, None, "kvstore=horovod"))
+    assert train.make_job(cfg, [mx.gpu(0), mx.gpu(1), mx.gpu(2)]).ctx_list == [mx.gpu(2)]
+    cfg.batch_size = 18
+    with pytest.raises(InputError, match=r"batch_size=18 is not divisible by 4 worker\(s\) x 1 context\(s\)"):
+        train.make_job(cfg, [mx.gpu(0), mx.gpu(1), mx.gpu(2)])

@@ -298,9 +298,9 @@ def make_job(cfg, ctx_list):
     job.kvstore = kv
     if job.num_workers > 1 and cfg.out and job.rank > 0:
         log.info("worker %d of %d: checkpoints are written by worker 0", job.rank, job.num_workers)
-    if cfg.batch_size % (job.num_workers * len(ctx_list)):
+    if cfg.batch_size % (job.num_workers * len(job.ctx_list)):
         raise InputError(f"config batch_size={cfg.batch_size} is not divisible by {job.num_workers} worker(s) x "
-                         f"{len(ctx_list)} context(s)")
+                         f"{len(job.ctx_list)} context(s) (--gpus picks the devices; without it every visible GPU)")
     return job
 
 
