@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU smoke check of an installed checkout (`make install MXNET=cu112` first; `make gpu-smoke` runs it).
-# Under ten minutes on one machine: (1) import mxnet-cu112 and see the GPUs, (2) one convolution on gpu(0)
+# Under ten minutes on one machine: (1) import mxnet-cu112 and see the GPUs (and check the sonames its
+# libmxnet.so needs against the pins of constraints-cu112.txt), (2) one convolution on gpu(0)
 # against the CPU's, (3) 20 steps of mfnr_stn on a tiny synthetic set at fp32 and at fp16 on every visible
 # GPU (no --gpus: the automatic choice), (4) the fp32 run resumed on another device count (one GPU, or the
 # CPU when there is only one) for 10 more steps.  Each step prints PASS/FAIL; the exit status is the
@@ -29,6 +30,23 @@ NGPU=$("$PY" -c "import mxnet as mx, shrinkteanet; print(mx.context.num_gpus() i
 if [ "$CPU_ONLY" = 1 ]; then NGPU=0; echo "SMOKE_CPU=1: the plumbing on the CPU, no GPU check"
 elif [ "${NGPU:-0}" -ge 1 ]; then echo "PASS import (mxnet CUDA build, $NGPU GPU(s))"
 else echo "FAIL import: no CUDA build or no GPU visible"; cat "$WORK/import.log"; exit 1; fi
+
+# (1b) the CUDA sonames the installed libmxnet.so needs: each provided by a pin of constraints-cu112.txt
+# (core._cuda.check_pins); differences from the table the CPU-only suite checks (CU112_NEEDED) are printed
+sonames() {
+  ROOT="$ROOT" "$PY" - <<'PY'
+import importlib.util, os
+from shrinkteanet.core import _cuda
+lib = os.path.join(list(importlib.util.find_spec("mxnet").submodule_search_locations)[0], "libmxnet.so")
+needed = [s for s in _cuda.needed_sonames(lib) if s.startswith(("libcu", "libnv", "libnccl"))]
+print("CUDA sonames of libmxnet.so:", " ".join(needed))
+print("not in CU112_NEEDED:", sorted(set(needed) - set(_cuda.CU112_NEEDED)) or "none",
+      "| in the table, not needed:", sorted(set(_cuda.CU112_NEEDED) - set(needed)) or "none")
+problems = _cuda.check_pins(needed, _cuda.read_pins(open(os.path.join(os.environ["ROOT"], "constraints-cu112.txt")).read()))
+assert not problems, problems
+PY
+}
+[ "$CPU_ONLY" = 1 ] || step sonames sonames
 
 # (2) one convolution on gpu(0), equal to the CPU's within float32 rounding
 conv() {
