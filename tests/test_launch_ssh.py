@@ -104,3 +104,41 @@ def test_ssh_submit_starts_every_node_through_the_recorded_processes(no_forwarde
         time.sleep(0.05)
     assert sorted(r for r, _ in procs.calls) == ["server", "worker", "worker"]
     assert all(cmd[:2] == ["ssh", "-tt"] and cmd[-1].endswith("exec shrinkteanet train") for _, cmd in procs.calls)
+
+
+FAKE_SSH = """#!/bin/sh
+# stand-in for ssh: log the argv, run the last argument (the remote command) with sh -c, as sshd does
+for last; do :; done
+printf '%s\\n' "$*" >> "$FAKE_SSH_LOG"
+exec sh -c "$last"
+"""
+
+
+def test_a_two_worker_job_over_the_ssh_launcher_trains(tmp_path):
+    # the whole ssh path through MXNet's tracker, with `ssh` replaced by a local stand-in: the brace
+    # override reaches the config and the --out path with a space holds worker 0's checkpoint
+    from shrinkteanet.study.tiny import TINY_STUDENT, train_overrides, write_tiny_set
+
+    data = write_tiny_set(tmp_path / "set", with_bin=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    (tmp_path / "hosts").write_text("127.0.0.1\n127.0.0.1:22\n")
+    out = tmp_path / "run dir"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_SSH_LOG=str(tmp_path / "ssh.log"))
+    command = [sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--kvstore", "dist_sync",
+               "--max-batches", "2", "--out", str(out), "--json", str(tmp_path / "s-{rank}.json"),
+               *train_overrides(data, None)]
+    assert TINY_STUDENT in command
+    r = subprocess.run([sys.executable, "-m", "shrinkteanet", "launch", "-n", "2", "-s", "1", "-H",
+                        str(tmp_path / "hosts"), "--env", "OMP_NUM_THREADS:1", "--timeout", "200", "--", *command],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s0, s1 = (json.loads((tmp_path / f"s-{k}.json").read_text()) for k in (0, 1))
+    assert (s0["rank"], s1["rank"], s0["steps"], s1["steps"]) == (0, 1, 2, 2)
+    assert s0["params_sha1"] == s1["params_sha1"] and s0["checkpoint"] is not None
+    state = json.loads((out / "model-state.json").read_text())
+    assert state["config"]["net_opts"] == {"blocks": [1, 1, 1, 1], "filters": [8, 8, 16, 16, 32]}
+    calls = (tmp_path / "ssh.log").read_text().splitlines()
+    assert len(calls) == 3 and all(c.startswith("-tt ") and "export OMP_NUM_THREADS=1;" in c for c in calls)
