@@ -141,3 +141,12 @@ def test_horovod_splits_the_batch_over_processes_not_over_the_gpus_given(horovod
     cfg.batch_size = 18
     with pytest.raises(InputError, match=r"batch_size=18 is not divisible by 4 worker\(s\) x 1 context\(s\)"):
         train.make_job(cfg, [mx.gpu(0), mx.gpu(1), mx.gpu(2)])
+
+
+def test_config_and_the_recipes_dry_run_refuse_dist_async():
+    r = subprocess.run([sys.executable, "-m", "shrinkteanet", "config", "mfnr_self", "kvstore=dist_async"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
+        "--kvstore dist_async: not supported: asynchronous updates run on the servers (update_on_kvstore=True), "
+        "where the NaN guard cannot veto a step and Trainer.save_states cannot save the optimizer state; use "
+        "dist_sync or, on GPUs, dist_device_sync"), r.stderr

@@ -34,7 +34,7 @@ from shrinkteanet.core.utils import mxnet_reason
 from shrinkteanet.model.checkpoint import read_state  # noqa: F401
 from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
 from shrinkteanet.training.schedule import build_lr_schedule, cfg_lr_steps, seed_everything, total_batches  # noqa: F401
-from shrinkteanet.training.validate import check_hyperparameters, validate  # noqa: F401
+from shrinkteanet.training.validate import check_hyperparameters, check_kvstore_name, validate  # noqa: F401
 
 log = get_logger(__name__)
 
@@ -75,22 +75,11 @@ class Horovod:
         self.rank, self.num_workers, self.local_rank = int(hvd.rank()), int(hvd.size()), int(hvd.local_rank())
 
 
-#: ``--kvstore`` values; the one-line refusals of those this package cannot run
-KVSTORES = ("device", "local", "dist_sync", "dist_device_sync", "horovod")
-REFUSED_KVSTORES = {
-    "dist_async": "asynchronous updates run on the servers (update_on_kvstore=True), where the NaN guard "
-                  "cannot veto a step and Trainer.save_states cannot save the optimizer state; use dist_sync "
-                  "or, on GPUs, dist_device_sync",
-}
-
-
 def check_kvstore(name):
-    """A ``--kvstore`` this package runs, refused in one line otherwise (before anything is read):
-    ``dist_async`` (``REFUSED_KVSTORES``), ``horovod`` without ``horovod.mxnet``."""
-    if name in ("", "none", None) or name in ("device", "local", "dist_sync", "dist_device_sync"):
-        return
-    if name in REFUSED_KVSTORES:
-        raise InputError(f"--kvstore {name}: not supported: {REFUSED_KVSTORES[name]}")
+    """A ``--kvstore`` this package runs, refused in one line otherwise, before anything is read:
+    an unknown or refused name (``validate.check_kvstore_name``: ``dist_async``), ``horovod``
+    without ``horovod.mxnet``."""
+    check_kvstore_name({"kvstore": name})
     if name == "horovod":
         try:
             import horovod.mxnet  # noqa: F401
@@ -98,8 +87,6 @@ def check_kvstore(name):
             raise InputError("--kvstore horovod: horovod.mxnet is not importable (HOROVOD_WITH_MXNET=1 pip install "
                              "--no-build-isolation horovod==0.28.1), or use `shrinkteanet launch` with "
                              "dist_device_sync") from None
-        return
-    raise InputError(f"--kvstore {name!r}: expected {', '.join(KVSTORES)}")
 
 
 def make_kvstore(name):
