@@ -8,7 +8,9 @@ def register(sub):
         "launch", help="run a command on N workers + S servers (MXNet dist kvstore, dmlc tracker)",
         description="Start a scheduler, SERVERS parameter servers and WORKERS workers running the command after "
                     "`--`, e.g. `shrinkteanet launch -n 2 -s 1 -- shrinkteanet train --config mfnr_stn "
-                    "--kvstore dist_sync`.  Local processes by default; --hosts FILE uses ssh.")
+                    "--kvstore dist_sync` (dist_device_sync for GPU workers).  Local processes by default; --hosts FILE "
+                    "uses ssh (each node's command quoted once, --env pairs exported, remote nodes stopped with "
+                    "the job).")
     p.add_argument("-n", "--num-workers", type=int, required=True, help="number of workers")
     p.add_argument("-s", "--num-servers", type=int, default=None, help="number of servers (default: = workers)")
     p.add_argument("-H", "--hosts", default=None, help="host file (one host[:port] per line) for the ssh launcher")
