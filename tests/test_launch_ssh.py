@@ -132,7 +132,7 @@ def test_a_two_worker_job_over_the_ssh_launcher_trains(tmp_path):
                *train_overrides(data, None)]
     assert TINY_STUDENT in command
     r = subprocess.run([sys.executable, "-m", "shrinkteanet", "launch", "-n", "2", "-s", "1", "-H",
-                        str(tmp_path / "hosts"), "--env", "OMP_NUM_THREADS:1", "--timeout", "200", "--", *command],
+                        str(tmp_path / "hosts"), "--host-ip", "127.0.0.1", "--env", "OMP_NUM_THREADS:1", "--timeout", "200", "--", *command],
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, start_new_session=True)
     assert r.returncode == 0, r.stderr[-3000:]
     s0, s1 = (json.loads((tmp_path / f"s-{k}.json").read_text()) for k in (0, 1))

@@ -17,6 +17,8 @@ def register(sub):
     p.add_argument("--launcher", choices=("local", "ssh"), default=None,
                    help="local processes (default) or ssh to the hosts of --hosts")
     p.add_argument("--env", action="append", default=[], metavar="NAME:VALUE", help="environment for every node")
+    p.add_argument("--host-ip", default=None,
+                   help="ssh: this machine's address as the nodes reach it (default: guessed from the host name)")
     p.add_argument("--timeout", type=float, default=0, help="stop the job after this many seconds (0: never)")
     p.add_argument("command", nargs="+", help="the command each node runs (after --)")
     p.set_defaults(func=run)
@@ -29,7 +31,7 @@ def run(args):
     if command and command[0] == "--":
         command = command[1:]
     rc = launch(command, args.num_workers, args.num_servers, hosts=args.hosts, launcher=args.launcher,
-                env=args.env, timeout=args.timeout)
+                env=args.env, timeout=args.timeout, host_ip=args.host_ip)
     print(f"launch: {args.num_workers} worker(s), "
           f"{args.num_workers if args.num_servers is None else args.num_servers} server(s): "
           f"{'finished' if rc == 0 else f'failed with status {rc}'}")

@@ -120,8 +120,9 @@ class _Processes:
                 p.kill()
 
 
-def _install_shims(procs, local, plan=None):
-    """Patch the tracker modules (module docstring); ``plan``: the ``SshPlan`` of an ssh job."""
+def _install_shims(procs, local, plan=None, host_ip=None):
+    """Patch the tracker modules (module docstring); ``plan``: the ``SshPlan`` of an ssh job;
+    ``host_ip``: the address the nodes reach the scheduler at (default: dmlc's guess)."""
     if not hasattr(threading.Thread, "isAlive"):
         threading.Thread.isAlive = threading.Thread.is_alive
     from dmlc_tracker import local as dmlc_local
@@ -135,6 +136,8 @@ def _install_shims(procs, local, plan=None):
     dmlc_ssh.subprocess = shim
     if local:
         dmlc_tracker.get_host_ip = lambda host_ip=None: "127.0.0.1"
+    elif host_ip:
+        dmlc_tracker.get_host_ip = lambda _=None: host_ip
     if plan is not None:
         dmlc_ssh.submit = lambda args: dmlc_tracker.submit(
             args.num_workers, args.num_servers, fun_submit=lambda nw, ns, envs: ssh_submit(plan, procs, envs),
@@ -160,7 +163,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None, env=(), timeout=0):
+def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None, env=(), timeout=0,
+           host_ip=None):
     """Run ``command`` on ``num_workers`` workers and ``num_servers`` servers plus a scheduler.
 
     Parameters
@@ -177,6 +181,9 @@ def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None,
         ``NAME:VALUE`` pairs for every node.
     timeout : float
         Stop the job after this many seconds (0: never); the status is then 124.
+    host_ip : str, optional
+        ssh: the address of this machine that every node reaches the scheduler at (default: dmlc's
+        guess from the host name or the default route, which fails on a machine without one).
 
     Returns
     -------
@@ -190,7 +197,7 @@ def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None,
     argv = _tracker_argv(command, num_workers=num_workers, num_servers=num_servers, launcher=launcher, hosts=hosts)
     plan = None if local else SshPlan(command, read_hosts(hosts), env=pairs, working_dir=os.getcwd())
     procs = _Processes()
-    _install_shims(procs, local, plan)
+    _install_shims(procs, local, plan, host_ip)
     log.info("launch: %d worker(s), %d server(s), %s: %s", num_workers, num_servers, launcher, " ".join(command))
     tracker = _Tracker(argv)
     # launch.py installs a SIGINT handler; signal handlers can only be set from the main thread
