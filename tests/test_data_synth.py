@@ -329,7 +329,7 @@ def test_validation_set_leaves_every_other_file_byte_identical(tmp_path):
 
 def test_validation_identities_are_disjoint_from_training_and_test_identities():
     def keys(ns):
-        return {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in (synth.identity(0, ns, i) for i in range(60))}
+        return {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in (face_render.identity(0, ns, i) for i in range(60))}
 
     val = keys(synth.NS_VAL)
     assert len(val) == 60
