@@ -177,7 +177,8 @@ def test_verification_report_names_the_model_and_its_folds(world, tmp_path, caps
 @pytest.mark.parametrize("nfolds", [1, 0, -3])
 def test_verification_refuses_fewer_than_two_folds(world, tmp_path, capsys, nfolds):
     line, _ = error_line(capsys, ["eval", "verification", "--model", world["A"], "--data-dir", world["data"],
-                                  "--targets", "lfw", "--out", tmp_path / "v", "--nfolds", nfolds])
+                                  "--targets", "lfw", "--out", tmp_path / "v", "--nfolds", nfolds, "--image-size",
+                                  SIZE])
     assert line.startswith(f"--nfolds {nfolds}: needs 2 or more folds"), line
     assert not (tmp_path / "v").exists()
 
@@ -204,7 +205,8 @@ def test_ijb_and_megaface_reports_name_the_model(world, suite, tmp_path, capsys,
     where = ["--image-path", suite / "IJBC"] if protocol == "ijb" else ["--megaface-root", suite / "megaface",
                                                                           "--sizes", 10]
     out = tmp_path / protocol
-    assert cli(["eval", protocol, "--model", world["A"], *where, "--out", out]) == 0, capsys.readouterr().err[-2000:]
+    assert cli(["eval", protocol, "--model", world["A"], *where, "--out", out, "--image-size", SIZE]) == 0, \
+        capsys.readouterr().err[-2000:]
     rep = json.loads((out / f"{protocol}.json").read_text())
     prefix = world["A"].split(",")[0]
     assert rep["model"] == {"prefix": prefix, "epoch": 1, "symbol_sha1": sha1(f"{prefix}-symbol.json"),
@@ -247,7 +249,7 @@ def _commands(model, world, tmp_path):
         "embed": ["embed", faces, "--model", model, "--out", tmp_path / "e.npy"],
         "compare": ["compare", faces / "0.jpg", faces / "1.jpg", "--model", model],
         "verification": ["eval", "verification", "--model", model, "--data-dir", data, "--targets", "lfw",
-                         "--out", tmp_path / "v"],
+                         "--out", tmp_path / "v", "--image-size", SIZE],
         "cache-teacher": ["cache-teacher", "--model", model, "--data", data, "--out", tmp_path / "cache"],
         "export": ["export", "--model", model, "--mkldnn", tmp_path / "m"],
     }
@@ -284,9 +286,9 @@ def test_an_overflow_is_found_by_one_forward_of_the_internals(world, tmp_path):
     arg, aux = random_params(sym, SIZE, seed=0)
     first = [n for n in sym.list_arguments() if n.endswith("_weight")][0]
     arg[first] = mx.nd.full(arg[first].shape, 1e38)
-    e = Embedder((sym, arg, aux), image_size=SIZE, name="the probe", mkldnn=False)
+    e = Embedder((sym, arg, aux), image_size=SIZE, mkldnn=False)
     images = np.full((2, SIZE, SIZE, 3), 200, np.uint8)
-    with pytest.raises(InputError, match=r"^the probe: non-finite embeddings .*first bad layer: \S+_output "
+    with pytest.raises(InputError, match=r"^the model: non-finite embeddings .*first bad layer: \S+_output "
                                          r"\(first non-finite output"):
         e.embed(images)
 
@@ -299,7 +301,7 @@ def test_a_chosen_image_size_the_data_do_not_have_is_refused(world, capsys):
 
 def test_a_distillation_run_does_not_warn_about_unregistered_containers(world):
     """Every ShrinkTeaNet run warned '"StageTerms._tails" is an unregistered container with
-    Blocks' when the method was hybridized; the tails are held in ``terms.Frozen`` now, and the
+    Blocks' when its parameters were collected; the tails are held in ``terms.Frozen`` now, and the
     method's parameters are those it had."""
     from shrinkteanet.methods.distill import build_method, build_networks
     from shrinkteanet.training import config
@@ -307,9 +309,10 @@ def test_a_distillation_run_does_not_warn_about_unregistered_containers(world):
     cfg = config.config_by_name("mfnr_stn", train_overrides(world["data"], None, f"teacher={world['A']}",
                                                             f"image_size={SIZE}", "num_classes=8"))
     student, teacher, fc7 = build_networks(cfg)
-    method = build_method(cfg, student, teacher, num_classes=8, teacher_fc7=fc7)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
+        method = build_method(cfg, student, teacher, num_classes=8, teacher_fc7=fc7)
+        method.collect_params()  # Gluon checks its containers here (the run's initialize and trainer)
         method.hybridize()
     assert not [w for w in seen if "unregistered container" in str(w.message)], [str(w.message) for w in seen]
     mine = {id(p) for p in method.collect_params().values()}
