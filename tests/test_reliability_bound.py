@@ -275,6 +275,17 @@ def test_nan_embeddings_stop_every_command_naming_the_checkpoint_and_layer(world
     assert hashes(os.path.dirname(model.split(",")[0])) == before
 
 
+def test_cache_teacher_refuses_embeddings_float16_cannot_hold(world, tmp_path, capsys):
+    """Finite float32 embeddings of 1e5 are inf in the float16 cache: before, written silently
+    (exit 0), and every distillation step read inf targets."""
+    def shifted(arg, aux):
+        arg["fc1_beta"] = mx.nd.full(arg["fc1_beta"].shape, 1e5)
+
+    model = save_teacher(tmp_path / "big", world["sym"], 0, shifted)
+    line, _ = error_line(capsys, ["cache-teacher", "--model", model, "--data", world["data"], "--out", tmp_path / "c"])
+    assert line.startswith(f"--model {model}: embeddings beyond float16's range (|x| > 65504) in records 1..64; the cache stores float16"), line
+
+
 def test_an_overflow_is_found_by_one_forward_of_the_internals(world, tmp_path):
     """Clean parameters, an inf from the data path: ``first_bad_layer`` runs the internals once
     and names the first output that is not finite (here the first convolution of a network whose

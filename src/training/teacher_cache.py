@@ -294,8 +294,12 @@ class _Source:
             if img is None:  # corrupt JPEG: the loader never yields this key, any value will do
                 img = np.zeros(self.image_size + (3,), np.uint8)
             images[i] = img
-        e, ef = self.embedder.embed_parts(images)
-        return e.astype(np.float16), ef.astype(np.float16)
+        e, ef = self.embedder.embed_parts(images)  # finite: the Embedder's require_finite
+        e, ef = e.astype(np.float16), ef.astype(np.float16)
+        if not (np.isfinite(e).all() and np.isfinite(ef).all()):  # finite in float32, not in float16
+            raise InputError(f"{self.embedder.name}: embeddings beyond float16's range (|x| > 65504) in records "
+                             f"{int(self.keys[a])}..{int(self.keys[b - 1])}; the cache stores float16")
+        return e, ef
 
 
 def _fill(out, meta, source, *, chunk, progress):
