@@ -74,6 +74,14 @@ def needs_teacher_embedding(cfg):
     return method_def(cfg).needs.emb
 
 
+def teacher_embedding_only(cfg):
+    """True when the teacher's final embedding is all the method reads of it (no stage features,
+    no tails, no classifier, no parameter transfer): a teacher cache alone can serve such a run
+    (AdaDistill, EKD, the final-stage ShrinkTeaNet and L2 variants)."""
+    needs = method_def(cfg).needs
+    return bool(needs.emb and not (needs.taps or needs.fc7 or needs.transfer) and not student_needs_taps(cfg))
+
+
 def student_image_size(cfg):
     """Input size of the student network: ``lowres_size`` for the low-resolution methods."""
     if method_def(cfg).needs.lowres:
@@ -156,9 +164,12 @@ class Method(gluon.Block):
 
     def _attach_teacher(self, build):
         """Freeze the teacher, check it serves the method, and run knowledge transfer."""
+        from shrinkteanet.methods._cached_teacher import is_cached
+
         needs, teacher = self.needs, build.teacher
         if teacher is not None and needs.teacher:
-            self._frozen.teacher = teacher
+            # a cache-only run's stand-in has no network: nothing to run or hybridize
+            self._frozen.teacher = None if is_cached(teacher) else teacher
             for p in teacher.collect_params().values():
                 p.grad_req = "null"
             from shrinkteanet.methods._teacher import check_embedding_sizes
@@ -166,7 +177,7 @@ class Method(gluon.Block):
             check_embedding_sizes(self.cfg, needs, teacher_emb_size(teacher, self.emb_size))
             if needs.taps and not getattr(teacher, "with_taps", False):
                 raise InputError(f"distill={self.method}: the teacher must be built with_taps=True")
-            if needs.emb and not needs.taps:
+            if needs.emb and not needs.taps and not is_cached(teacher):
                 self._frozen.full = _frozen_full(teacher)
         if needs.transfer:
             materialize(build.student, self.student_size, self.ctx[0])
@@ -225,6 +236,9 @@ class Method(gluon.Block):
         need_emb = needs.emb and teacher_emb is None
         if not (need_emb or needs.taps):
             return teacher_emb, None
+        if fr.teacher is None:
+            raise InputError(f"distill={self.method}: no teacher loaded (the run reads teacher embeddings "
+                             "from --teacher-cache): pass the batch's cached embeddings")
         with autograd.pause(train_mode=False):
             out = (fr.full if fr.full is not None and not needs.taps else fr.teacher)(data)
         emb, taps = _split_taps(out)
@@ -343,13 +357,16 @@ def build_method(cfg, student, teacher=None, num_classes=None, teacher_fc7=None,
     return method
 
 
-def build_networks(cfg, teacher_checkpoint=None, ctx=None):
+def build_networks(cfg, teacher_checkpoint=None, ctx=None, cached_emb_size=0):
     """``(student, teacher, teacher_fc7)`` for ``cfg``: the student ``EmbeddingNet``
     (``cfg.network``, ``cfg.net_opts``, at ``student_image_size(cfg)``, taps when the
     method's stage terms need them), Xavier-initialised as InsightFace's fresnet/MobileFaceNet
     (gaussian, fan-out, magnitude 2); the teacher from ``teacher_checkpoint`` ((prefix, epoch)
     or "PREFIX,EPOCH"; default ``cfg.teacher``) as ``load_teacher`` builds it, frozen; and its
-    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``."""
+    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``.
+    ``cached_emb_size`` (the teacher cache's width), with no teacher checkpoint named and a
+    method that reads only the teacher's embedding (``teacher_embedding_only``): no teacher is
+    loaded, a ``_cached_teacher.CachedTeacher`` stands in for it."""
     from shrinkteanet.model.network import EmbeddingNet
 
     ctx = _ctx_list(ctx)
@@ -363,6 +380,11 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     materialize(student, student_opts["image_size"], ctx[0])
     if not needs.teacher:
         return student, None, None
+    ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
+    if not ckpt and cached_emb_size and teacher_embedding_only(cfg):
+        from shrinkteanet.methods._cached_teacher import CachedTeacher
+
+        return student, CachedTeacher(cached_emb_size), None
     ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
     if not ckpt:
         raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")

@@ -1,0 +1,38 @@
+"""Acceptance of issue 22: ``shrinkteanet train --config {mfn,mfnr}_{adadistill,ekd}`` trains a
+student on the tiny set from the command line, and every loss part goes down over a short run."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shrinkteanet.study.tiny import train_overrides, train_tiny_teacher, write_tiny_set
+
+PARTS = {"adadistill": {"adadistill"}, "ekd": {"softmax", "ekd_pos", "ekd_neg"}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("new_methods")
+    data = write_tiny_set(root / "set", with_bin=False)
+    return data, train_tiny_teacher(data, root / "teacher"), root
+
+
+@pytest.mark.parametrize("network", ["mfn", "mfnr"])
+@pytest.mark.parametrize("method", ["adadistill", "ekd"])
+def test_every_part_decreases_from_the_command_line(tiny, method, network):
+    data, teacher, root = tiny
+    js = root / f"{network}_{method}.json"
+    r = subprocess.run([sys.executable, "-m", "shrinkteanet", "train", "--config", f"{network}_{method}",
+                        "--teacher", teacher, "--json", str(js),
+                        *train_overrides(data, root / f"{network}_{method}" / "model", "max_batches=32",
+                                         "lr_schedule=constant", "frequent=8")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(js.read_text())
+    assert set(summary["losses"]) == PARTS[method]
+    for part in PARTS[method]:
+        curve = [p[part] for p in summary["curve"]]
+        assert len(curve) == 4 and np.isfinite(curve).all(), (part, curve)
+        assert curve[-1] < curve[0], (part, curve)
