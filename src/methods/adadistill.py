@@ -34,7 +34,7 @@ def classifier(build):
 METHOD = MethodDef(
     name="adadistill",
     summary="AdaDistill: margin softmax on EMA class centres of the teacher's embeddings, adaptive alpha",
-    order=70,
+    order=100,
     needs=Needs(teacher=True, emb=True),
     defaults=dict(loss="arcface", margin_s=64.0, margin_m1=1.0, margin_m2=0.45, margin_m3=0.0,
                   adadistill_weighted=True),

@@ -41,7 +41,7 @@ def check(cfg):
 METHOD = MethodDef(
     name="ekd",
     summary="EKD: rank-based loss on the critical pairs at the evaluation's FPR thresholds",
-    order=80,
+    order=110,
     needs=Needs(teacher=True, emb=True),
     defaults=dict(ekd_pos_weight=0.02, ekd_neg_weight=0.01, ekd_temperature=0.01, ekd_momentum=0.01,
                   ekd_topk=2000, ekd_fpr_anchors=[10, 100, 1000, 10000, 100000, 1000000]),
