@@ -129,3 +129,16 @@ def test_registry_rows_configs_and_checks():
     for bad in (dict(ekd_temperature=0), dict(ekd_momentum=1.5), dict(ekd_topk=0), dict(ekd_fpr_anchors=[0.5])):
         with pytest.raises(InputError, match=next(iter(bad))):
             check(ekd_cfg(**bad))
+
+
+def test_study_rows_plan_runs_of_both_methods(tmp_path):
+    """``shrinkteanet reproduce --methods self,adadistill,ekd``: the study plans a train + eval stage of each."""
+    from shrinkteanet.study import demo
+
+    stages, runs = demo.plan(str(tmp_path), demo.get_scale("tiny"), students=("mfn", "mfnr"),
+                             methods=("self", "adadistill", "ekd"))
+    assert {(r["network"], r["method"]) for r in runs} == {(n, m) for n in ("mfn", "mfnr")
+                                                          for m in ("self", "adadistill", "ekd")}
+    assert demo.METHODS["adadistill"] == ("adadistill", ()) and demo.METHODS["ekd"] == ("ekd", ())
+    configs = {s.commands[0][2] for s in stages if s.name.endswith(": train") and s.commands[0][:2] == ["train", "--config"]}
+    assert {"mfn_adadistill", "mfnr_adadistill", "mfn_ekd", "mfnr_ekd"} <= configs

@@ -5,7 +5,8 @@
 parts; their sum is the training objective.  ``cfg.distill`` names a method of the registry
 (``shrinkteanet.methods.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
 Duong et al. 2019, Eq. 4-7), ``l2`` ("Student-1"), ``kd`` (Hinton), ``hint``, ``margin``
-(MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019); each
+(MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019),
+``adadistill`` (Boutros et al. 2024), ``ekd`` (Huang et al. 2022); each
 module's docstring gives its terms).  From the method's declaration this module does what is
 common to all: check and freeze the teacher, build the classifier (the margin head of
 ``cfg.loss`` unless the method brings its own), knowledge transfer where the method needs it,
