@@ -142,3 +142,21 @@ def test_study_rows_plan_runs_of_both_methods(tmp_path):
     assert demo.METHODS["adadistill"] == ("adadistill", ()) and demo.METHODS["ekd"] == ("ekd", ())
     configs = {s.commands[0][2] for s in stages if s.name.endswith(": train") and s.commands[0][:2] == ["train", "--config"]}
     assert {"mfn_adadistill", "mfnr_adadistill", "mfn_ekd", "mfnr_ekd"} <= configs
+
+
+def test_batches_without_positive_or_negative_pairs():
+    """No positive pair: ``ekd_pos`` is 0 (the authors' empty mean is NaN); one identity only: no
+    negative pair, ``ekd_neg`` is 0 and the thresholds stay where they were."""
+    cfg = ekd_cfg()
+    for labels, empty in (([0, 1, 2, 3, 4, 5, 6], "ekd_pos"), ([5] * 7, "ekd_neg")):
+        term = EKDTerm(types.SimpleNamespace(cfg=cfg, ctx=[mx.cpu()]))
+        term.student_thresholds.set_data(mx.nd.array(S_THRESHOLDS))
+        batch = Batch(emb=mx.nd.array(STUDENT), taps=None, t_emb=mx.nd.array(TEACHER), t_taps=None,
+                      label=mx.nd.array(labels))
+        with autograd.record():
+            parts = term(batch)
+        assert np.isfinite(parts["ekd_pos"].asnumpy()).all() and np.isfinite(parts["ekd_neg"].asnumpy()).all()
+        np.testing.assert_array_equal(parts[empty].asnumpy(), np.zeros(7))
+        other = "ekd_neg" if empty == "ekd_pos" else "ekd_pos"
+        assert parts[other].asnumpy()[0] > 0
+    np.testing.assert_allclose(term.student_thresholds.data().asnumpy(), S_THRESHOLDS, atol=1e-7)

@@ -103,8 +103,8 @@ class EKDTerm(Term):
             now, n_neg = fpr_thresholds(mx.nd.stop_gradient(sim), negative, den)
             old = param.data(sim.context)
             new = self.momentum * now + (1 - self.momentum) * old
-            old[:] = mx.nd.where(mx.nd.broadcast_greater(n_neg * mx.nd.ones_like(old), mx.nd.zeros_like(old)),
-                                 new, old)
+            # a batch of one identity has no negative pair: its thresholds stay
+            old[:] = mx.nd.where(mx.nd.broadcast_mul(n_neg, mx.nd.ones_like(old)) > 0, new, old)
 
     def forward(self, batch):
         s_sim, t_sim, positive = self.pairs(batch)
