@@ -58,3 +58,19 @@ def test_resume_carries_the_centres_and_thresholds(tiny, method):
     assert set(resumed) == PARTS[method]
     for part in PARTS[method]:
         assert resumed[part] == pytest.approx(straight[part], rel=1e-5, abs=1e-7), part
+
+
+def test_embedding_widths(tiny):
+    """EKD compares similarities within each network: a 16-d student of the 32-d teacher trains (and the
+    end-of-run cosine check leaves out the incomparable final stage instead of failing); AdaDistill's
+    centres live in the teacher's space, so there the widths must agree."""
+    from shrinkteanet.core.errors import InputError
+    from shrinkteanet.training import config, train
+
+    data, teacher, _ = tiny
+    extra = (f"teacher={teacher}", "max_batches=4", "emb_size=16")
+    summary = train.train(config.config_by_name("mfn_ekd", train_overrides(data, None, *extra)))
+    assert set(summary["losses"]) == PARTS["ekd"] and np.isfinite(list(summary["losses"].values())).all()
+    assert summary["stage_cosines"] == {}
+    with pytest.raises(InputError, match="emb_size must equal the teacher's"):
+        train.train(config.config_by_name("mfn_adadistill", train_overrides(data, None, *extra)))

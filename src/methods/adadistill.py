@@ -24,6 +24,14 @@ def classifier(build):
     from shrinkteanet.methods._adadistill_head import AdaDistillHead
     from shrinkteanet.methods.terms import Classifier
 
+    from shrinkteanet.core.errors import InputError
+    from shrinkteanet.methods.distill import teacher_emb_size
+
+    t_emb = teacher_emb_size(build.teacher, build.emb_size) if build.teacher is not None else build.emb_size
+    if t_emb != int(build.emb_size):
+        raise InputError(f"distill=adadistill: the teacher's embedding is {t_emb}-d, emb_size={build.emb_size}; "
+                         "the teacher's embeddings are the student's class centres, so emb_size must equal the "
+                         "teacher's")
     s, m1, m2, m3 = L.margin_params(build.cfg)
     head = AdaDistillHead(build.num_classes, build.emb_size, s=s, m1=m1, m2=m2, m3=m3,
                           weighted=bool(build.cfg.adadistill_weighted))

@@ -273,6 +273,8 @@ def stage_cosines(method, data):
         # a student narrower than its teacher is compared through its final adapter (Sec. 3.3)
         final = method.adapters.get(LAST_STAGE) if not method.needs.taps else None
         views = {LAST_STAGE: final(emb) if final is not None else emb}
+        if int(views[LAST_STAGE].shape[1]) != int(t_emb.shape[1]):
+            del views[LAST_STAGE]  # EKD: a narrower student, never compared with the teacher directly
         for stage in sorted(fr.tails):
             views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]).astype("float32", copy=False))
         t = mx.nd.L2Normalization(t_emb.astype("float32"))
