@@ -2,9 +2,15 @@
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
-MXNET ?= cpu
+# the flavour .venv holds (its stamp .installed-FLAVOUR): `make test` after `make install MXNET=cu112` keeps the
+# GPU wheel; MXNET=... on the command line switches
+INSTALLED := $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*)))
+MXNET ?= $(or $(INSTALLED),cpu)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(MXNET)
+# the CUDA 11 runtime wheels mxnet-cu112 loads, every one pinned there (tests/test_cuda_pins.py)
+CU112_CONSTRAINTS := constraints-cu112.txt
+CU112_WHEELS = $(shell sed -n 's/^\(nvidia-[a-z0-9-]*\)==.*/\1/p' $(CU112_CONSTRAINTS))
 PIP := $(BIN)/pip
 PY := $(BIN)/python
 CLI := $(BIN)/shrinkteanet
@@ -19,17 +25,17 @@ MODEL ?=
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py constraints.txt $(if $(filter cu112,$(MXNET)),$(CU112_CONSTRAINTS))
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip -c constraints.txt
+	@# the two wheels both provide the `mxnet` package: switching flavour removes the other one first
+	$(if $(and $(INSTALLED),$(filter-out $(MXNET),$(INSTALLED))),$(PIP) uninstall -y mxnet mxnet-cu112)
 	$(PIP) install -c constraints.txt -e ".[$(MXNET),test,onnx]"
-	@if [ "$(MXNET)" = "cu112" ]; then $(PIP) install -c constraints.txt \
-	  nvidia-cuda-runtime-cu11 nvidia-cublas-cu11 nvidia-cudnn-cu11 nvidia-nccl-cu11 \
-	  nvidia-cufft-cu11 nvidia-curand-cu11 nvidia-cusolver-cu11 nvidia-cusparse-cu11 nvidia-cuda-nvrtc-cu11; fi
+	$(if $(filter cu112,$(MXNET)),$(PIP) install -c constraints.txt -c $(CU112_CONSTRAINTS) $(CU112_WHEELS))
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-install: $(STAMP)  ## make .venv (Python 3.11) and install .[cpu,test] with -c constraints.txt (MXNET=cu112 for GPUs)
+install: $(STAMP)  ## make .venv (Python 3.11) and install .[cpu,test] with -c constraints.txt (MXNET=cu112 for GPUs; remembered)
 
 info: install  ## print package, mxnet features, versions and visible devices
 	$(CLI) info
@@ -150,6 +156,10 @@ train-lowres-kd: install  ## low-resolution student, knowledge distillation
 	$(call RECIPE,lowres,lowres,kd)
 train-lowres-ktkd: install  ## low-resolution student, KT + KD
 	$(call RECIPE,lowres,lowres,ktkd)
+
+.PHONY: gpu-smoke
+gpu-smoke: install  ## GPU machine check (< 10 min): import, a convolution, mfnr_stn fp32/fp16 on every GPU, resume on another count
+	bash tools/gpu_smoke.sh
 
 BENCHES ?= loader synth distill train eval deploy mtcnn
 bench: install test-assets  ## run every benchmark (BENCHES="loader eval ..." for some) -> docs/benchmarks.md

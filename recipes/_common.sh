@@ -1,7 +1,7 @@
 # Sourced by every recipe: environment defaults, --dry-run, printing the exact command.
 #
 # Environment: DATA (RecordIO set dir), VAL (dir with lfw.bin etc., default DATA), OUT (work dir),
-# GPUS (e.g. 0,1,2,3; empty = CPU), TEACHER (PREFIX,EPOCH; default: the newest checkpoint of the
+# GPUS (e.g. 0,1,2,3; empty = every visible GPU of a CUDA build, else the CPU; cpu = the CPU), TEACHER (PREFIX,EPOCH; default: the newest checkpoint of the
 # teacher recipe under OUT), SHRINKTEANET (the CLI, default `shrinkteanet` on PATH or .venv),
 # SKIP_EVAL=1 to train only, EXTRA (more key=value overrides).
 # Paper set-up (ShrinkTeaNet Sec. 4.2): batch 512 over the GPUs, lr 0.1, momentum 0.9, the lambdas,
@@ -52,6 +52,10 @@ row_image_size() {
   echo "${size:-112}"
 }
 
+# --gpus of every command: GPUS when set (cpu forces the CPU); unset, the commands choose (every visible GPU)
+GPU_ARGS=()
+if [ -n "$GPUS" ]; then GPU_ARGS=(--gpus "$GPUS"); fi
+
 show_and_run() {
   printf '+'; printf ' %q' "$@"; printf '\n'
   if [ "$DRY_RUN" = 0 ]; then "$@"; fi
@@ -61,7 +65,7 @@ show_and_run() {
 train_row() {
   local config="$1" name="$2"; shift 2
   local -a cmd=("$SHRINKTEANET" train --config "$config" --data "$DATA" --out "$OUT/$name")
-  [ -n "$GPUS" ] && cmd+=(--gpus "$GPUS")
+  cmd+=("${GPU_ARGS[@]}")
   [ -n "${TEACHER_ARG:-}" ] && cmd+=(--teacher "$TEACHER_ARG")
   cmd+=("val_dir=$VAL" "$@")
   # shellcheck disable=SC2206

@@ -42,6 +42,11 @@ def build_parser():
     return parser
 
 
+#: ``--gpus`` help of the commands using every GPU / one GPU (``core.utils.choose_gpus``)
+GPUS_HELP = "default: every visible GPU of a CUDA build, else the CPU; '' forces the CPU"
+GPUS_HELP_ONE = "default: gpu(0) when a CUDA build sees one, else the CPU; '' forces the CPU"
+
+
 def add_json_arg(parser):
     """Every command that reports takes ``--json FILE`` (CONTRACTS.md)."""
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report fields as JSON")

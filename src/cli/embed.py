@@ -1,6 +1,6 @@
 """`shrinkteanet embed` and `shrinkteanet compare`: embeddings and same/different
 answers for the user's own image files (``shrinkteanet.eval.images``)."""
-from shrinkteanet.cli import add_json_arg
+from shrinkteanet.cli import GPUS_HELP_ONE, add_json_arg
 
 ORDER = 61
 
@@ -13,6 +13,7 @@ def _common(p):
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the one the weights fit)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
+    p.add_argument("--gpus", default=None, help=f"GPU id (the first of a list is used; {GPUS_HELP_ONE})")
 
 
 def register(sub):
@@ -70,6 +71,12 @@ def _inputs(args, paths):
     return model_inputs(args.model) + [Input(p, p) for p in [*paths, args.landmarks] if p]
 
 
+def _context(args):
+    from shrinkteanet.core.utils import get_contexts
+
+    return get_contexts(args.gpus, one=True)[0]
+
+
 def _names_path(out):
     import os
 
@@ -89,7 +96,7 @@ def run_embed(args):
     if not paths:
         raise InputError("no image files found in the given paths")
     landmarks = images.read_landmarks(args.landmarks) if args.landmarks else None
-    embedder, size = images.make_embedder(model, args.batch_size, args.image_size)
+    embedder, size = images.make_embedder(model, args.batch_size, args.image_size, ctx=_context(args))
     emb, kept, skipped = images.embed_files(embedder, size, paths, landmarks=landmarks, strict=args.strict,
                                             flip=not args.no_flip, normalize=not args.raw)
     if not kept:
@@ -117,7 +124,7 @@ def run_compare(args):
 
     model = parse_model_arg(args.model)
     landmarks = images.read_landmarks(args.landmarks) if args.landmarks else None
-    embedder, size = images.make_embedder(model, args.batch_size, args.image_size)
+    embedder, size = images.make_embedder(model, args.batch_size, args.image_size, ctx=_context(args))
     emb, kept, _ = images.embed_files(embedder, size, [args.a, args.b], landmarks=landmarks, strict=True,
                                       flip=not args.no_flip)
     cos = float(images.cosine_rows(emb[:1], emb[1:])[0])

@@ -2,7 +2,7 @@
 folder (JSON + Markdown + PNG) per run."""
 import os
 
-from shrinkteanet.cli import add_json_arg
+from shrinkteanet.cli import GPUS_HELP_ONE, add_json_arg
 
 ORDER = 40
 
@@ -37,7 +37,7 @@ def _common(p, out_default):
     p.add_argument("--model", required=True, metavar="PREFIX,EPOCH", help="checkpoint (its fc1 output is used)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--gpus", default=None, help="GPU ids (default CPU)")
+    p.add_argument("--gpus", default=None, help=f"GPU id (the first of a list is used; {GPUS_HELP_ONE})")
     p.add_argument("--no-mkldnn", action="store_true", help="plain static graph instead of MKLDNN partitioning")
     p.add_argument("--out", default=out_default, metavar="DIR", help=f"report folder (default {out_default})")
     add_json_arg(p)
@@ -88,7 +88,7 @@ def _embedder(args):
     from shrinkteanet.eval.embed import Embedder
     from shrinkteanet.core.utils import get_contexts, parse_model_arg
 
-    ctx = get_contexts(args.gpus)[0]
+    ctx = get_contexts(args.gpus, one=True)[0]
     return Embedder(parse_model_arg(args.model), ctx=ctx, batch_size=args.batch_size, image_size=args.image_size,
                     mkldnn=not args.no_mkldnn)
 

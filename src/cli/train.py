@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from shrinkteanet.cli import add_json_arg
+from shrinkteanet.cli import GPUS_HELP, add_json_arg
 
 ORDER = 40
 
@@ -40,7 +40,7 @@ def register(sub):
     p.add_argument("--data", default=None, metavar="DIR", help="training set folder (sets data_dir)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="checkpoint folder; checkpoints are DIR/model-%%04d.params (sets out=DIR/model)")
-    p.add_argument("--gpus", default=None, help="e.g. 0,1,2,3 (default: CPU)")
+    p.add_argument("--gpus", default=None, help=f"e.g. 0,1,2,3 ({GPUS_HELP})")
     p.add_argument("--teacher", default=None, metavar="P,E", help="teacher checkpoint PREFIX,EPOCH")
     p.add_argument("--teacher-cache", default=None, metavar="CACHE",
                    help="teacher embeddings from `shrinkteanet cache-teacher` instead of the teacher's forward pass")
@@ -49,7 +49,10 @@ def register(sub):
                    help="start a new run in an OUT that holds an old one: the files its manifest "
                         "(OUT/model-manifest.json) lists are removed, nothing else")
     p.add_argument("--fp16", action="store_true", help="mixed precision on GPUs (mx.contrib.amp)")
-    p.add_argument("--kvstore", default=None, help="device (default), dist_sync (under `shrinkteanet launch`), horovod")
+    p.add_argument("--kvstore", default=None,
+                   help="device (default), dist_sync (CPU workers) or dist_device_sync (GPU workers) under "
+                        "`shrinkteanet launch`, horovod (under horovodrun, one GPU per process); dist_async is "
+                        "refused")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard scalars to DIR")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (sets num_epochs)")

@@ -6,6 +6,9 @@ import os
 import secrets
 
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
+
+log = get_logger(__name__)
 
 
 @contextlib.contextmanager
@@ -197,7 +200,7 @@ def parse_model_arg(text):
 
 
 def parse_gpus(text):
-    """``'0,1,2'`` -> [0, 1, 2]; empty/None -> [] (CPU)."""
+    """``'0,1,2'`` -> [0, 1, 2]; empty/None/``cpu``/``-1`` -> [] (CPU)."""
     if text is None or str(text).strip() in ("", "-1", "cpu"):
         return []
     try:
@@ -206,12 +209,46 @@ def parse_gpus(text):
         raise InputError(f"--gpus must be a comma-separated list of device ids, got {text!r}") from None
 
 
-def get_contexts(gpus=None):
-    """MXNet contexts for ``--gpus``; CPU when none given.  A GPU id this MXNet build or
-    machine does not have is an ``InputError`` (MXNet itself fails later, deep inside)."""
+def visible_gpus():
+    """GPUs this process may use: ``mx.context.num_gpus()`` on a CUDA build, 0 on a CPU build
+    or when the CUDA driver cannot be queried."""
     import mxnet as mx
 
-    ids = parse_gpus(gpus) if not isinstance(gpus, (list, tuple)) else list(gpus)
+    if not mx.runtime.Features().is_enabled("CUDA"):
+        return 0
+    try:
+        return int(mx.context.num_gpus())
+    except mx.base.MXNetError:
+        return 0
+
+
+def choose_gpus(gpus, *, one=False):
+    """The GPU ids of a command: ``--gpus`` as given (``''``/``cpu`` force the CPU), or, when it
+    is absent (``None``), every visible GPU of a CUDA build (the first one only when ``one``).
+    The automatic choice is said in one log line (a CUDA build's CPU fallback too): the CPU is
+    never picked silently on a GPU machine."""
+    if gpus is not None:
+        return parse_gpus(gpus) if not isinstance(gpus, (list, tuple)) else list(gpus)
+    count = visible_gpus()
+    if count == 0:
+        import mxnet as mx
+
+        if mx.runtime.Features().is_enabled("CUDA"):
+            log.info("--gpus not given and no GPU visible: running on the CPU")
+        return []
+    ids = [0] if one else list(range(count))
+    log.info("--gpus not given: using %s (%d visible; --gpus '' for the CPU)",
+                ",".join(f"gpu({i})" for i in ids), count)
+    return ids
+
+
+def get_contexts(gpus=None, *, one=False):
+    """MXNet contexts for ``--gpus`` (``choose_gpus``: absent -> every visible GPU, ``''`` -> the
+    CPU).  A GPU id this MXNet build or machine does not have is an ``InputError`` (MXNet itself
+    fails later, deep inside)."""
+    import mxnet as mx
+
+    ids = choose_gpus(gpus, one=one)
     if ids:
         check_gpus(ids)
     return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]

@@ -220,6 +220,25 @@ def record_curve_point(state, window, lr):
     state.setdefault("curve", []).append(point)
 
 
+def check_resume_visible(prefix, job):
+    """``--resume`` of a job with several workers: every worker reads ``PREFIX-state.json`` and the
+    checkpoint's ``.params``/``.head.params``/``.states``, which worker 0 alone writes, so ``--out`` must
+    be a folder every machine shares.  A worker that cannot see one of them refuses in one line.
+    (A worker holding an older copy of its own is not detected: rank 0's weights are broadcast at
+    the start anyway, but its position and momentum would be the old ones.)"""
+    import socket
+
+    if job.num_workers <= 1:
+        return
+    saved = checkpoint.read_state(prefix)
+    files = [prefix + STATE_SUFFIX] if saved is None else checkpoint.training_paths(prefix, saved["checkpoint"])
+    missing = next((f for f in files if not os.path.exists(f)), None)
+    if missing:
+        raise InputError(f"--resume: worker {job.rank} of {job.num_workers} ({socket.gethostname()}) cannot see "
+                         f"{missing}: resuming a multi-machine run needs --out on a folder every worker shares "
+                         "(worker 0 alone writes the run's files)")
+
+
 def sync_initial_params(trainer, job):
     """Start the Trainer's kvstore and finish its initial broadcast *before* the first step.
 
@@ -422,6 +441,9 @@ class Fit:
             raise InputError(f"data: fewer images in this shard than one batch ({cfg.batch_size} global)")
         self.global_batch = loader.batch_size * job.num_workers if hasattr(loader, "batch_size") else cfg.batch_size
         self.num_batches = total_batches(cfg, self.batches_per_epoch, self.global_batch)
+        # gradients are divided by the global batch: horovod's DistributedTrainer already divides by the
+        # number of processes, so (as in horovod's examples) it is given the per-process batch
+        self.update_batch = self.global_batch // job.num_workers if job.horovod else self.global_batch
         self.schedule = build_lr_schedule(cfg, self.batches_per_epoch, self.num_batches, self.global_batch)
         self.schedule_record = schedule_record(cfg, self.batches_per_epoch, self.global_batch)
         log.info("%s", describe_schedule(self.schedule_record))
@@ -467,12 +489,15 @@ class Fit:
         from mxnet import gluon
 
         cfg, kv = self.cfg, self.job.kvstore
-        self.trainer = gluon.Trainer(self.params, "sgd",
-                                     {"learning_rate": cfg.lr, "momentum": cfg.momentum, "wd": cfg.wd},
-                                     kvstore=kv if kv is not None else "device",
-                                     # reduce-then-update locally: the guard can then veto a step on every
-                                     # worker alike, and Trainer.save_states works under dist_sync too
-                                     update_on_kvstore=False)
+        opts = {"learning_rate": cfg.lr, "momentum": cfg.momentum, "wd": cfg.wd}
+        if self.job.horovod:
+            # horovod's Trainer: allreduce_grads sums over the processes (it has no kvstore), updates locally
+            self.trainer = kv.hvd.DistributedTrainer(self.params, "sgd", opts)
+        else:
+            self.trainer = gluon.Trainer(self.params, "sgd", opts, kvstore=kv if kv is not None else "device",
+                                         # reduce-then-update locally: the guard can then veto a step on every
+                                         # worker alike, and Trainer.save_states works under dist_sync too
+                                         update_on_kvstore=False)
         if cfg.fp16:
             from mxnet.contrib import amp
 
@@ -488,6 +513,9 @@ class Fit:
             self.resume()
         # after a resume's set_data/load_states, so that rank 0 broadcasts the restored weights
         sync_initial_params(self.trainer, self.job)
+        if self.job.horovod:
+            # horovod has no kvstore broadcast: rank 0's weights, in place on each process's one device
+            self.job.kvstore.hvd.broadcast_parameters({n: p.data() for n, p in self.params.items()}, root_rank=0)
         self.saved_at = self.state["step"] if resume else -1
 
     def resume(self):
@@ -496,6 +524,8 @@ class Fit:
         from shrinkteanet.training.run_folder import check_resume_config
 
         prefix = self.prefix
+        if prefix:
+            check_resume_visible(prefix, self.job)
         saved = checkpoint.read_state(prefix) if prefix else None
         if saved is None:
             raise InputError(f"--resume: no {prefix}{STATE_SUFFIX} to resume from")
@@ -571,7 +601,7 @@ class Fit:
         ok, overflow = self._verdict(values, backup)
         if ok or overflow:
             # on an AMP overflow Trainer.update only halves the loss scale and skips the update
-            self.trainer.update(self.global_batch)
+            self.trainer.update(self.update_batch)
         if not ok:
             for p, saved in backup:
                 for dst, src in zip(p.list_data(), saved):

@@ -17,13 +17,24 @@ routable interface:
   processes are started through a small ``subprocess`` stand-in that records
   them, so that the first failing worker ends the job (the others are
   terminated) and the launcher returns its exit status.
+* Over ssh, dmlc's ``ssh.submit`` wraps the already joined command in single
+  quotes once more (a quoted word ends that quote: a ``net_opts={...}`` override
+  is brace-expanded, a path with a space is split), forwards only a fixed list of
+  variables, sets no ``DMLC_TASK_ID`` and leaves remote workers running when the
+  job stops.  It is replaced by ``ssh_submit``: each node's command is one string
+  (``remote_command``: every word quoted once, for the remote login shell alone,
+  the ``--env`` pairs exported, ``DMLC_ROLE``/``DMLC_TASK_ID``/``DMLC_NODE_HOST``
+  set) given to ``ssh`` as one argument without a local shell (``ssh_argv``);
+  ``ssh -tt`` ties the remote process to the connection, so terminating the local
+  ``ssh`` when the job stops sends the remote worker SIGHUP.
 
 Each node runs the same command; ``DMLC_ROLE`` tells it what it is (importing
 mxnet turns a ``server``/``scheduler`` process into a parameter-server node), and
-``shrinkteanet train --kvstore dist_sync`` makes workers read shard
+``shrinkteanet train --kvstore dist_sync`` (``dist_device_sync`` for GPU workers) makes workers read shard
 ``rank`` of ``num_workers`` of the ``.rec``.
 """
 import os
+import re
 import runpy
 import shlex
 import signal
@@ -109,7 +120,9 @@ class _Processes:
                 p.kill()
 
 
-def _install_shims(procs, local):
+def _install_shims(procs, local, plan=None, host_ip=None):
+    """Patch the tracker modules (module docstring); ``plan``: the ``SshPlan`` of an ssh job;
+    ``host_ip``: the address the nodes reach the scheduler at (default: dmlc's guess)."""
     if not hasattr(threading.Thread, "isAlive"):
         threading.Thread.isAlive = threading.Thread.is_alive
     from dmlc_tracker import local as dmlc_local
@@ -123,6 +136,12 @@ def _install_shims(procs, local):
     dmlc_ssh.subprocess = shim
     if local:
         dmlc_tracker.get_host_ip = lambda host_ip=None: "127.0.0.1"
+    elif host_ip:
+        dmlc_tracker.get_host_ip = lambda _=None: host_ip
+    if plan is not None:
+        dmlc_ssh.submit = lambda args: dmlc_tracker.submit(
+            args.num_workers, args.num_servers, fun_submit=lambda nw, ns, envs: ssh_submit(plan, procs, envs),
+            pscmd=" ".join(args.command), hostIP=args.host_ip)
     if not getattr(dmlc_tracker.PSTracker, "_shrinkteanet", False):
         original = dmlc_tracker.PSTracker.__init__
 
@@ -144,7 +163,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None, env=(), timeout=0):
+def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None, env=(), timeout=0,
+           host_ip=None):
     """Run ``command`` on ``num_workers`` workers and ``num_servers`` servers plus a scheduler.
 
     Parameters
@@ -161,6 +181,9 @@ def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None,
         ``NAME:VALUE`` pairs for every node.
     timeout : float
         Stop the job after this many seconds (0: never); the status is then 124.
+    host_ip : str, optional
+        ssh: the address of this machine that every node reaches the scheduler at (default: dmlc's
+        guess from the host name or the default route, which fails on a machine without one).
 
     Returns
     -------
@@ -170,10 +193,11 @@ def launch(command, num_workers, num_servers=None, *, hosts=None, launcher=None,
     launcher = _check_launch(command, num_workers, hosts, launcher)
     num_servers = num_workers if num_servers is None else num_servers
     local = launcher == "local"
-    _set_node_env(local, env)
+    pairs = _set_node_env(local, env)
     argv = _tracker_argv(command, num_workers=num_workers, num_servers=num_servers, launcher=launcher, hosts=hosts)
+    plan = None if local else SshPlan(command, read_hosts(hosts), env=pairs, working_dir=os.getcwd())
     procs = _Processes()
-    _install_shims(procs, local)
+    _install_shims(procs, local, plan, host_ip)
     log.info("launch: %d worker(s), %d server(s), %s: %s", num_workers, num_servers, launcher, " ".join(command))
     tracker = _Tracker(argv)
     # launch.py installs a SIGINT handler; signal handlers can only be set from the main thread
@@ -213,14 +237,90 @@ def _check_launch(command, num_workers, hosts, launcher):
 
 
 def _set_node_env(local, env):
-    """The environment every node inherits: loopback node host for local runs, ``--env`` pairs."""
+    """The environment every node inherits: loopback node host for local runs, ``--env`` pairs
+    (returned as ``(name, value)``: the ssh commands export them on the remote nodes)."""
     if local:
         os.environ["DMLC_NODE_HOST"] = "127.0.0.1"
+    pairs = []
     for item in env:
         name, sep, value = item.partition(":")
-        if not sep:
-            raise InputError(f"--env {item!r}: expected NAME:VALUE")
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise InputError(f"--env {item!r}: expected NAME:VALUE (NAME of letters, digits, _)")
         os.environ[name] = value
+        pairs.append((name, value))
+    return pairs
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: variables dmlc's own ssh launcher forwards from the launching shell when they are set
+FORWARDED = ("OMP_NUM_THREADS", "KMP_AFFINITY", "LD_LIBRARY_PATH", "DMLC_INTERFACE")
+
+
+def read_hosts(path):
+    """``[(host, port)]`` of a hosts file: one ``host[:port]`` per line (an MPI-style
+    ``slots=N`` is ignored, as dmlc does); port 22 when none is given."""
+    hosts = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            text = line.split("slots=")[0].strip()
+            if not text or text.startswith("#"):
+                continue
+            host, _, port = text.partition(":")
+            if not host or (port and not port.isdigit()):
+                raise InputError(f"--hosts {path}:{n}: expected host[:port], got {text!r}")
+            hosts.append((host, int(port or 22)))
+    if not hosts:
+        raise InputError(f"--hosts {path}: no host listed")
+    return hosts
+
+
+class SshPlan:
+    """What every ssh node runs: the command (a word list, quoted only by ``remote_command``),
+    the hosts (node ``i`` on ``hosts[i % len(hosts)]``, servers first, as dmlc), the
+    ``--env`` pairs and the working folder (the launching one)."""
+
+    def __init__(self, command, hosts, *, env=(), working_dir):
+        self.command, self.hosts = list(command), list(hosts)
+        self.env, self.working_dir = list(env), working_dir
+
+    def nodes(self, num_workers, num_servers, tracker_env):
+        """``[(role, task_id, ssh argv)]`` for the servers then the workers; ``task_id`` counts
+        within a role (``DMLC_TASK_ID``, the worker index the tracker's local launcher sets too)."""
+        out = []
+        for i in range(num_servers + num_workers):
+            role, task = ("server", i) if i < num_servers else ("worker", i - num_servers)
+            host, port = self.hosts[i % len(self.hosts)]
+            env = dict(tracker_env, DMLC_ROLE=role, DMLC_TASK_ID=task, DMLC_NODE_HOST=host)
+            env.update((k, os.environ[k]) for k in FORWARDED if k in os.environ)
+            env.update(self.env)
+            out.append((role, task, ssh_argv(host, port, remote_command(self.command, env, self.working_dir))))
+        return out
+
+
+def remote_command(command, env, working_dir):
+    """The one string a remote login shell runs for a node: ``export`` of each variable, ``cd`` to
+    the working folder, ``exec`` of the command; every value and word quoted exactly once
+    (``shlex.quote``), so that the remote shell's own parse gives back ``command`` word for word."""
+    exports = [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
+    # `&&`: a node whose folder is missing fails instead of running the command elsewhere
+    return "; ".join(exports + [f"cd {shlex.quote(working_dir)} && exec {shlex.join(command)}"])
+
+
+def ssh_argv(host, port, remote):
+    """``ssh`` argv of one node, run without a local shell: ``remote`` stays one argument (ssh
+    hands it unchanged to the remote shell); ``-tt`` gives the remote command a terminal, so that
+    it gets SIGHUP when this ssh is stopped."""
+    return ["ssh", "-tt", "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes", "-p", str(port), host, remote]
+
+
+def ssh_submit(plan, procs, tracker_env):
+    """The tracker's ``fun_submit`` for ssh: one thread per node running its ``ssh`` (recorded by
+    ``procs``, so that a failure stops the job and ``terminate_all`` stops the remote nodes)."""
+    nodes = plan.nodes(int(tracker_env["DMLC_NUM_WORKER"]), int(tracker_env["DMLC_NUM_SERVER"]), tracker_env)
+    for role, task, argv in nodes:
+        log.info("launch: %s %d on %s", role, task, argv[-2])
+        env = dict(os.environ, DMLC_ROLE=role)  # for the record of procs.call (role of a failure)
+        threading.Thread(target=procs.call, args=(argv,), kwargs={"env": env}, daemon=True).start()
 
 
 def _tracker_argv(command, *, num_workers, num_servers, launcher, hosts):

@@ -34,7 +34,7 @@ from shrinkteanet.core.utils import mxnet_reason
 from shrinkteanet.model.checkpoint import read_state  # noqa: F401
 from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
 from shrinkteanet.training.schedule import build_lr_schedule, cfg_lr_steps, seed_everything, total_batches  # noqa: F401
-from shrinkteanet.training.validate import check_hyperparameters, validate  # noqa: F401
+from shrinkteanet.training.validate import check_hyperparameters, check_kvstore_name, validate  # noqa: F401
 
 log = get_logger(__name__)
 
@@ -53,30 +53,60 @@ class Context:
 
     @property
     def distributed(self):
-        return self.kvstore is not None and "dist" in getattr(self.kvstore, "type", "")
+        """Several workers with their own data (per-worker losses and statistics)."""
+        kind = getattr(self.kvstore, "type", "") if self.kvstore is not None else ""
+        return "dist" in kind or kind == "horovod"
+
+    @property
+    def horovod(self):
+        return isinstance(self.kvstore, Horovod)
+
+
+class Horovod:
+    """The ``--kvstore horovod`` job: ``horovod.mxnet`` initialised; rank and size are horovod's
+    (MXNet 1.9.1 has no horovod kvstore: ``mx.kv.create('horovod')`` is a local store reporting
+    rank 0 of 1).  ``fit`` builds ``hvd.DistributedTrainer`` and broadcasts rank 0's weights."""
+
+    type = "horovod"
+
+    def __init__(self, hvd):
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.num_workers, self.local_rank = int(hvd.rank()), int(hvd.size()), int(hvd.local_rank())
+
+
+def check_kvstore(name):
+    """A ``--kvstore`` this package runs, refused in one line otherwise, before anything is read:
+    an unknown or refused name (``validate.check_kvstore_name``: ``dist_async``), ``horovod``
+    without ``horovod.mxnet``."""
+    check_kvstore_name({"kvstore": name})
+    if name == "horovod":
+        try:
+            import horovod.mxnet  # noqa: F401
+        except ImportError:
+            raise InputError("--kvstore horovod: horovod.mxnet is not importable (HOROVOD_WITH_MXNET=1 pip install "
+                             "--no-build-isolation horovod==0.28.1), or use `shrinkteanet launch` with "
+                             "dist_device_sync") from None
 
 
 def make_kvstore(name):
-    """``device``/``local`` (one worker), ``dist_sync``/``dist_device_sync``/``dist_async``
-    (MXNet's parameter server, started by ``shrinkteanet launch``), or ``horovod``."""
+    """``device``/``local`` (one worker), ``dist_sync``/``dist_device_sync`` (MXNet's parameter
+    server, started by ``shrinkteanet launch``; ``dist_device_sync`` sums on the GPUs), or
+    ``horovod`` (a ``Horovod`` job; one process per GPU, started by ``horovodrun``)."""
     import mxnet as mx
 
+    check_kvstore(name)
     if name in ("", "none", None):
         return None
     if name in ("device", "local"):
         return name  # Trainer builds it (only when there is more than one context)
     if name == "horovod":
-        try:
-            import horovod.mxnet  # noqa: F401
-        except ImportError:
-            raise InputError("--kvstore horovod: horovod is not installed (HOROVOD_WITH_MXNET=1 pip install "
-                             "--no-build-isolation horovod==0.28.1)") from None
-        return mx.kv.create("horovod")
-    if name.startswith("dist"):
-        if "DMLC_ROLE" not in os.environ:
-            raise InputError(f"--kvstore {name}: run under `shrinkteanet launch` (DMLC_ROLE is not set)")
-        return mx.kv.create(name)
-    raise InputError(f"--kvstore {name!r}: expected device, local, dist_sync, dist_device_sync, dist_async or horovod")
+        import horovod.mxnet as hvd
+
+        return Horovod(hvd)
+    if "DMLC_ROLE" not in os.environ:
+        raise InputError(f"--kvstore {name}: run under `shrinkteanet launch` (DMLC_ROLE is not set)")
+    return mx.kv.create(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +262,7 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
     from shrinkteanet.training.run_folder import check_run_outputs
 
     ctx_list = list(ctx_list or [mx.cpu()])
+    check_kvstore(cfg.kvstore)  # a store that cannot run is refused before anything is checked or read
     if not cfg.data_dir:
         raise InputError("config data_dir is empty: --data DIR")
     log_to = LogFile() if log_file and cfg.out else None
@@ -250,14 +281,24 @@ def make_job(cfg, ctx_list):
     """The ``Context`` of this worker (kvstore ``cfg.kvstore``); the global batch must split
     evenly over workers and contexts."""
     kv = make_kvstore(cfg.kvstore)
-    job = Context(ctx_list, None if isinstance(kv, str) else kv)
+    job = Context(horovod_contexts(kv, ctx_list), None if isinstance(kv, str) else kv)
     job.kvstore = kv
     if job.num_workers > 1 and cfg.out and job.rank > 0:
         log.info("worker %d of %d: checkpoints are written by worker 0", job.rank, job.num_workers)
-    if cfg.batch_size % (job.num_workers * len(ctx_list)):
+    if cfg.batch_size % (job.num_workers * len(job.ctx_list)):
         raise InputError(f"config batch_size={cfg.batch_size} is not divisible by {job.num_workers} worker(s) x "
-                         f"{len(ctx_list)} context(s)")
+                         f"{len(job.ctx_list)} context(s) (--gpus picks the devices; without it every visible GPU)")
     return job
+
+
+def horovod_contexts(kv, ctx_list):
+    """One GPU per horovod process, ``gpu(local_rank)`` (horovod's rule); the CPU stays the CPU."""
+    import mxnet as mx
+
+    if not isinstance(kv, Horovod) or ctx_list[0].device_type != "gpu":
+        return ctx_list
+    log.info("horovod worker %d of %d: gpu(%d) (local rank)", kv.rank, kv.num_workers, kv.local_rank)
+    return [mx.gpu(kv.local_rank)]
 
 
 def claim_output(cfg, rank, *, resume, overwrite, report=None, log=None):

@@ -142,8 +142,29 @@ def _cache_hint(cfg):
     return ""
 
 
+#: ``--kvstore`` values a run can use; the one-line refusals of those this package cannot run
+KVSTORES = ("device", "local", "dist_sync", "dist_device_sync", "horovod")
+REFUSED_KVSTORES = {
+    "dist_async": "asynchronous updates run on the servers (update_on_kvstore=True), where the NaN guard "
+                  "cannot veto a step and Trainer.save_states cannot save the optimizer state; use dist_sync "
+                  "or, on GPUs, dist_device_sync",
+}
+
+
+def check_kvstore_name(cfg, facts=None):
+    """``kvstore`` names a store of ``KVSTORES`` (empty/``none``: no store); ``dist_async`` is
+    refused (``REFUSED_KVSTORES``).  Whether horovod is importable is ``train.check_kvstore``'s."""
+    name = cfg.get("kvstore")
+    if name in ("", "none", None) or name in KVSTORES:
+        return
+    if name in REFUSED_KVSTORES:
+        raise InputError(f"--kvstore {name}: not supported: {REFUSED_KVSTORES[name]}")
+    raise InputError(f"--kvstore {name!r}: expected {', '.join(KVSTORES)}")
+
+
 #: the checks, in order; each ``(name, check(cfg, facts))``
 CHECKS = (
+    ("kvstore", check_kvstore_name),
     ("hyperparameters", check_hyperparameters),
     ("names", check_names),
     ("stages", check_stages),
