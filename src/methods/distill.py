@@ -388,7 +388,6 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None, cached_emb_size=0):
         from shrinkteanet.methods._cached_teacher import CachedTeacher
 
         return student, CachedTeacher(cached_emb_size), None
-    ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
     if not ckpt:
         raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")
     teacher, fc7 = load_teacher(cfg, ckpt, ctx=ctx, with_taps=needs.taps)
