@@ -14,6 +14,10 @@ variant ``adadistill`` = AdaArcDistill (ArcFace, m2=0.45), ``adadistill_cos`` = 
 (the release's ``adaptive_alpha=False`` path).  The student's embedding must be as wide as the
 teacher's.  The paper's fixed-centre ArcDistill / CosDistill baselines need the teacher's fc7
 (``Needs.fc7``) and are not variants of this method.
+
+Sources: the equations follow the authors' code line by line (``AdaptiveAArcFace``,
+``AdaptiveACosFace``); the paper's own text was not at hand when this was written (no copy in the
+project's paper folder), so its equation numbers are not cited here, only its sections' content.
 """
 from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
 

@@ -13,6 +13,10 @@ Defaults, from the authors' code (``distillation/ekd.py``: ``topk = 2000``, ``t 
 ``train.yaml``: ArcFace head, scale 64, margin 0.4, which the named config leaves to ``cfg.loss``
 as for every other method here).  The authors' balanced sampler (32 random + 8 identities x 4
 images per batch) is not reproduced: the loader's random batches hold fewer positive pairs.
+
+Sources: the equations follow the authors' code (``EKD.forward``, ``relative_loss``); the paper's
+own text was not at hand when this was written (no copy in the project's paper folder), so its
+equation numbers are not cited here.
 """
 from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
 
