@@ -52,6 +52,6 @@ METHOD = MethodDef(
                   adadistill_weighted=True),
     variants=(Variant("adadistill"),
               Variant("adadistill_cos", dict(loss="cosface", margin_m2=0.0, margin_m3=0.35))),
-    study=(StudyRow("adadistill", "adadistill", "AdaDistill (AdaArcDistill)", order=62),),
+    study=(StudyRow("adadistill", "adadistill", "AdaDistill", order=62),),
     classifier=classifier,
 )
