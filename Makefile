@@ -100,6 +100,24 @@ demo: install  ## synthetic data -> teacher -> MFN-R self-studied vs distilled -
 reproduce-small: install  ## the decisive study: converged MFN-R runs, 7 methods x 3 seeds, paired 95% intervals, verdicts (about 56 min) -> $(OUT)/reproduce-small/
 	$(CLI) reproduce --out $(OUT)/reproduce-small $(STUDY_FLAGS)
 
+# The fair study (issue 26): one part per target, resumable (a killed run continues from its last checkpoint),
+# REPORT.md merges the finished parts; STUDENTS=mfnr or mfn for one network, JOBS=N, FAIR_SCALE=fair_tiny to try it.
+FAIR_SCALE ?= fair
+STUDENTS ?=
+FAIR_FLAGS = --scale $(FAIR_SCALE) --resume $(if $(JOBS),--jobs $(JOBS)) $(if $(STUDENTS),--students $(STUDENTS))
+.PHONY: reproduce-calibration reproduce-tuning reproduce-main reproduce-efficiency
+reproduce-calibration: install  ## fair study: teacher and self-studied students at doubling budgets -> $(OUT)/reproduce-fair/
+	$(CLI) reproduce --part calibration --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
+reproduce-tuning: install  ## fair study: each method's strength grid, one seed, chosen on val.bin only
+	$(CLI) reproduce --part tuning --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
+reproduce-main: install  ## fair study: Table 2's rows (+ extra methods, tuned rows) at the budget, every seed
+	$(CLI) reproduce --part main --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
+reproduce-efficiency: install  ## fair study: the same students at a quarter of the budget, steps to match
+	$(CLI) reproduce --part efficiency --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
 small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the train-* targets' data when DATA is unset
 	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS)
 

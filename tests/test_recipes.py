@@ -179,3 +179,14 @@ def test_make_train_target_without_data_says_so_and_uses_the_small_set():
     line = [ln for ln in r.stdout.splitlines() if "recipes/mfnr_stn.sh" in ln][0]
     assert "DATA=/w/demo/synth" in line and "OUT=/w/recipes-small" in line
     assert "--recipe-extra mfnr --scale tiny" in line and "MEGAFACE=/w/demo/synth/megaface" in line
+
+
+def test_make_fair_study_targets_run_one_resumable_part_each():
+    for part in ("calibration", "tuning", "main", "efficiency"):
+        r = _make(f"reproduce-{part}", "STUDENTS=mfn", "JOBS=2", "OUT=/w")
+        assert r.returncode == 0, r.stderr
+        line = r.stdout.strip().splitlines()[-1]
+        assert line.endswith(f"reproduce --part {part} --out /w/reproduce-fair --scale fair --resume --jobs 2 "
+                             "--students mfn"), line
+    r = _make("reproduce-main")
+    assert r.stdout.strip().splitlines()[-1].endswith("--scale fair --resume")
