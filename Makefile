@@ -100,6 +100,24 @@ demo: install  ## synthetic data -> teacher -> MFN-R self-studied vs distilled -
 reproduce-small: install  ## the decisive study: converged MFN-R runs, 7 methods x 3 seeds, paired 95% intervals, verdicts (about 56 min) -> $(OUT)/reproduce-small/
 	$(CLI) reproduce --out $(OUT)/reproduce-small $(STUDY_FLAGS)
 
+# The fair study (issue 26): one part per target, resumable (a killed run continues from its last checkpoint),
+# REPORT.md merges the finished parts; STUDENTS=mfnr or mfn for one network, JOBS=N, FAIR_SCALE=fair_tiny to try it.
+FAIR_SCALE ?= fair
+STUDENTS ?=
+FAIR_FLAGS = --scale $(FAIR_SCALE) --resume $(if $(JOBS),--jobs $(JOBS)) $(if $(STUDENTS),--students $(STUDENTS))
+.PHONY: reproduce-calibration reproduce-tuning reproduce-main reproduce-efficiency
+reproduce-calibration: install  ## fair study: teacher and self-studied students at doubling budgets -> $(OUT)/reproduce-fair/
+	$(CLI) reproduce --part calibration --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
+reproduce-tuning: install  ## fair study: each method's strength grid, one seed, chosen on val.bin only
+	$(CLI) reproduce --part tuning --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
+reproduce-main: install  ## fair study: Table 2's rows (+ extra methods, tuned rows) at the budget, every seed
+	$(CLI) reproduce --part main --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
+reproduce-efficiency: install  ## fair study: the same students at a quarter of the budget, steps to match
+	$(CLI) reproduce --part efficiency --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
+
 small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the train-* targets' data when DATA is unset
 	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS)
 
@@ -115,7 +133,7 @@ RECIPE = $(if $(DATA),,@echo "DATA is not set: $(strip $(1) $(3)) runs on the sy
 	EXTRA="$(if $(DATA),,$$($(CLI) demo --recipe-extra $(2) $(DEMO_FLAGS))) $(EXTRA)" bash recipes/$(1).sh $(3)
 .PHONY: train-teacher train-teacher-r100 train-mfnr train-mfnr-self train-mfnr-l2 train-mfn-self train-mfn-l2 \
 	train-mfn-stn train-mv1-self train-mv1-l2 train-mv1-stn train-mv2-self train-mv2-l2 train-mv2-stn \
-	train-mfn-margin train-lowres-kt train-lowres-kd train-lowres-ktkd
+	train-mfn-margin train-mfn-adadistill train-mfn-ekd train-lowres-kt train-lowres-kd train-lowres-ktkd
 train-teacher: install  ## teacher LResNet-E-IR r90 (ArcFace), then all evaluations
 	$(call RECIPE,teacher_r90,r90)
 train-teacher-r100: install  ## teacher LResNet-E-IR r100 (ArcFace), then all evaluations
@@ -146,6 +164,10 @@ train-mv2-stn: install  ## MobileNetV2 with ShrinkTeaNet
 	$(call RECIPE,mv2_stn,mv2)
 train-mfn-margin: install  ## MarginDistillation, MobileFaceNet student
 	$(call RECIPE,mfn_margin,mfn)
+train-mfn-adadistill: install  ## AdaDistill (AdaArcDistill), MobileFaceNet student
+	$(call RECIPE,mfn_adadistill,mfn)
+train-mfn-ekd: install  ## EKD (evaluation-oriented KD), MobileFaceNet student
+	$(call RECIPE,mfn_ekd,mfn)
 train-lowres-kt: install  ## low-resolution student (teacher's architecture at LOWRES=56; STUDENT=mfn..), knowledge transfer
 	$(call RECIPE,lowres,lowres,kt)
 train-lowres-kd: install  ## low-resolution student, knowledge distillation

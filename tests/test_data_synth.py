@@ -287,3 +287,67 @@ def test_cli_synth_prints_summary_and_json(tmp_path, capsys):
     assert rep["train"]["num_images"] == 4 and rep["bins"]["agedb_30"]["pairs"] == 4
     assert "ijb" not in rep and not (out / "IJBC").exists()
     assert main(["data", "synth", str(out), "--identities", "0", "--no-ijb", "--no-megaface"]) == 2
+
+
+# ----------------------------------------------------------------------------- validation split (issue 26)
+
+
+def _tree_sha1(root):
+    """{relative path: sha1} of every file under ``root``."""
+    import hashlib
+
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
+    return out
+
+
+def test_validation_set_leaves_every_other_file_byte_identical(tmp_path):
+    kw = dict(SMALL, identities=3, images_per_id=2, pairs=6, ijb_templates=6, megaface_distractors=10)
+    res_off = synth.generate(tmp_path / "off", **kw)
+    res_on = synth.generate(tmp_path / "on", val_pairs=10, val_identities=5, **kw)
+    off, on = _tree_sha1(tmp_path / "off"), _tree_sha1(tmp_path / "on")
+    assert set(on) - set(off) == {"val.bin"} and set(off) <= set(on)
+    assert {k: on[k] for k in off} == off  # every file written without the option keeps its bytes
+    assert len(off) > 20  # the trees were compared, not two empty folders
+    no_path = {k: {f: v for f, v in b.items() if f != "path"} for k, b in res_off["bins"].items()}
+    assert "val" not in res_off and no_path == {k: {f: v for f, v in b.items() if f != "path"}
+                                                for k, b in res_on["bins"].items()}
+    assert res_on["val"] == {"path": str(tmp_path / "on" / "val.bin"), "pairs": 10, "same": 5, "identities": 5}
+    from shrinkteanet.data.binfile import load_bin
+
+    imgs, issame = load_bin(str(tmp_path / "on" / "val.bin"))
+    assert imgs.shape[0] == 20 and list(issame) == [p % 2 == 0 for p in range(10)]
+    # its pairs are its own draws, not a copy of a test set's
+    lfw, _ = load_bin(str(tmp_path / "on" / "lfw.bin"))
+    assert not any(np.array_equal(a, b) for a in imgs for b in lfw)
+
+
+def test_validation_identities_are_disjoint_from_training_and_test_identities():
+    def keys(ns):
+        return {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in (synth.identity(0, ns, i) for i in range(60))}
+
+    val = keys(synth.NS_VAL)
+    assert len(val) == 60
+    for ns in (synth.NS_TRAIN, synth.NS_LFW, synth.NS_CFP, synth.NS_AGEDB, synth.NS_IJB, synth.NS_MF_PROBE,
+               synth.NS_MF_DISTRACTOR):
+        assert not val & keys(ns), ns
+    # the pair plan is a stream of its own too: same counts, different identity draws than LFW's
+    assert synth._pair_plan(0, synth.NS_VAL, 50, 40) != synth._pair_plan(0, synth.NS_LFW, 50, 40)
+
+
+def test_cli_validation_pairs_option(tmp_path, capsys):
+    from shrinkteanet.cli import main
+
+    out, js = tmp_path / "out", tmp_path / "r.json"
+    args = ["data", "synth", str(out), "--identities", "2", "--images-per-id", "1", "--test-identities", "3",
+            "--pairs", "4", "--no-ijb", "--no-megaface", "--workers", "1"]
+    assert main(args + ["--val-pairs", "6", "--json", str(js)]) == 0
+    assert "val.bin" in capsys.readouterr().out
+    assert json.loads(js.read_text())["val"]["pairs"] == 6 and (out / "val.bin").is_file()
+    assert main(args + ["--val-pairs", "1", "--overwrite"]) == 2
+    assert "--val-pairs" in capsys.readouterr().err
+    assert main(args + ["--val-pairs", "6"]) == 2  # val.bin exists: --overwrite needed, as for every set file

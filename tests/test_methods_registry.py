@@ -82,6 +82,16 @@ OLD_DISTILL = dict(
     lowres_kd=dict(distill="lowres_kd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
     lowres_ktkd=dict(distill="lowres_ktkd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
 )
+# issue 22: AdaDistill and EKD, each one new file (methods/adadistill.py, methods/ekd.py)
+NEW_DISTILL = dict(
+    adadistill=dict(distill="adadistill", loss="arcface", margin_s=64.0, margin_m1=1.0, margin_m2=0.45, margin_m3=0.0,
+                    adadistill_weighted=True),
+    adadistill_cos=dict(distill="adadistill", loss="cosface", margin_s=64.0, margin_m1=1.0, margin_m2=0.0,
+                        margin_m3=0.35, adadistill_weighted=True),
+    ekd=dict(distill="ekd", ekd_pos_weight=0.02, ekd_neg_weight=0.01, ekd_temperature=0.01, ekd_momentum=0.01,
+             ekd_topk=2000, ekd_fpr_anchors=[10, 100, 1000, 10000, 100000, 1000000]),
+)
+NEW_SPECS = {"adadistill": dict(teacher=True, emb=True), "ekd": dict(teacher=True, emb=True)}
 OLD_SPECS = {  # the needs of the old SPECS rows (their term kinds now live in the method modules)
     "none": {}, "stn": dict(teacher=True, emb=True), "l2": dict(teacher=True, emb=True),
     "kd": dict(teacher=True, emb=True, fc7=True), "hint": dict(teacher=True, taps=True),
@@ -103,20 +113,22 @@ def test_derived_tables_equal_the_hand_written_ones():
     from shrinkteanet.methods import distill
     from shrinkteanet.study import demo, paper, table
 
-    assert config.DISTILL == OLD_DISTILL and list(config.DISTILL) == list(OLD_DISTILL)
+    assert config.DISTILL == {**OLD_DISTILL, **NEW_DISTILL} and list(config.DISTILL) == list(OLD_DISTILL) + list(NEW_DISTILL)
     old_configs = {"teacher_r90": ("r90", "emore", "arcface", "none"),
                    "teacher_r100": ("r100", "emore", "arcface", "none")}
     for student in ("mv1", "mv2", "mfn", "mfnr"):
         old_configs[f"{student}_self"] = (student, "emore", "arcface", "none")
         for m in ("l2", "l2_final", "stn", "stn_final", "kd", "hint", "margin", "lowres_kt", "lowres_kd",
-                  "lowres_ktkd"):
+                  "lowres_ktkd", "adadistill", "adadistill_cos", "ekd"):
             old_configs[f"{student}_{m}"] = (student, "emore", "arcface", m)
     assert config.CONFIGS == old_configs
-    assert distill.SPECS == OLD_SPECS and distill.METHODS == tuple(OLD_SPECS)
-    assert demo.METHODS == OLD_DEMO and list(demo.METHODS) == list(OLD_DEMO)  # report order
+    assert distill.SPECS == {**OLD_SPECS, **NEW_SPECS} and distill.METHODS == tuple(OLD_SPECS) + tuple(NEW_SPECS)
+    new_demo = {"adadistill": ("adadistill", ()), "ekd": ("ekd", ())}
+    demo_order = [*list(OLD_DEMO)[:7], *new_demo, *list(OLD_DEMO)[7:]]  # after margin, before the weight ablation
+    assert demo.METHODS == {**OLD_DEMO, **new_demo} and list(demo.METHODS) == demo_order
     assert paper.METHODS == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
                              "stn": "ShrinkTeaNet"}
-    assert table.METHOD_NAMES == OLD_METHOD_NAMES
+    assert table.METHOD_NAMES == {**OLD_METHOD_NAMES, "adadistill": "AdaDistill", "ekd": "EKD"}
     assert table.WEIGHT_ABLATION == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
     assert [table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
         ["self", "stn", "stn_final", "hint"]
@@ -145,7 +157,7 @@ def test_unknown_names_fail_listing_every_valid_one():
     with pytest.raises(InputError) as e:
         registry.method("stnn")
     assert str(e.value).startswith("distill='stnn': unknown method; valid: ")
-    assert set(str(e.value).split("valid: ")[1].split(", ")) == set(OLD_SPECS)
+    assert set(str(e.value).split("valid: ")[1].split(", ")) == set(OLD_SPECS) | set(NEW_SPECS)
     with pytest.raises(InputError, match="unknown distill method 'stnn'; valid: .*stn_final"):
         config.generate_config("mfn", "synth", "arcface", "stnn")
     r = run_cli("train", "--config", "mfn_stnn")
@@ -156,7 +168,7 @@ def test_unknown_names_fail_listing_every_valid_one():
     assert listed == set(config.CONFIGS) and {"mfnr_lowres_ktkd", "teacher_r100", "mv1_self"} <= listed
     r = run_cli("config", "mfn_stn", "distill=bogus")
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "unknown distill method 'bogus'; valid: hint, kd" in lines[0]
+    assert r.returncode == 2 and len(lines) == 1 and "unknown distill method 'bogus'; valid: adadistill, adadistill_cos, ekd, hint, kd" in lines[0]
 
 
 def test_a_method_module_declaring_a_taken_name_is_refused():

@@ -160,3 +160,48 @@ def test_demo_plan_pairs_every_method_on_the_same_seeds(tmp_path):
     assert isinstance(ckpt, study.CheckpointOf) and ckpt.resolve().startswith("<final checkpoint")
     with pytest.raises(InputError, match="method 'bogus'"):
         demo.plan(str(tmp_path), scale, methods=("bogus",))
+
+
+def _fake_run(root, name, steps, acc):
+    ev = os.path.join(root, name, "eval")
+    os.makedirs(ev)
+    with open(os.path.join(root, name, "train.json"), "w") as f:
+        json.dump({"steps": steps}, f)
+    with open(os.path.join(ev, "verification.json"), "w") as f:
+        json.dump({t: {"accuracy": acc} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
+    with open(os.path.join(ev, "megaface.json"), "w") as f:
+        json.dump({"rank1": {"1000": acc / 2}}, f)
+    with open(os.path.join(ev, "ijbc.json"), "w") as f:
+        json.dump({"tar_at_far": {"0.0001": acc / 4}}, f)
+
+
+def test_demo_adds_a_self_studied_run_at_4n_and_labels_its_effect_as_sample_efficiency(tmp_path):
+    from shrinkteanet.study import demo_efficiency
+
+    scale = demo.get_scale("small")
+    stages, runs = demo.plan(str(tmp_path), scale)
+    long_train = next(s for s in stages if s.name == "mfnr_self_x4: train")
+    args = [str(a) for a in long_train.commands[0]]
+    epochs = 4 * scale["student_epochs"]
+    assert f"num_epochs={epochs}" in args and f"lr_steps={demo._lr_steps(epochs)}" in args
+    assert sum(a.startswith("num_epochs=") for a in args) == 1 and "teacher: train" not in long_train.after
+    assert "mfnr_self_x4" not in {r["dir"] for r in runs}  # not a row of the paired tables
+    assert not demo_efficiency.long_self_runs(demo.get_scale("tiny"), ("mfnr",), (0,))
+    # the section: distilled at N vs self-studied at N and at 4N, the numbers of the runs' reports
+    for name, steps, acc in (("mfnr_self", 600, 0.80), ("mfnr_stn_w10", 600, 0.86), ("mfnr_self_x4", 2400, 0.88)):
+        _fake_run(str(tmp_path), name, steps, acc)
+    meta = dict(seeds=[0], runs=[dict(network="mfnr", method="self", seed=0, dir="mfnr_self"),
+                                 dict(network="mfnr", method="stn_w10", seed=0, dir="mfnr_stn_w10")],
+                long_self=demo_efficiency.long_self_runs(scale, ("mfnr",), (0,)))
+    text = demo_efficiency.section(str(tmp_path), meta, {"self": "Self-studied", "stn_w10": "STN w10"})
+    assert "## Sample efficiency: distilled at N steps vs self-studied at N and at 4N" in text
+    assert "N = 600 steps" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "steps |" not in ln]
+    assert rows == ["| Self-studied at N | 600 | 80.00 | 80.00 | 80.00 | 40.00 | 20.00 |",
+                    "| STN w10 at N | 600 | 86.00 | 86.00 | 86.00 | 43.00 | 21.50 |",
+                    "| Self-studied at 4N | 2400 | 88.00 | 88.00 | 88.00 | 44.00 | 22.00 |"]
+    report = tmp_path / "REPORT.md"
+    report.write_text("# t\n## Table 2 layout\nx\n## Paired differences to the self-studied student\ny\n")
+    demo_efficiency.insert_section(str(report), text)
+    body = report.read_text()
+    assert body.index("## Table 2 layout") < body.index("## Sample efficiency") < body.index("## Paired differences")

@@ -373,6 +373,10 @@ def _register_synth(dsub):
     p.add_argument("--images-per-id", type=int, default=20, help="training images per identity (default 20)")
     p.add_argument("--test-identities", type=int, default=100, help="identities per verification target (default 100)")
     p.add_argument("--pairs", type=int, default=600, help="pairs per .bin, half same (default 600; LFW has 6000)")
+    p.add_argument("--val-pairs", type=int, default=0, help="pairs of the validation set val.bin, identities "
+                   "disjoint from training and every test set (default 0: none; the fair study uses 6000)")
+    p.add_argument("--val-identities", type=int, default=None,
+                   help="identities of the validation set (default: --test-identities)")
     p.add_argument("--ijb-templates", type=int, default=200, help="IJB-C templates (default 200)")
     p.add_argument("--megaface-probes", type=int, default=20, help="FaceScrub-like probe identities (default 20)")
     p.add_argument("--megaface-probe-images", type=int, default=6, help="images per probe identity (default 6)")
@@ -400,9 +404,9 @@ def outputs_synth(args):
 
     images = synth.rendered_images(args.identities, args.images_per_id, args.pairs, args.ijb_templates,
                                    args.megaface_probes, args.megaface_probe_images, args.megaface_distractors,
-                                   ijb=not args.no_ijb, megaface=not args.no_megaface)
+                                   ijb=not args.no_ijb, megaface=not args.no_megaface, val_pairs=max(args.val_pairs, 0))
     outs = synth.synth_outputs(args.out, overwrite=args.overwrite, ijb=not args.no_ijb, megaface=not args.no_megaface,
-                               need=synth.estimate_bytes(images, args.image_size))
+                               need=synth.estimate_bytes(images, args.image_size), val=args.val_pairs > 0)
     return outs + [json_output(args)], []
 
 
@@ -418,6 +422,7 @@ def run_synth(args):
         difficulty=synth.DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty,
         image_size=args.image_size, seed=args.seed, ijb=not args.no_ijb, megaface=not args.no_megaface,
         workers=_workers(args.workers), quality=args.quality, overwrite=args.overwrite,
+        val_pairs=args.val_pairs, val_identities=args.val_identities,
     )
     print(synth.format_summary(res))
     if args.json:

@@ -33,7 +33,8 @@ def _jobs(text):
 def _common(p, out_default, scale_default):
     p.add_argument("--out", default=out_default, metavar="DIR", help=f"work folder (default {out_default})")
     p.add_argument("--scale", default=None,
-                   help=f"tiny | small | study (default: $SHRINKTEANET_DEMO_SCALE or {scale_default})")
+                   help=f"tiny | small | study | fair | fair_tiny (default: $SHRINKTEANET_DEMO_SCALE or {scale_default}; "
+                        "--part: fair)")
     p.add_argument("--seeds", default=None, help="student seeds, comma-separated (default: the scale's)")
     p.add_argument("--students", default=None, help="student networks, comma-separated (default: the scale's)")
     p.add_argument("--methods", default=None, help="methods, comma-separated (default: the scale's; "
@@ -57,6 +58,11 @@ def register(sub):
     r = sub.add_parser("reproduce", help="the demo with several seeds per method: mean, std and whether the "
                                          "paper's ordering holds")
     _common(r, "work/reproduce-small", "study")
+    r.add_argument("--part", default=None, help="the fair study (issue 26, default scale fair): calibration, "
+                                                "tuning, main, efficiency, comma-separated; run in that order; --out default "
+                                                "work/reproduce-fair")
+    r.add_argument("--resume", action="store_true", help="a train stage killed midway continues from its last "
+                                                         "checkpoint (train --resume) instead of starting afresh")
     r.set_defaults(func=run_reproduce)
 
 
@@ -111,4 +117,35 @@ def run_demo(args):
 
 
 def run_reproduce(args):
+    if args.part:
+        return _run_fair(args)
+    if args.resume:
+        from shrinkteanet.core.errors import InputError
+
+        raise InputError("--resume belongs to the fair study's parts: give --part too")
     return _run(args, reproduce=True)
+
+
+def _run_fair(args):
+    """``reproduce --part ...``: the fair study's parts, then the merged REPORT.md."""
+    from shrinkteanet.study import demo, fair
+
+    parts = fair.parse_parts(args.part)
+    scale = demo.get_scale(args.scale or "fair")
+    out = args.out if args.out != "work/reproduce-small" else "work/reproduce-fair"
+    path = fair.run_fair(out, scale, parts, students=_names(args.students),
+                         seeds=_seeds(args.seeds) if args.seeds else None, methods=_names(args.methods),
+                         resume=args.resume, jobs=_jobs(args.jobs) if args.jobs else None, threads=args.threads,
+                         force=args.force, dry_run=args.dry_run)
+    if path is None:
+        print("dry run: nothing trained")
+        return 0
+    with open(path) as f:
+        text = f.read()
+    print(text[text.find("## Parts"):text.find("\n## ", text.find("## Parts") + 3)].strip())
+    print(f"report: {path}")
+    if args.json:
+        from shrinkteanet.core.utils import write_json
+
+        write_json(args.json, dict(report=path, parts=parts, scale=scale["name"]))
+    return 0

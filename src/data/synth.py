@@ -46,6 +46,9 @@ log = get_logger(__name__)
 # Namespaces of identity draws: each benchmark gets its own individuals, so the
 # evaluation identities are disjoint from the training identities (open set).
 NS_TRAIN, NS_LFW, NS_CFP, NS_AGEDB, NS_IJB, NS_MF_PROBE, NS_MF_DISTRACTOR = 1, 2, 3, 4, 5, 6, 7
+#: the validation split (issue 26: tuning reads it, never a test set): its own namespace, so its
+#: identities and pair draws are a stream apart and every other file keeps its bytes
+NS_VAL = 8
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = float(1 << _SHIFT)
@@ -865,14 +868,16 @@ def _face_bbox(lm, W, H):
 
 #: The verification sets of the suite: (name, namespace, kind).
 BINS = (("lfw", NS_LFW, "lfw"), ("cfp_fp", NS_CFP, "cfp"), ("agedb_30", NS_AGEDB, "agedb"))
+#: The validation verification set: (name, namespace, kind); written only when ``val_pairs`` > 0.
+VAL = ("val", NS_VAL, "lfw")
 #: The training set's files in OUT.
 TRAIN_FILES = ("train.rec", "train.idx", "property", "train.lst")
 
 
 def rendered_images(identities, images_per_id, pairs, ijb_templates, megaface_probes, megaface_probe_images,
-                    megaface_distractors, *, ijb=True, megaface=True):
+                    megaface_distractors, *, ijb=True, megaface=True, val_pairs=0):
     """How many images ``generate`` renders (four loose crops per IJB-C template)."""
-    n = identities * images_per_id + len(BINS) * 2 * pairs
+    n = identities * images_per_id + len(BINS) * 2 * pairs + 2 * int(val_pairs)
     n += 4 * ijb_templates if ijb else 0
     n += megaface_probes * megaface_probe_images + megaface_distractors if megaface else 0
     return n
@@ -885,12 +890,12 @@ def estimate_bytes(images, image_size):
     return int(images) * (2 * int(image_size) ** 2 * 3 // 10 + 4096)
 
 
-def synth_outputs(out_dir, *, overwrite=False, ijb=True, megaface=True, need=0):
+def synth_outputs(out_dir, *, overwrite=False, ijb=True, megaface=True, need=0, val=False):
     """``core.outputs.Output`` of everything ``generate`` writes in ``out_dir``: without
     ``overwrite`` an existing file or tree of the suite is refused, naming it."""
     label = f"data synth {out_dir}"
     hint = "pass --overwrite to replace the set"
-    files = TRAIN_FILES + tuple(f"{name}.bin" for name, _, _ in BINS)
+    files = TRAIN_FILES + tuple(f"{name}.bin" for name, _, _ in BINS + ((VAL,) if val else ()))
     folders = ("train_images",) + (("IJBC",) if ijb else ()) + (("megaface",) if megaface else ())
     outs = [Output(label, out_dir, kind="folder", need=max(int(need), MIN_FREE))]
     outs += [Output(label, os.path.join(out_dir, f), replace=overwrite, hint=hint) for f in files]
@@ -901,10 +906,12 @@ def synth_outputs(out_dir, *, overwrite=False, ijb=True, megaface=True, need=0):
 def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pairs=600, ijb_templates=200,
              megaface_probes=20, megaface_probe_images=6, megaface_distractors=1000, megaface_noise=0.005,
              difficulty=DEFAULT_DIFFICULTY, image_size=IMAGE_SIZE, seed=0, ijb=True, megaface=True, workers=1,
-             quality=95, progress=True, overwrite=False):
+             quality=95, progress=True, overwrite=False, val_pairs=0, val_identities=None):
     """Write the whole synthetic suite into ``out_dir`` (docs/design.md, Data):
     ``train.rec/.idx/property`` + ``train.lst`` (+ ``train_images/``), ``lfw.bin``, ``cfp_fp.bin``,
-    ``agedb_30.bin``, ``IJBC/{meta,loose_crop}`` and ``megaface/``.  An existing part of a suite
+    ``agedb_30.bin``, ``IJBC/{meta,loose_crop}`` and ``megaface/``, and with ``val_pairs`` > 0 the
+    validation set ``val.bin`` (``val_identities`` identities, default ``test_identities``, of their
+    own namespace: disjoint from training and every test set).  An existing part of a suite
     is replaced only with ``overwrite`` (``synth_outputs``); the outputs are checked before
     anything is rendered (``core.outputs.check_outputs``).  Returns a summary dict."""
     _check(identities >= 2, f"--identities must be at least 2, got {identities}")
@@ -912,6 +919,7 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
     _check(test_identities >= 2, f"--test-identities must be at least 2, got {test_identities}")
     _check(pairs >= 2, f"--pairs must be at least 2, got {pairs}")
     _check(difficulty >= 0, f"--difficulty must be >= 0, got {difficulty}")
+    _check_val(val_pairs, val_identities)
     _check(32 <= image_size <= 512, f"--image-size must be in 32..512, got {image_size}")
     if ijb:
         _check(ijb_templates >= 4, f"--ijb-templates must be at least 4, got {ijb_templates}")
@@ -923,9 +931,9 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
         _check(0 <= megaface_noise < 0.5, f"--megaface-noise must be in [0, 0.5), got {megaface_noise}")
     out_dir = os.fspath(out_dir)
     images = rendered_images(identities, images_per_id, pairs, ijb_templates, megaface_probes, megaface_probe_images,
-                             megaface_distractors, ijb=ijb, megaface=megaface)
+                             megaface_distractors, ijb=ijb, megaface=megaface, val_pairs=val_pairs)
     check_outputs(synth_outputs(out_dir, overwrite=overwrite, ijb=ijb, megaface=megaface,
-                                need=estimate_bytes(images, image_size)))
+                                need=estimate_bytes(images, image_size), val=val_pairs > 0))
     os.makedirs(out_dir, exist_ok=True)
     size = (int(image_size), int(image_size))
     common = dict(seed=int(seed), difficulty=float(difficulty), size=size, quality=int(quality))
@@ -936,6 +944,10 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
         summary["bins"] = {}
         for name, ns, kind in BINS:
             summary["bins"][name] = _write_bin(out_dir, R, name, ns, kind, test_identities, pairs, **common)
+        if val_pairs:
+            name, ns, kind = VAL
+            summary["val"] = _write_bin(out_dir, R, name, ns, kind, val_identities or test_identities, val_pairs,
+                                        **common)
         if ijb:
             summary["ijb"] = _write_ijb(out_dir, R, ijb_templates, **common)
         if megaface:
@@ -944,6 +956,13 @@ def generate(out_dir, identities=100, images_per_id=20, test_identities=100, pai
         summary["num_rendered"] = R.count
     log.info("synthetic suite in %s: %d images rendered", out_dir, R.count)
     return summary
+
+
+def _check_val(val_pairs, val_identities):
+    """``--val-pairs`` 0 (no validation set) or at least 2; ``--val-identities`` at least 2 when given."""
+    _check(val_pairs == 0 or val_pairs >= 2, f"--val-pairs must be 0 or at least 2, got {val_pairs}")
+    _check(val_identities is None or val_identities >= 2,
+           f"--val-identities must be at least 2, got {val_identities}")
 
 
 def _task(common, ns, index, key, pose="normal", layout=_ALIGNED, size=None, drift=None, frame=None):
@@ -1156,6 +1175,10 @@ def format_summary(res):
              f"  train      {t['num_images']} images of {t['num_ids']} identities -> train.rec/.idx, property, train.lst"]
     for name, b in res["bins"].items():
         lines.append(f"  {name + '.bin':<12} {b['pairs']} pairs ({b['same']} same) over {b['identities']} identities")
+    if "val" in res:
+        v = res["val"]
+        lines.append(f"  {'val.bin':<12} {v['pairs']} pairs ({v['same']} same) over {v['identities']} identities "
+                     "(validation: for tuning, never a test set)")
     if "ijb" in res:
         j = res["ijb"]
         lines.append(f"  IJBC       {j['images']} loose crops, {j['templates']} templates of {j['subjects']} subjects, "

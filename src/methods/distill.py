@@ -5,7 +5,8 @@
 parts; their sum is the training objective.  ``cfg.distill`` names a method of the registry
 (``shrinkteanet.methods.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
 Duong et al. 2019, Eq. 4-7), ``l2`` ("Student-1"), ``kd`` (Hinton), ``hint``, ``margin``
-(MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019); each
+(MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019),
+``adadistill`` (Boutros et al. 2024), ``ekd`` (Huang et al. 2022); each
 module's docstring gives its terms).  From the method's declaration this module does what is
 common to all: check and freeze the teacher, build the classifier (the margin head of
 ``cfg.loss`` unless the method brings its own), knowledge transfer where the method needs it,
@@ -72,6 +73,14 @@ def needs_teacher(cfg):
 def needs_teacher_embedding(cfg):
     """True when every step needs the teacher's final embedding (what a cache can hold)."""
     return method_def(cfg).needs.emb
+
+
+def teacher_embedding_only(cfg):
+    """True when the teacher's final embedding is all the method reads of it (no stage features,
+    no tails, no classifier, no parameter transfer): a teacher cache alone can serve such a run
+    (AdaDistill, EKD, the final-stage ShrinkTeaNet and L2 variants)."""
+    needs = method_def(cfg).needs
+    return bool(needs.emb and not (needs.taps or needs.fc7 or needs.transfer) and not student_needs_taps(cfg))
 
 
 def student_image_size(cfg):
@@ -156,9 +165,12 @@ class Method(gluon.Block):
 
     def _attach_teacher(self, build):
         """Freeze the teacher, check it serves the method, and run knowledge transfer."""
+        from shrinkteanet.methods._cached_teacher import is_cached
+
         needs, teacher = self.needs, build.teacher
         if teacher is not None and needs.teacher:
-            self._frozen.teacher = teacher
+            # a cache-only run's stand-in has no network: nothing to run or hybridize
+            self._frozen.teacher = None if is_cached(teacher) else teacher
             for p in teacher.collect_params().values():
                 p.grad_req = "null"
             from shrinkteanet.methods._teacher import check_embedding_sizes
@@ -166,7 +178,7 @@ class Method(gluon.Block):
             check_embedding_sizes(self.cfg, needs, teacher_emb_size(teacher, self.emb_size))
             if needs.taps and not getattr(teacher, "with_taps", False):
                 raise InputError(f"distill={self.method}: the teacher must be built with_taps=True")
-            if needs.emb and not needs.taps:
+            if needs.emb and not needs.taps and not is_cached(teacher):
                 self._frozen.full = _frozen_full(teacher)
         if needs.transfer:
             materialize(build.student, self.student_size, self.ctx[0])
@@ -225,6 +237,9 @@ class Method(gluon.Block):
         need_emb = needs.emb and teacher_emb is None
         if not (need_emb or needs.taps):
             return teacher_emb, None
+        if fr.teacher is None:
+            raise InputError(f"distill={self.method}: no teacher loaded (the run reads teacher embeddings "
+                             "from --teacher-cache): pass the batch's cached embeddings")
         with autograd.pause(train_mode=False):
             out = (fr.full if fr.full is not None and not needs.taps else fr.teacher)(data)
         emb, taps = _split_taps(out)
@@ -258,6 +273,8 @@ def stage_cosines(method, data):
         # a student narrower than its teacher is compared through its final adapter (Sec. 3.3)
         final = method.adapters.get(LAST_STAGE) if not method.needs.taps else None
         views = {LAST_STAGE: final(emb) if final is not None else emb}
+        if int(views[LAST_STAGE].shape[1]) != int(t_emb.shape[1]):
+            del views[LAST_STAGE]  # EKD: a narrower student, never compared with the teacher directly
         for stage in sorted(fr.tails):
             views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]).astype("float32", copy=False))
         t = mx.nd.L2Normalization(t_emb.astype("float32"))
@@ -343,13 +360,16 @@ def build_method(cfg, student, teacher=None, num_classes=None, teacher_fc7=None,
     return method
 
 
-def build_networks(cfg, teacher_checkpoint=None, ctx=None):
+def build_networks(cfg, teacher_checkpoint=None, ctx=None, cached_emb_size=0):
     """``(student, teacher, teacher_fc7)`` for ``cfg``: the student ``EmbeddingNet``
     (``cfg.network``, ``cfg.net_opts``, at ``student_image_size(cfg)``, taps when the
     method's stage terms need them), Xavier-initialised as InsightFace's fresnet/MobileFaceNet
     (gaussian, fan-out, magnitude 2); the teacher from ``teacher_checkpoint`` ((prefix, epoch)
     or "PREFIX,EPOCH"; default ``cfg.teacher``) as ``load_teacher`` builds it, frozen; and its
-    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``."""
+    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``.
+    ``cached_emb_size`` (the teacher cache's width), with no teacher checkpoint named and a
+    method that reads only the teacher's embedding (``teacher_embedding_only``): no teacher is
+    loaded, a ``_cached_teacher.CachedTeacher`` stands in for it."""
     from shrinkteanet.model.network import EmbeddingNet
 
     ctx = _ctx_list(ctx)
@@ -364,6 +384,10 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     if not needs.teacher:
         return student, None, None
     ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
+    if not ckpt and cached_emb_size and teacher_embedding_only(cfg):
+        from shrinkteanet.methods._cached_teacher import CachedTeacher
+
+        return student, CachedTeacher(cached_emb_size), None
     if not ckpt:
         raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")
     teacher, fc7 = load_teacher(cfg, ckpt, ctx=ctx, with_taps=needs.taps)

@@ -42,9 +42,30 @@ class CheckpointOf:
         return f"{summary['prefix']},{summary['checkpoint']}"
 
 
+@dataclass(frozen=True)
+class ResumeOrOverwrite:
+    """The ``train`` flag of a resumable stage (issue 26): ``--resume`` when the run at ``prefix``
+    left a resume state (``PREFIX-state.json``: a stage killed midway goes on from its last
+    checkpoint), else ``--overwrite`` (start afresh).  The stamp records ``--overwrite`` either
+    way, so a resumed stage is the same stage as a fresh one and is skipped once it finished."""
+
+    prefix: str
+
+    def resolve(self):
+        return "--resume" if os.path.isfile(f"{self.prefix}-state.json") else "--overwrite"
+
+    def stamp(self):
+        return "--overwrite"
+
+
 def resolve_arg(arg):
     """A command argument as the child process gets it."""
-    return arg.resolve() if isinstance(arg, CheckpointOf) else str(arg)
+    return arg.resolve() if isinstance(arg, (CheckpointOf, ResumeOrOverwrite)) else str(arg)
+
+
+def stamp_arg(arg):
+    """A command argument as the stage's stamp records it."""
+    return arg.stamp() if isinstance(arg, ResumeOrOverwrite) else resolve_arg(arg)
 
 
 @dataclass
@@ -64,7 +85,7 @@ class Stage:
 
     def text(self):
         """The stamp's content: every command as a shell line."""
-        return "\n".join(" ".join(shlex.quote(resolve_arg(c)) for c in ["shrinkteanet", *cmd])
+        return "\n".join(" ".join(shlex.quote(stamp_arg(c)) for c in ["shrinkteanet", *cmd])
                          for cmd in self.commands)
 
     def up_to_date(self):

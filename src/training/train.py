@@ -128,11 +128,11 @@ def checkpoint_bytes(method):
     return int(total * 1.1) + 65536
 
 
-def _build_networks_or_explain(cfg, build_networks, ctx_list):
+def _build_networks_or_explain(cfg, build_networks, ctx_list, cached_emb_size=0):
     """``build_networks`` with an unknown or mismatched network option as one ``InputError``
     naming ``net_opts``/``teacher_net_opts`` (the symbols raise ValueError, MXNet asserts)."""
     try:
-        return build_networks(cfg, ctx=ctx_list)
+        return build_networks(cfg, ctx=ctx_list, cached_emb_size=cached_emb_size)
     except InputError:
         raise
     except (ValueError, AssertionError) as e:
@@ -331,8 +331,8 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
     ctx_list = job.ctx_list
     loader = loader if loader is not None else make_loader(cfg, job)
     follow_data(cfg, loader)
-    student, method = build_student_method(cfg, ctx_list)
     cache = open_teacher_cache(cfg, loader)
+    student, method = build_student_method(cfg, ctx_list, cache)
     if cfg.out and job.rank == 0:
         from shrinkteanet.training.run_folder import check_free_space
 
@@ -378,9 +378,10 @@ def follow_data(cfg, loader):
     cfg.num_classes = num_classes
 
 
-def build_student_method(cfg, ctx_list):
+def build_student_method(cfg, ctx_list, cache=None):
     """Seeded, initialised and hybridized ``(student, method)`` of ``cfg`` (AMP set up first
-    when ``fp16``)."""
+    when ``fp16``); with the teacher ``cache`` and no ``teacher`` checkpoint, a method that reads
+    only the teacher's embedding is built without loading a teacher (``distill.build_networks``)."""
     from shrinkteanet.methods.distill import build_method, build_networks
 
     seed_everything(cfg.seed)
@@ -390,7 +391,8 @@ def build_student_method(cfg, ctx_list):
         from mxnet.contrib import amp
 
         amp.init()
-    student, teacher, teacher_fc7 = _build_networks_or_explain(cfg, build_networks, ctx_list)
+    student, teacher, teacher_fc7 = _build_networks_or_explain(
+        cfg, build_networks, ctx_list, cached_emb_size=cache.emb_size if cache is not None else 0)
     method = build_method(cfg, student, teacher, num_classes=cfg.num_classes, teacher_fc7=teacher_fc7,
                           ctx=ctx_list)
     initialize_params(method.collect_params(), ctx_list)

@@ -1,0 +1,340 @@
+"""The fair study's results (issue 26): one ``study.json`` per part (``out/<part>/study.json``)
+and the merged ``out/REPORT.md``, built from whatever runs have finished; what is missing is
+listed, never guessed.
+
+Per run, ``study.json`` records the budget (``steps`` trained, from ``train.json``), its
+schedule (``schedule``: lr decay batches), ``strength`` (``default``, ``tuned`` or ``grid``) with
+the tuned key and value, the validation metric the choice used (``validation``), the final
+loss parts and the student-teacher cosine per stage at the end (``stage_cosines``).  ``paired``:
+per network, method and strength, the paired difference to the self-studied run of the same
+seed with its 95% t interval and verdict (``stats.paired_difference``); ``contrasts``: the
+paper's own (all stages vs final only, ShrinkTeaNet vs Student-1) and tuned vs default.  The
+efficiency part adds ``steps_to_match``: the self-studied budget at which the calibration curve
+reaches each student's mean (``steps_to_match``).
+"""
+import json
+import math
+import os
+
+from shrinkteanet.core.utils import atomic_write_bytes, write_json
+from shrinkteanet.study import fair, stats
+from shrinkteanet.study import report as study_report
+
+PROTOCOLS = study_report.PROTOCOLS
+#: the verification sets the calibration's convergence criterion reads, and its tolerance
+CONVERGENCE_SETS = ("lfw", "cfp_fp", "agedb_30")
+CONVERGENCE_TOL = 0.005
+#: (treated, control) method pairs compared seed by seed besides "vs self-studied"
+CONTRASTS = (("stn", "stn_final"), ("stn", "l2"))
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def data_counts(data_dir):
+    """Pairs of every verification set (test sets and ``val``) from ``synth.json``."""
+    counts = study_report.data_counts(data_dir)
+    path = os.path.join(data_dir, "synth.json")
+    if os.path.isfile(path) and "val" in _load(path):
+        counts["val"] = _load(path)["val"].get("pairs")
+    return counts
+
+
+def finished(out, run):
+    rdir = os.path.join(out, run["dir"])
+    return os.path.isfile(os.path.join(rdir, "train.json")) and all(
+        os.path.isfile(os.path.join(rdir, "eval", f)) for f in fair.eval_files(run))
+
+
+def run_record(out, run, counts):
+    """One ``runs`` entry of a part's study.json (the run must have finished)."""
+    rdir = os.path.join(out, run["dir"])
+    summary = _load(os.path.join(rdir, "train.json"))
+    rec = {k: run.get(k) for k in ("part", "network", "method", "seed", "dir", "strength", "key", "value",
+                                   "overrides", "validation")}
+    rec.update(steps=summary.get("steps"), planned_steps=run["steps"], schedule=summary.get("schedule"),
+               losses=summary.get("losses", {}), stage_cosines=summary.get("stage_cosines", {}),
+               img_per_s=summary.get("img_per_s"))
+    if run["part"] == "tuning":
+        rec["val"] = {"accuracy": fair.val_accuracy(rdir), "pairs": counts.get("val")}
+    else:
+        rec.update(study_report.protocol_results(rdir, counts))
+    return rec
+
+
+def group(rec):
+    """The row a run belongs to: (network, method, strength)."""
+    return rec["network"], rec["method"], rec.get("strength")
+
+
+def paired_rows(records, treated, control):
+    """Per protocol, the paired difference ``treated - control`` over the seeds both have."""
+    a = {r["seed"]: r for r in records if group(r) == treated}
+    b = {r["seed"]: r for r in records if group(r) == control}
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return []
+    rows = []
+    for prot in PROTOCOLS:
+        res = stats.paired_difference([study_report.metric(a[s], prot) for s in seeds],
+                                      [study_report.metric(b[s], prot) for s in seeds])
+        rows.append({"network": treated[0], "method": treated[1], "strength": treated[2], "vs": list(control[1:]),
+                     "protocol": prot, "seeds": seeds, **res, "verdict": stats.verdict(res)})
+    return rows
+
+
+def paired_table(records):
+    """Every (network, method, strength) row against the self-studied run, then the contrasts."""
+    groups = sorted({group(r) for r in records if r["method"] not in (fair.SELF, "teacher")},
+                    key=lambda g: (g[0], g[1], str(g[2])))
+    paired, contrasts = [], []
+    for g in groups:
+        paired += paired_rows(records, g, (g[0], fair.SELF, None))
+        if g[2] == "tuned":
+            contrasts += paired_rows(records, g, (g[0], g[1], "default"))
+    for net in sorted({r["network"] for r in records}):
+        for a, b in CONTRASTS:
+            ga = next((g for g in groups if g[:2] == (net, a) and g[2] != "tuned"), None)
+            gb = next((g for g in groups if g[:2] == (net, b) and g[2] != "tuned"), None)
+            if ga and gb:
+                contrasts += paired_rows(records, ga, gb)
+    return paired, contrasts
+
+
+def build_part(out, scale, part, runs):
+    """The content of ``out/<part>/study.json``: every finished run, the missing ones by folder."""
+    counts = data_counts(os.path.join(out, "synth"))
+    done = [r for r in runs if finished(out, r)]
+    records = [run_record(out, r, counts) for r in done]
+    study = {"part": part, "scale": scale["name"], "budget_steps": scale["budget_steps"],
+             "runs": records, "missing": [r["dir"] for r in runs if not finished(out, r)], "counts": counts}
+    if part in ("main", "efficiency"):
+        study["paired"], study["contrasts"] = paired_table(records)
+    if part == "tuning":
+        study["selection"] = fair.select(out, scale, sorted({r["network"] for r in runs}))
+    times = os.path.join(out, part, fair.TIMES)
+    if os.path.isfile(times):
+        study["times"] = _load(times)
+    return study
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget curves: convergence and "steps for the self-studied student to match"
+# ---------------------------------------------------------------------------------------------
+def budget_curve(records, network, method=fair.SELF, keys=tuple(PROTOCOLS)):
+    """``[(steps, {protocol: value})]`` of the calibration runs of one network and method, by steps."""
+    pts = [(r["steps"], {k: study_report.metric(r, k) for k in keys}) for r in records
+           if r["network"] == network and r["method"] == method]
+    return sorted(pts, key=lambda p: p[0])
+
+
+def converged_budget(curve, keys=CONVERGENCE_SETS, tol=CONVERGENCE_TOL):
+    """The smallest budget whose next (doubled) budget moves every ``keys`` value by less than
+    ``tol``: ``{budget, residual}``; ``budget`` None when no doubling is that flat, and
+    ``residual`` the largest move of the last doubling (in fractions)."""
+    moves = []
+    for (s0, v0), (_, v1) in zip(curve, curve[1:]):
+        move = max(abs(v1[k] - v0[k]) for k in keys)
+        moves.append(move)
+        if move < tol:
+            return {"budget": s0, "residual": move}
+    return {"budget": None, "residual": moves[-1] if moves else None}
+
+
+def steps_to_match(curve, target):
+    """Steps at which a budget curve ``[(steps, value)]`` (increasing steps) first reaches
+    ``target``, interpolated linearly in log2(steps) between the two budgets around the crossing
+    (the budgets double).  ``("at most", s0)`` when the smallest budget already reaches it,
+    ``("not reached", None)`` when no budget does, else ``("interpolated", steps)``."""
+    if not curve or target is None:
+        return ("not reached", None)
+    if curve[0][1] >= target:
+        return ("at most", float(curve[0][0]))
+    for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
+        if v1 >= target:
+            f = (target - v0) / (v1 - v0)
+            return ("interpolated", float(2 ** (math.log2(s0) + f * (math.log2(s1) - math.log2(s0)))))
+    return ("not reached", None)
+
+
+def match_table(calibration, efficiency):
+    """Per efficiency row and protocol: how many self-studied steps give its mean (``steps_to_match``)."""
+    rows = []
+    for g in sorted({group(r) for r in efficiency["runs"]}, key=lambda g: (g[0], g[1], str(g[2]))):
+        curve = budget_curve(calibration["runs"], g[0])
+        for prot in PROTOCOLS:
+            mean, _ = stats.mean_std([study_report.metric(r, prot) for r in efficiency["runs"] if group(r) == g])
+            how, steps = steps_to_match([(s, v[prot]) for s, v in curve if v[prot] is not None], mean)
+            if not curve:
+                how = "no calibration curve"
+            rows.append({"network": g[0], "method": g[1], "strength": g[2], "protocol": prot, "mean": mean,
+                         "match": how, "steps": steps})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# REPORT.md
+# ---------------------------------------------------------------------------------------------
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _pts(v):
+    return "-" if v is None else f"{100 * v:+.2f}"
+
+
+def _row_name(g, names):
+    net, method, strength = g
+    label = names.get(method, method)
+    if strength == "tuned":
+        label += " (tuned)"
+    return label
+
+
+def status_section(parts):
+    """Which parts finished, what each still misses, and what each cost."""
+    lines = ["## Parts\n", "| part | runs finished | missing | wall time (min) | core-hours |", "|---|---|---|---|---|"]
+    for part in fair.PARTS:
+        st = parts.get(part)
+        if st is None:
+            lines.append(f"| {part} | 0 | not run: `shrinkteanet reproduce --scale fair --part {part}` | - | - |")
+            continue
+        miss = st["missing"]
+        text = "none" if not miss else f"{len(miss)}: " + ", ".join(miss[:4]) + (", ..." if len(miss) > 4 else "")
+        t = st.get("times") or {}
+        wall = f"{t['wall_s'] / 60:.1f}" if t.get("wall_s") is not None else "-"
+        core = f"{t['core_s'] / 3600:.2f}" if t.get("core_s") is not None else "-"
+        lines.append(f"| {part} | {len(st['runs'])} | {text} | {wall} | {core} |")
+    return lines + [""]
+
+
+def curve_section(study, names):
+    lines = ["## Calibration: accuracy against budget (seed 0)\n",
+             "| network | method | steps | " + " | ".join(h for h, _, _ in PROTOCOLS.values()) + " |",
+             "|---|---|---|" + "---|" * len(PROTOCOLS)]
+    nets = sorted({r["network"] for r in study["runs"]})
+    for net in nets:
+        for method in ("teacher", fair.SELF):
+            for steps, v in budget_curve(study["runs"], net, method):
+                lines.append(f"| {net} | {names.get(method, method)} | {steps} | "
+                             + " | ".join(_pct(v[k]) for k in PROTOCOLS) + " |")
+    lines.append("")
+    for net in nets:
+        c = converged_budget(budget_curve(study["runs"], net, "teacher" if net == "r90" else fair.SELF))
+        res = "-" if c["residual"] is None else f"{100 * c['residual']:.2f}"
+        if c["residual"] is None:
+            lines.append(f"- {net}: one budget only, no doubling measured")
+            continue
+        lines.append(f"- {net}: " + (f"converged at {c['budget']} steps (doubling moves LFW/CFP-FP/AgeDB-30 by at "
+                                     f"most {res} points)" if c["budget"] else
+                                     f"not converged at any measured budget (the last doubling moved by {res} points)"))
+    return lines + [""]
+
+
+def tuning_section(study, names):
+    lines = ["## Tuning on the validation split (one seed)\n",
+             f"Metric: {fair.VAL_METRIC}; the test sets are not read.\n",
+             "| network | method | key | grid: val accuracy | default | chosen |", "|---|---|---|---|---|---|"]
+    for net, methods in sorted(study["selection"].items()):
+        for method, s in methods.items():
+            grid = ", ".join(f"{v}: {_pct(a)}" for v, a in s["grid"].items())
+            chosen = "missing runs" if s["chosen"] is None else s["chosen"]
+            lines.append(f"| {net} | {names.get(method, method)} | `{s['key']}` | {grid} | {s['default']} | {chosen} |")
+    return lines + [""]
+
+
+def means_section(study, names, title):
+    lines = [f"## {title}\n", "Mean ± sample std over seeds (n = seeds).\n",
+             "| network | method | n | " + " | ".join(h for h, _, _ in PROTOCOLS.values()) + " |",
+             "|---|---|---|" + "---|" * len(PROTOCOLS)]
+    groups = sorted({group(r) for r in study["runs"]}, key=lambda g: (g[1] != "teacher", g[0], g[1] != fair.SELF, g[1], str(g[2])))
+    for g in groups:
+        runs = [r for r in study["runs"] if group(r) == g]
+        cells = []
+        for prot in PROTOCOLS:
+            m, s = stats.mean_std([study_report.metric(r, prot) for r in runs])
+            cells.append(_pct(m) + ("" if s is None else f" ± {100 * s:.2f}"))
+        lines.append(f"| {g[0]} | {_row_name(g, names)} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def paired_section(rows, names, title):
+    """Paired differences (points) with the 95% t interval, and the verdict, one row per comparison."""
+    lines = [f"### {title}\n", "| network | method | vs | " + " | ".join(h for h, _, _ in PROTOCOLS.values()) + " |",
+             "|---|---|---|" + "---|" * len(PROTOCOLS)]
+    keys = []
+    for r in rows:
+        k = (r["network"], r["method"], r["strength"], tuple(r["vs"]))
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        cells = []
+        for prot in PROTOCOLS:
+            r = next(x for x in rows if (x["network"], x["method"], x["strength"], tuple(x["vs"])) == k
+                     and x["protocol"] == prot)
+            ci = "" if not r["ci95"] else f" [{_pts(r['ci95'][0])}, {_pts(r['ci95'][1])}]"
+            cells.append(f"{_pts(r['mean_diff'])}{ci} {r['verdict']} (n={r['n']})")
+        vs = _row_name((k[0], k[3][0], k[3][1]), names) + (" (default)" if k[3][1] == "default" else "")
+        lines.append(f"| {k[0]} | {_row_name(k[:3], names)} | {vs} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _match_text(row):
+    if row["steps"] is None:
+        return row["match"] if row["mean"] is not None else "-"
+    return ("<= " if row["match"] == "at most" else "") + f"{row['steps']:.0f}"
+
+
+def match_section(rows, names):
+    lines = ["### Steps for the self-studied student to match\n",
+             "Read off the calibration's self-studied curve (seed 0), linear in log2(steps) between budgets.\n",
+             "| network | method | " + " | ".join(h for h, _, _ in PROTOCOLS.values()) + " |",
+             "|---|---|" + "---|" * len(PROTOCOLS)]
+    keys = []
+    for r in rows:
+        if (r["network"], r["method"], r["strength"]) not in keys:
+            keys.append((r["network"], r["method"], r["strength"]))
+    for k in keys:
+        cells = []
+        for prot in PROTOCOLS:
+            r = next(x for x in rows if (x["network"], x["method"], x["strength"]) == k and x["protocol"] == prot)
+            cells.append(_match_text(r))
+        lines.append(f"| {k[0]} | {_row_name(k, names)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def render(parts, names):
+    """REPORT.md of the fair study from the parts' study.json contents (``{part: study}``)."""
+    lines = ["# ShrinkTeaNet fair study (issue 26)\n",
+             "Students trained as long as their teacher; every method at its published default and at one "
+             "strength tuned on the validation split. Parts that have not finished are listed as missing.\n"]
+    lines += status_section(parts)
+    if "calibration" in parts:
+        lines += curve_section(parts["calibration"], names)
+    if "tuning" in parts:
+        lines += tuning_section(parts["tuning"], names)
+    for part, title in (("main", "Main table: the study's budget (`budget_steps`, the converged one once calibrated)"),
+                        ("efficiency", "Sample efficiency: a quarter of the budget")):
+        st = parts.get(part)
+        if st is None:
+            continue
+        lines += means_section(st, names, f"{title} ({st['runs'][0]['steps'] if st['runs'] else '-'} steps)")
+        lines += paired_section(st["paired"], names, "Paired differences to the self-studied student (points)")
+        if st["contrasts"]:
+            lines += paired_section(st["contrasts"], names, "Contrasts (points)")
+        if part == "efficiency" and st.get("steps_to_match"):
+            lines += match_section(st["steps_to_match"], names)
+    return "\n".join(lines)
+
+
+def write_report(out, parts, names):
+    """Write each part's ``study.json`` and the merged ``out/REPORT.md``; returns the report path."""
+    if "efficiency" in parts and "calibration" in parts:
+        parts["efficiency"]["steps_to_match"] = match_table(parts["calibration"], parts["efficiency"])
+    for part, study in parts.items():
+        write_json(os.path.join(out, part, "study.json"), study)
+    path = os.path.join(out, "REPORT.md")
+    atomic_write_bytes(path, render(parts, names).encode())
+    return path

@@ -1,0 +1,318 @@
+"""The fair study's machinery (issue 26): the parts' plans at their budgets, the tuning choice
+from the validation set alone, the aggregation of several seeds against scipy's paired t
+interval, "steps to match" on a hand-made curve, and a train stage resumed after a kill."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from shrinkteanet.core.errors import InputError
+from shrinkteanet.study import demo, fair, fair_report
+from shrinkteanet.study.scheduler import ResumeOrOverwrite, Scheduler, resolve_arg
+
+
+def _arg(args, key):
+    return next(a.split("=", 1)[1] for a in args if isinstance(a, str) and a.startswith(key + "="))
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+def test_fair_scale_plans_every_part_at_its_budget(tmp_path):
+    scale = demo.get_scale("fair")
+    fair.check_scale(scale)
+    per = fair.steps_per_epoch(scale)
+    assert per == 2000 * 16 // 64
+    main = fair.part_runs("main", scale, ("mfnr", "mfn"))
+    students = [r for r in main if r["method"] != "teacher"]
+    assert len(students) == 2 * len(scale["methods"]) * len(scale["seeds"])  # no selection yet: defaults only
+    assert {r["strength"] for r in students if r["method"] in scale["tuning"]} == {"default"}
+    for r in main:
+        args = fair.train_args(scale, r)
+        steps = scale["teacher_steps"] if r["method"] == "teacher" else scale["budget_steps"]
+        assert int(_arg(args, "num_epochs")) * per == steps
+        assert _arg(args, "lr_steps") == demo._lr_steps(steps // per)  # the same schedule shape at every budget
+    eff = fair.part_runs("efficiency", scale, ("mfnr",))
+    assert {r["steps"] for r in eff} == {scale["efficiency_steps"]} == {scale["budget_steps"] // 4}
+    cal = fair.part_runs("calibration", scale, ("mfnr", "mfn"))
+    assert sorted(r["steps"] for r in cal if r["network"] == "mfn") == sorted(scale["calibration_steps"])
+    tun = fair.part_runs("tuning", scale, ("mfnr",))
+    assert {r["seed"] for r in tun} == {scale["tuning_seed"]} and len(tun) == 5 * 4  # same-size grid per method
+    stages = fair.plan_part(str(tmp_path), scale, "tuning", tun)
+    evals = [s for s in stages if s.name.endswith(": eval") and s.name.startswith("tuning/")]
+    assert evals and all(" --targets val " in s.text() and "megaface" not in s.text() for s in evals)
+
+
+def test_tuned_runs_are_planned_only_where_the_choice_differs_from_the_default():
+    scale = demo.get_scale("fair")
+    sel = {"mfnr": {"stn": dict(key="distill_weight", default=1, chosen=10, grid={"1": 0.8, "3": 0.81, "10": 0.85,
+                                                                                   "30": 0.84}),
+                    "kd": dict(key="kd_lambda", default=1, chosen=1, grid={})}}
+    runs = fair.part_runs("main", scale, ("mfnr",), seeds=(0, 1, 2), selection=sel)
+    tuned = [r for r in runs if r["strength"] == "tuned"]
+    assert sorted(r["seed"] for r in tuned) == [0, 1, 2] and {r["method"] for r in tuned} == {"stn"}
+    assert all(_arg(fair.train_args(scale, r), "distill_weight") == "10" for r in tuned)
+    assert tuned[0]["validation"] == {"metric": fair.VAL_METRIC, "value": 0.85}
+
+
+def test_bad_parts_and_budgets_are_input_errors():
+    assert fair.parse_parts("main,calibration") == ["calibration", "main"]
+    with pytest.raises(InputError, match="--part"):
+        fair.parse_parts("main,best")
+    scale = demo.get_scale("fair")
+    with pytest.raises(InputError, match="budget_steps=1234"):
+        fair.check_scale(dict(scale, budget_steps=1234))
+    with pytest.raises(InputError, match="same size"):
+        fair.check_scale(dict(scale, tuning=dict(scale["tuning"], kd=("kd_lambda", (1, 2), 1))))
+    with pytest.raises(InputError, match="budget_steps"):
+        fair.check_scale(demo.get_scale("study"))
+
+
+def test_resume_flag_and_stamp(tmp_path):
+    flag = ResumeOrOverwrite(str(tmp_path / "model"))
+    assert resolve_arg(flag) == "--overwrite"
+    (tmp_path / "model-state.json").write_text("{}")
+    assert resolve_arg(flag) == "--resume"
+    scale = demo.get_scale("fair_tiny")
+    run = fair.part_runs("calibration", scale, ("mfnr",))[-1]
+    data = fair.data_stage(str(tmp_path), scale)
+    a = fair.train_stage(str(tmp_path), scale, run, data, resume=True)
+    b = fair.train_stage(str(tmp_path), scale, run, data, resume=False)
+    assert a.text() == b.text()  # a resumed stage is the same stage: finished ones are skipped either way
+
+
+# ----------------------------------------------------------------------------- tuning reads val.bin only
+
+
+def _tuning_tree(out, scale, val, test):
+    for net in scale["students"]:
+        for method, (key, grid, _) in scale["tuning"].items():
+            for v in grid:
+                ev = os.path.join(out, "tuning", f"{net}_{method}_{key}{fair._value_text(v)}", "eval")
+                os.makedirs(ev, exist_ok=True)
+                with open(os.path.join(ev, "val.json"), "w") as f:
+                    json.dump({"val": {"accuracy": val[(method, v)]}}, f)
+                with open(os.path.join(ev, "verification.json"), "w") as f:
+                    json.dump({t: {"accuracy": test[(method, v)]} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
+
+
+def test_selection_reads_only_the_validation_set(tmp_path):
+    scale = demo.get_scale("fair")
+    scale["students"] = ("mfnr",)
+    out = str(tmp_path)
+    scale["tuning"] = {m: scale["tuning"][m] for m in ("stn", "kd", "margin")}
+    val = {("stn", 1): 0.80, ("stn", 3): 0.83, ("stn", 10): 0.86, ("stn", 30): 0.85,
+           ("kd", 0.1): 0.90, ("kd", 0.3): 0.90, ("kd", 1): 0.90, ("kd", 3): 0.88,
+           ("margin", 0.2): 0.91, ("margin", 0.3): 0.93, ("margin", 0.4): 0.92, ("margin", 0.5): 0.91}
+    test = {k: 1.0 - v for k, v in val.items()}  # the test sets would choose the opposite everywhere
+    _tuning_tree(out, scale, val, test)
+    first = fair.select(out, scale, ("mfnr",))["mfnr"]
+    assert {m: s["chosen"] for m, s in first.items()} == {"stn": 10, "kd": 1, "margin": 0.3}  # kd: tie -> default
+    assert first["stn"]["grid"] == {"1": 0.80, "3": 0.83, "10": 0.86, "30": 0.85}
+    assert first["stn"]["metric"] == fair.VAL_METRIC and first["stn"]["seed"] == scale["tuning_seed"]
+    # the test reports corrupted, then removed: the same choice
+    for root, _, files in os.walk(out):
+        for f in files:
+            if f == "verification.json":
+                with open(os.path.join(root, f), "w") as fh:
+                    fh.write("not json")
+    assert fair.select(out, scale, ("mfnr",))["mfnr"] == first
+    for root, _, files in os.walk(out):
+        if "verification.json" in files:
+            os.remove(os.path.join(root, "verification.json"))
+    assert fair.select(out, scale, ("mfnr",))["mfnr"] == first
+    # the validation numbers changed: the choice follows them
+    _tuning_tree(out, scale, {**val, ("stn", 3): 0.90, ("kd", 3): 0.95}, test)
+    again = fair.select(out, scale, ("mfnr",))["mfnr"]
+    assert again["stn"]["chosen"] == 3 and again["kd"]["chosen"] == 3 and again["margin"]["chosen"] == 0.3
+    # a grid value not evaluated yet: no choice
+    os.remove(os.path.join(out, "tuning", "mfnr_stn_distill_weight30", "eval", "val.json"))
+    assert fair.select(out, scale, ("mfnr",))["mfnr"]["stn"]["chosen"] is None
+
+
+# ----------------------------------------------------------------------------- several seeds, by hand
+
+
+def _record(method, seed, acc, strength=None):
+    rec = {"network": "mfnr", "method": method, "seed": seed, "strength": strength, "steps": 100}
+    rec.update({p: {"accuracy": acc[i]} for i, p in enumerate(("lfw", "cfp_fp", "agedb_30"))})
+    rec["megaface"] = {"rank1": acc[3]}
+    rec["ijbc"] = {"tar@1e-4": acc[4]}
+    return rec
+
+
+SELF = {0: (0.90, 0.80, 0.70, 0.30, 0.10), 1: (0.91, 0.78, 0.72, 0.35, 0.12), 2: (0.89, 0.81, 0.69, 0.28, 0.20)}
+STN = {0: (0.92, 0.82, 0.75, 0.40, 0.20), 1: (0.925, 0.79, 0.74, 0.41, 0.15), 2: (0.915, 0.80, 0.76, 0.38, 0.30)}
+
+
+def test_paired_intervals_over_three_seeds_against_scipy_from_study_json_to_report(tmp_path):
+    records = [_record("self", s, SELF[s]) for s in SELF] + [_record("stn", s, STN[s], "default") for s in STN]
+    paired, _ = fair_report.paired_table(records)
+    # LFW by hand: d = (0.02, 0.015, 0.025), mean 0.02, sd 0.005, half = t_{0.975,2} * 0.005 / sqrt(3)
+    lfw = next(r for r in paired if r["protocol"] == "lfw")
+    half = 4.302652729911275 * 0.005 / math.sqrt(3)
+    assert lfw["n"] == 3 and lfw["mean_diff"] == pytest.approx(0.02)
+    assert lfw["ci95"] == pytest.approx([0.02 - half, 0.02 + half]) and lfw["verdict"] == "better"
+    for i, prot in enumerate(("lfw", "cfp_fp", "agedb_30", "megaface", "ijbc")):
+        row = next(r for r in paired if r["protocol"] == prot)
+        ci = sps.ttest_rel([STN[s][i] for s in (0, 1, 2)], [SELF[s][i] for s in (0, 1, 2)]).confidence_interval(0.95)
+        assert row["ci95"] == pytest.approx([ci.low, ci.high]), prot
+        expect = "better" if ci.low > 0 else "worse" if ci.high < 0 else "within noise"
+        assert row["verdict"] == expect, prot
+    assert {r["protocol"]: r["verdict"] for r in paired}["cfp_fp"] == "within noise"
+    # study.json -> REPORT.md: the rendered cells are those numbers
+    study = {"part": "main", "runs": records, "missing": [], "paired": paired, "contrasts": []}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study))
+    text = fair_report.render({"main": json.loads(path.read_text())}, {"self": "Self-studied", "stn": "ShrinkTeaNet"})
+    row = next(ln for ln in text.splitlines() if ln.startswith("| mfnr | ShrinkTeaNet | Self-studied |"))
+    assert f"+2.00 [{100 * (0.02 - half):+.2f}, {100 * (0.02 + half):+.2f}] better (n=3)" in row
+    means = next(ln for ln in text.splitlines() if ln.startswith("| mfnr | ShrinkTeaNet | 3 |"))
+    assert f"{100 * np.mean([0.92, 0.925, 0.915]):.2f} ± {100 * np.std([0.92, 0.925, 0.915], ddof=1):.2f}" in means
+    assert "| calibration | 0 | not run" in text and "| main | 6 | none |" in text  # missing parts are named
+
+
+def test_contrasts_pair_all_stages_with_final_only_and_tuned_with_default():
+    final = {s: tuple(v - 0.01 for v in STN[s]) for s in STN}
+    tuned = {s: tuple(v + 0.02 for v in STN[s]) for s in STN}
+    records = ([_record("self", s, SELF[s]) for s in SELF] + [_record("stn", s, STN[s], "default") for s in STN]
+               + [_record("stn_final", s, final[s]) for s in STN] + [_record("stn", s, tuned[s], "tuned") for s in STN])
+    _, contrasts = fair_report.paired_table(records)
+    pairs = {(r["method"], r["strength"], tuple(r["vs"])) for r in contrasts}
+    assert pairs == {("stn", "tuned", ("stn", "default")), ("stn", "default", ("stn_final", None))}
+    d = next(r for r in contrasts if r["vs"] == ["stn_final", None] and r["protocol"] == "agedb_30")
+    assert d["mean_diff"] == pytest.approx(0.01) and d["sd"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- budget curves
+
+
+def test_steps_to_match_on_a_hand_made_curve():
+    curve = [(1000, 0.80), (2000, 0.84), (4000, 0.90), (8000, 0.89)]
+    how, steps = fair_report.steps_to_match(curve, 0.87)  # halfway from 0.84 to 0.90 in log2: sqrt(2000 * 4000)
+    assert how == "interpolated" and steps == pytest.approx(math.sqrt(2000 * 4000))
+    how, steps = fair_report.steps_to_match(curve, 0.81)  # a quarter of the way from 1000 to 2000
+    assert steps == pytest.approx(1000 * 2 ** 0.25)
+    assert fair_report.steps_to_match(curve, 0.84) == ("interpolated", pytest.approx(2000.0))
+    assert fair_report.steps_to_match(curve, 0.79) == ("at most", 1000.0)
+    assert fair_report.steps_to_match(curve, 0.95) == ("not reached", None)
+    assert fair_report.steps_to_match(curve, None) == ("not reached", None)
+
+
+def test_converged_budget_is_the_first_flat_doubling():
+    def pt(steps, a, b, c):
+        return (steps, {"lfw": a, "cfp_fp": b, "agedb_30": c})
+
+    curve = [pt(1500, 0.83, 0.78, 0.66), pt(3000, 0.89, 0.80, 0.70), pt(6000, 0.92, 0.82, 0.76),
+             pt(12000, 0.924, 0.823, 0.764), pt(24000, 0.925, 0.824, 0.765)]
+    res = fair_report.converged_budget(curve)
+    assert res["budget"] == 6000 and res["residual"] == pytest.approx(0.004)
+    res = fair_report.converged_budget(curve[:3])
+    assert res["budget"] is None and res["residual"] == pytest.approx(0.06)
+
+
+# ----------------------------------------------------------------------------- a stage killed midway
+
+
+def test_a_train_stage_killed_midway_resumes_from_its_checkpoint(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    out = str(tmp_path)
+    run = next(r for r in fair.part_runs("calibration", scale, ("mfnr",)) if r["steps"] == 6)
+    stages = fair.plan_part(out, scale, "calibration", [run], resume=True)[:2]  # data, the train stage
+    Scheduler(jobs=2, threads=1).run(stages)
+    rdir = os.path.join(out, run["dir"])
+    full = json.load(open(os.path.join(rdir, "train.json")))
+    assert full["steps"] == 6
+    # the same stage killed after its first epoch: a checkpoint and its state, no train.json, no stamp
+    shutil.rmtree(rdir)
+    cmd = [resolve_arg(a) for a in stages[1].commands[0]]
+    cmd = cmd[:cmd.index("--json")]
+    cmd.insert(3, "max_batches=3")
+    r = subprocess.run([sys.executable, "-m", "shrinkteanet", *cmd], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.load(open(os.path.join(rdir, "model-state.json")))["step"] == 3
+    assert not os.path.exists(os.path.join(rdir, "train.json"))
+    times = Scheduler(jobs=2, threads=1).run(stages)
+    assert [t.skipped for t in times] == [True, False]  # data skipped, the train stage ran again
+    log = open(os.path.join(rdir, f"{stages[1].name.replace('/', '_').replace(': ', '_')}.log")).read()
+    assert "resumed from" in log and "step 3" in log
+    resumed = json.load(open(os.path.join(rdir, "train.json")))
+    assert resumed["steps"] == 6 and resumed["params_sha1"] == full["params_sha1"]  # bit for bit
+    assert [t.skipped for t in Scheduler(jobs=2, threads=1).run(stages)] == [True, True]
+
+
+def test_cli_parts_dry_run_writes_nothing_and_bad_input_exits_2(tmp_path, capsys):
+    from shrinkteanet.cli import main
+
+    out = tmp_path / "fair"
+    assert main(["reproduce", "--scale", "fair", "--part", "main,tuning", "--out", str(out), "--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().out and not out.exists()
+    assert main(["reproduce", "--part", "best", "--out", str(out)]) == 2
+    assert "--part 'best'" in capsys.readouterr().err
+    assert main(["reproduce", "--resume", "--out", str(out)]) == 2
+    assert main(["reproduce", "--scale", "study", "--part", "main", "--out", str(out)]) == 2
+    assert "needs --scale fair" in capsys.readouterr().err
+
+
+def _fake_run(out, run, acc, cos=0.5):
+    rdir = os.path.join(out, run["dir"])
+    os.makedirs(os.path.join(rdir, "eval"), exist_ok=True)
+    sched = {"lr_steps_batches": [run["steps"] * 6 // 10], "global_batch": 24}
+    with open(os.path.join(rdir, "train.json"), "w") as f:
+        json.dump({"steps": run["steps"], "schedule": sched, "losses": {"softmax": 1.0},
+                   "stage_cosines": {"4": cos}}, f)
+    with open(os.path.join(rdir, "eval", "verification.json"), "w") as f:
+        json.dump({t: {"accuracy": acc} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
+    with open(os.path.join(rdir, "eval", "megaface.json"), "w") as f:
+        json.dump({"rank1": {"10": acc}}, f)
+    with open(os.path.join(rdir, "eval", "ijbc.json"), "w") as f:
+        json.dump({"tar_at_far": {"0.0001": acc}}, f)
+
+
+def test_study_json_records_budget_schedule_strength_validation_and_cosines_per_run(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    out = str(tmp_path)
+    sel = {"mfnr": {"stn": dict(key="distill_weight", default=1, chosen=10, grid={"1": 0.6, "10": 0.7})}}
+    runs = fair.part_runs("main", scale, ("mfnr",), selection=sel)
+    for k, r in enumerate(runs):
+        _fake_run(out, r, 0.5 + 0.01 * k, cos=0.1 * k)
+    os.remove(os.path.join(out, runs[-1]["dir"], "eval", "ijbc.json"))  # one run not evaluated yet
+    study = fair_report.build_part(out, scale, "main", runs)
+    assert study["missing"] == [runs[-1]["dir"]] and len(study["runs"]) == len(runs) - 1
+    by_dir = {r["dir"]: r for r in study["runs"]}
+    tuned = by_dir["main/mfnr_stn_tuned_s0"]
+    assert tuned["strength"] == "tuned" and (tuned["key"], tuned["value"]) == ("distill_weight", 10)
+    assert tuned["validation"] == {"metric": fair.VAL_METRIC, "value": 0.7}
+    assert tuned["overrides"] == ["distill_weight=10"]
+    default = by_dir["main/mfnr_stn_s0"]
+    assert default["strength"] == "default" and default["value"] == 1 and default["validation"]["value"] == 0.6
+    k = [r["dir"] for r in runs].index("main/mfnr_stn_s0")
+    assert default["stage_cosines"] == {"4": pytest.approx(0.1 * k)}
+    assert default["steps"] == scale["budget_steps"] and default["schedule"]["lr_steps_batches"] == [3]
+    assert by_dir["teacher"]["steps"] == scale["teacher_steps"]
+    assert {(r["method"], r["strength"]) for r in study["paired"]} == {("stn", "default"), ("stn", "tuned")}
+
+
+def test_match_table_reads_the_self_studied_calibration_curve():
+    def rec(method, steps, acc, seed=0, strength=None):
+        return dict(_record(method, seed, (acc,) * 5, strength), steps=steps)
+
+    calibration = {"runs": [rec("self", 100, 0.70), rec("self", 200, 0.80), rec("self", 400, 0.90),
+                            rec("teacher", 400, 0.99)]}
+    efficiency = {"runs": [rec("stn", 100, 0.84, 0, "default"), rec("stn", 100, 0.86, 1, "default"),
+                           rec("self", 100, 0.70)]}
+    rows = fair_report.match_table(calibration, efficiency)
+    stn = next(r for r in rows if r["method"] == "stn" and r["protocol"] == "lfw")
+    assert stn["mean"] == pytest.approx(0.85) and stn["match"] == "interpolated"
+    assert stn["steps"] == pytest.approx(2 ** (math.log2(200) + 0.5))  # halfway from 0.80 to 0.90
+    own = next(r for r in rows if r["method"] == "self" and r["protocol"] == "lfw")
+    assert (own["match"], own["steps"]) == ("at most", 100.0)
+    none = fair_report.match_table({"runs": []}, efficiency)
+    assert {r["match"] for r in none} == {"no calibration curve"}
