@@ -99,10 +99,15 @@ def test_a_cache_of_another_teacher_is_refused(world, capsys):
     assert "symbol file" not in line  # the part that differs, and only it
 
 
-def test_a_cache_of_another_set_with_the_same_keys_is_refused(world, capsys):
-    """``other`` has the same 65 record keys (and count) as the cache's set, other images."""
-    line, _ = error_line(capsys, train_argv(world, "--teacher", world["A"], "--teacher-cache", world["cacheA"],
-                                            data=world["other"]))
+@pytest.mark.parametrize("config", ["mfnr_stn", "mfn_stn_final"])
+def test_a_cache_of_another_set_with_the_same_keys_is_refused(world, capsys, config):
+    """``other`` has the same 65 record keys (and count) as the cache's set, other images; with
+    the teacher, and on the cache-only path (a method that reads only the teacher's embedding)."""
+    teacher = ["--teacher", world["A"]] if config == "mfnr_stn" else []
+    argv = train_argv(world, *teacher, "--teacher-cache", world["cacheA"], data=world["other"])
+    argv[2] = config
+    line, _ = error_line(capsys, argv)
+    assert line.startswith(f"--teacher-cache {world['cacheA']}: built on "), line
     assert "another data: its content of the sampled records differs" in line, line
 
 

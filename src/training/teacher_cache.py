@@ -132,24 +132,34 @@ class TeacherCache:
         """Fail early (one line) when the training set has records the cache lacks."""
         self.rows(np.asarray(keys))
 
-    def check_source(self, teacher, data, emb_size):
-        """Refuse (one ``InputError``) a cache that was not computed by this ``teacher``
-        (``(prefix, epoch)``) on this ``data`` (the set's folder or ``.rec``), or whose
-        embeddings are not ``emb_size`` wide (the teacher's: the target of Eq. 6, i = n), before
-        the first step; ``train --teacher B --teacher-cache CACHE_OF_A`` trained on A's
-        embeddings before issue 21."""
+    def check_data(self, data):
+        """Refuse (one ``InputError``) a cache that was not computed on this ``data`` (the set's
+        folder or ``.rec``, by content: ``data.recordio.data_fingerprint``); a set whose keys
+        overlap the cache's was accepted before issue 21."""
         from shrinkteanet.data.recordio import data_fingerprint
+
+        diff = source_difference(self.meta, {}, data_fingerprint(data))
+        if diff:
+            raise InputError(f"--teacher-cache {self.path}: built on {self.meta.get('data')}, not on {data} ({diff}); "
+                             f"build a cache for this data with `shrinkteanet cache-teacher`")
+
+    def check_teacher(self, teacher, emb_size):
+        """Refuse (one ``InputError``) a cache whose embeddings are not ``emb_size`` wide (the
+        teacher's: the target of Eq. 6, i = n) or that was not computed by this ``teacher``
+        (``(prefix, epoch)``, by content: ``model.checkpoint.checkpoint_fingerprint``), before the
+        first step; ``train --teacher B --teacher-cache CACHE_OF_A`` trained on A's embeddings
+        before issue 21, and a cache of another width ended in an MXNet traceback."""
         from shrinkteanet.model.checkpoint import checkpoint_fingerprint
 
         where = f"--teacher-cache {self.path}"
         if int(emb_size) != self.emb_size:
             raise InputError(f"{where}: embeddings of size {self.emb_size}, but the teacher's are {int(emb_size)} "
                              f"(built by {self.meta.get('model')})")
-        diff = source_difference(self.meta, checkpoint_fingerprint(*teacher), data_fingerprint(data))
+        diff = source_difference(self.meta, checkpoint_fingerprint(*teacher), {})
         if diff:
-            raise InputError(f"{where}: built by {self.meta.get('model')} on {self.meta.get('data')}, not by "
-                             f"--teacher {teacher[0]},{teacher[1]} on {data} ({diff}); build a cache for this "
-                             f"teacher and data with `shrinkteanet cache-teacher` (--rebuild to replace this one)")
+            raise InputError(f"{where}: built by {self.meta.get('model')}, not by --teacher {teacher[0]},{teacher[1]} "
+                             f"({diff}); build a cache for this teacher with `shrinkteanet cache-teacher` (--rebuild "
+                             f"to replace this one)")
 
 
 def build_cache(model, data, out, *, batch_size=64, ctx=None, chunk=1024, progress=True, mkldnn=True,

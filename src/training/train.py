@@ -333,6 +333,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
     follow_data(cfg, loader)
     cache = open_teacher_cache(cfg, loader)
     student, method = build_student_method(cfg, ctx_list, cache)
+    check_cache_teacher(cfg, cache)
     if cfg.out and job.rank == 0:
         from shrinkteanet.training.run_folder import check_free_space
 
@@ -402,8 +403,9 @@ def build_student_method(cfg, ctx_list, cache=None):
 
 
 def open_teacher_cache(cfg, loader):
-    """The ``TeacherCache`` of ``cfg.teacher_cache`` checked against the method, the teacher
-    and the data (by content, ``TeacherCache.check_source``), or None."""
+    """The ``TeacherCache`` of ``cfg.teacher_cache`` checked against the method and the data (by
+    content, ``TeacherCache.check_data``), or None; its teacher is checked once built
+    (``check_cache_teacher``)."""
     if not cfg.teacher_cache:
         return None
     from shrinkteanet.methods.distill import needs_teacher_embedding
@@ -414,12 +416,20 @@ def open_teacher_cache(cfg, loader):
     if cfg.color_jitter > 0:
         raise InputError("--teacher-cache holds embeddings of un-jittered images: set color_jitter=0")
     cache = TeacherCache(cfg.teacher_cache)
-    if cfg.teacher:
-        from shrinkteanet.core.utils import parse_model_arg
-
-        cache.check_source(parse_model_arg(cfg.teacher), cfg.data_dir, cfg.get("teacher_emb_size") or cfg.emb_size)
+    cache.check_data(cfg.data_dir)
     cache.check_covers(loader.keys)
     return cache
+
+
+def check_cache_teacher(cfg, cache):
+    """With a ``teacher`` checkpoint, the cache must be its own (``TeacherCache.check_teacher``:
+    width, then content); checked once the teacher is built (``cfg.teacher_emb_size`` is its
+    width), before the first step.  A cache-only run takes its teacher's width from the cache."""
+    if cache is None or not cfg.teacher:
+        return
+    from shrinkteanet.core.utils import parse_model_arg
+
+    cache.check_teacher(parse_model_arg(cfg.teacher), cfg.get("teacher_emb_size") or cfg.emb_size)
 
 
 def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None, resume=False,
