@@ -133,7 +133,7 @@ RECIPE = $(if $(DATA),,@echo "DATA is not set: $(strip $(1) $(3)) runs on the sy
 	EXTRA="$(if $(DATA),,$$($(CLI) demo --recipe-extra $(2) $(DEMO_FLAGS))) $(EXTRA)" bash recipes/$(1).sh $(3)
 .PHONY: train-teacher train-teacher-r100 train-mfnr train-mfnr-self train-mfnr-l2 train-mfn-self train-mfn-l2 \
 	train-mfn-stn train-mv1-self train-mv1-l2 train-mv1-stn train-mv2-self train-mv2-l2 train-mv2-stn \
-	train-mfn-margin train-lowres-kt train-lowres-kd train-lowres-ktkd
+	train-mfn-margin train-mfn-adadistill train-mfn-ekd train-lowres-kt train-lowres-kd train-lowres-ktkd
 train-teacher: install  ## teacher LResNet-E-IR r90 (ArcFace), then all evaluations
 	$(call RECIPE,teacher_r90,r90)
 train-teacher-r100: install  ## teacher LResNet-E-IR r100 (ArcFace), then all evaluations
@@ -164,6 +164,10 @@ train-mv2-stn: install  ## MobileNetV2 with ShrinkTeaNet
 	$(call RECIPE,mv2_stn,mv2)
 train-mfn-margin: install  ## MarginDistillation, MobileFaceNet student
 	$(call RECIPE,mfn_margin,mfn)
+train-mfn-adadistill: install  ## AdaDistill (AdaArcDistill), MobileFaceNet student
+	$(call RECIPE,mfn_adadistill,mfn)
+train-mfn-ekd: install  ## EKD (evaluation-oriented KD), MobileFaceNet student
+	$(call RECIPE,mfn_ekd,mfn)
 train-lowres-kt: install  ## low-resolution student (teacher's architecture at LOWRES=56; STUDENT=mfn..), knowledge transfer
 	$(call RECIPE,lowres,lowres,kt)
 train-lowres-kd: install  ## low-resolution student, knowledge distillation

@@ -101,11 +101,16 @@ def fingerprints(tmp):
 
 
 def _differences(ref, new, path=""):
+    """``(changed, path: old -> new)`` of every value that differs; ``changed`` False for an
+    addition (a method, config or config key the reference does not have)."""
     if isinstance(ref, dict) and isinstance(new, dict):
         for k in sorted(set(ref) | set(new)):
-            yield from _differences(ref.get(k), new.get(k), f"{path}/{k}")
+            if k not in ref:
+                yield False, f"{path}/{k}: added"
+            else:
+                yield from _differences(ref[k], new.get(k), f"{path}/{k}")
     elif ref != new:
-        yield f"{path}: {ref!r} -> {new!r}"
+        yield True, f"{path}: {ref!r} -> {new!r}"
 
 
 def main(argv=None):
@@ -123,10 +128,13 @@ def main(argv=None):
         return 0
     with open(args.check) as f:
         ref = json.load(f)
-    diffs = list(_differences(ref, result))
+    found = list(_differences(ref, result))
+    diffs = [line for changed, line in found if changed]
     for line in diffs[:40]:
         print(line)
-    print(f"{len(result) - 2} variants, {len(result['configs'])} configs: {'IDENTICAL' if not diffs else f'{len(diffs)} differences'}")
+    added = len(found) - len(diffs)
+    print(f"{len(ref) - 2} reference variants, {len(ref['configs'])} configs: "
+          f"{'IDENTICAL' if not diffs else f'{len(diffs)} differences'} ({added} additions: new methods, configs, keys)")
     return 1 if diffs else 0
 
 

@@ -52,13 +52,25 @@ def load_model(model):
     return sym, dict(arg), dict(aux)
 
 
+def quiet_infer_shape(sym, **shapes):
+    """``sym.infer_shape(**shapes)`` without MXNet 1.9.1's dump: on a failure its Python side
+    prints "infer_shape error. Arguments:" and every shape given to stdout (98 lines for a
+    MobileFaceNet with its parameters) before it raises; the caller turns the error into one
+    line."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return sym.infer_shape(**shapes)
+
+
 def input_size_fits(sym, arg_params, size):
     """True when every parameter shape of ``sym`` at input ``size`` x ``size``
     equals the stored one (the FC after the last feature map pins the size, up to
     the rounding of the strided convolutions)."""
     shapes = {k: tuple(v.shape) for k, v in arg_params.items()}
     try:
-        a, _, _ = sym.infer_shape(data=(1, 3, int(size), int(size)))
+        a, _, _ = quiet_infer_shape(sym, data=(1, 3, int(size), int(size)))
     except Exception:  # too small for the strides: mxnet raises MXNetError
         return False
     return all(shapes.get(n, tuple(sh)) == tuple(sh) for n, sh in zip(sym.list_arguments(), a) if n != "data")
@@ -93,36 +105,137 @@ def check_input_size(model_size, image_size, what="input"):
         )
 
 
-class Embedder:
-    """``Embedder(model, ctx=None, batch_size=64, image_size=112, mkldnn=True)``;
-    ``embed(images NHWC uint8 RGB, flip=True) -> float32 (N, D)`` = emb(img) + emb(mirror),
-    not normalised; ``embed_parts(images)`` -> (emb, emb_mirror) for XNorm."""
+def require_finite(emb, name, *, model=None, batch=None):
+    """Stop (one ``InputError``) when an embedding batch holds NaN or inf: the one check of
+    every command that answers from embeddings (``embed``, ``compare``, ``eval *``,
+    ``cache-teacher`` through ``Embedder``; ``export`` through ``deploy.runner.Runner``), run on
+    the first batch and every batch after, so that no NaN becomes a similarity, a ``.npy`` row
+    or an sklearn traceback.  ``model = (sym, arg, aux)`` and ``batch`` (the NCHW input) let
+    ``first_bad_layer`` name where the numbers went wrong."""
+    emb = np.asarray(emb)
+    finite = np.isfinite(emb)
+    if finite.all():
+        return
+    rows = int((~finite.all(axis=tuple(range(1, emb.ndim)))).sum()) if emb.ndim > 1 else int((~finite).sum())
+    where = first_bad_layer(*model, batch=batch) if model is not None else None
+    raise InputError(f"{name}: non-finite embeddings (NaN or inf in {rows} of {len(emb)} rows of a batch)"
+                     + (f"; first bad layer: {where}" if where else "") + "; its answers would not be numbers")
 
-    def __init__(self, model, ctx=None, batch_size=64, image_size=IMAGE_SIZE, mkldnn=True):
+
+def _layer_params(sym):
+    """``[(layer, [parameter names])]`` of ``sym`` in graph (topological) order."""
+    import json
+
+    nodes = json.loads(sym.tojson())["nodes"]
+    out = []
+    for node in nodes:
+        if node["op"] == "null":
+            continue
+        names = [nodes[i[0]]["name"] for i in node["inputs"] if nodes[i[0]]["op"] == "null"]
+        out.append((node["name"], [n for n in names if n != "data"]))
+    return out
+
+
+def _bad_parameter(name, value):
+    """Why one parameter makes the forward non-finite (None when it does not)."""
+    v = value.asnumpy()
+    if not np.isfinite(v).all():
+        return f"parameter {name} holds {int((~np.isfinite(v)).sum())} NaN/inf value(s)"
+    if name.endswith("moving_var") and (v < 0).any():
+        return f"BatchNorm running variance {name} is negative (min {float(v.min()):.3g}): sqrt of a negative"
+    return None
+
+
+def first_bad_layer(sym, arg, aux, *, batch=None):
+    """The first layer of ``sym`` (graph order) that makes its output non-finite, as words, or
+    None: first a scan of the parameters it reads (NaN/inf, negative BatchNorm variance), then,
+    when they are clean and ``batch`` is given, one forward of every internal output on its first
+    image (an overflow)."""
+    params = {**arg, **aux}
+    for layer, names in _layer_params(sym):
+        for n in names:
+            why = _bad_parameter(n, params[n]) if n in params else None
+            if why:
+                return f"{layer} ({why})"
+    if batch is None or not len(batch):
+        return None
+    return _first_nonfinite_output(sym, params, np.asarray(batch[:1], np.float32))
+
+
+def _first_nonfinite_output(sym, params, x):
+    """Name of the first internal output of ``sym`` that is non-finite on ``x`` (one image)."""
+    import mxnet as mx
+
+    from mxnet import gluon
+
+    internals = sym.get_internals()
+    names = [n for n in internals.list_outputs() if n.endswith("_output")]  # layers, not the variables
+    try:
+        # a Gluon block (a plain simple_bind of such a group fails in MXNet 1.9.1: in_arg_ctx_map)
+        net = gluon.SymbolBlock(mx.sym.Group([internals[n] for n in names]), [mx.sym.var("data", dtype="float32")])
+        for k, p in net.collect_params().items():
+            p._load_init(params[k], mx.cpu())
+        outs = net(mx.nd.array(x))
+    except Exception:  # noqa: BLE001 -- only a diagnostic: the non-finite error is raised either way
+        return None
+    for name, out in zip(names, outs):
+        if out.dtype in (np.float16, np.float32, np.float64) and not np.isfinite(out.asnumpy()).all():
+            return f"{name} (first non-finite output on the batch's first image)"
+    return None
+
+
+def model_name(model):
+    """How messages name a model: ``--model P,E`` for a checkpoint, else ``the model``."""
+    if isinstance(model, str):
+        return f"--model {model}"
+    if len(model) == 2:
+        return f"--model {model[0]},{model[1]}"
+    return "the model"
+
+
+class Embedder:
+    """``Embedder(model, ctx=None, batch_size=64, image_size=None, mkldnn=True, what='--image-size',
+    name=None)``; ``embed(images NHWC uint8 RGB, flip=True) -> float32 (N, D)`` = emb(img) +
+    emb(mirror), not normalised; ``embed_parts(images)`` -> (emb, emb_mirror) for XNorm.
+
+    ``image_size`` None: the side the weights fit (``model_input_size``, as ``embed`` and
+    ``export`` detect it); given, it must fit (``what`` names where it came from in the one-line
+    error).  Every batch's embeddings must be finite (``require_finite``; ``name`` names the
+    model in that error, default ``model_name(model)``)."""
+
+    def __init__(self, model, ctx=None, batch_size=64, image_size=None, mkldnn=True, *, what="--image-size",
+                 name=None):
         import mxnet as mx
 
         self.sym, self.arg, self.aux = load_model(model)
+        self.name = name or model_name(model)
         self.ctx = ctx if ctx is not None else mx.cpu()
         self.batch_size = int(batch_size)
+        if image_size is None:
+            image_size = model_input_size(self.sym, self.arg)
         self.image_size = int(image_size)
         self.mkldnn = bool(mkldnn) and mx.runtime.Features().is_enabled("MKLDNN") and self.ctx.device_type == "cpu"
-        self._check_input_size()
+        self._check_input_size(what if what != "--image-size" else f"--image-size {self.image_size}")
         self._build(self.mkldnn)
 
-    def _check_input_size(self):
+    def _check_input_size(self, what):
         """The model must take ``image_size`` x ``image_size`` inputs (its E/GDC head fixes the
-        size it was trained at); a mismatch is an ``InputError`` naming ``--image-size``."""
+        size it was trained at); a mismatch is one ``InputError`` naming ``what`` (the option or
+        the data the size came from) and the size the weights fit, without MXNet's shape dump."""
         import mxnet as mx
-
-        from shrinkteanet.core.utils import mxnet_reason
 
         s = self.image_size
         shapes = {k: v.shape for k, v in list(self.arg.items()) + list(self.aux.items())}
         try:
-            self.sym.infer_shape(data=(1, 3, s, s), **shapes)
-        except mx.base.MXNetError as e:
-            raise InputError(f"--image-size {s}: the model does not take {s}x{s} faces ({mxnet_reason(e)}); "
-                             "give the size it was trained at") from None
+            quiet_infer_shape(self.sym, data=(1, 3, s, s), **shapes)
+        except mx.base.MXNetError:
+            try:
+                fits = f"{model_input_size(self.sym, self.arg)}x{model_input_size(self.sym, self.arg)}"
+            except InputError:
+                fits = "no square"
+            hint = "give the size it was trained at" if what.startswith("--image-size") else \
+                "the faces must be the size it was trained at"
+            raise InputError(f"{what}: {self.name} takes {fits} faces, not {s}x{s}; {hint}") from None
 
     def _build(self, mkldnn):
         import mxnet as mx
@@ -182,6 +295,7 @@ class Embedder:
                 pad = np.zeros((bs - (b - a),) + batch.shape[1:], batch.dtype)
                 batch = np.concatenate([batch, pad])
             y = self._forward(batch)[: b - a]
+            require_finite(y, self.name, model=(self.sym, self.arg, self.aux), batch=batch[: b - a])
             if out is None:
                 out = np.empty((n, y.shape[1]), np.float32)
             out[a:b] = y

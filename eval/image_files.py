@@ -131,12 +131,16 @@ def make_embedder(model, batch_size=64, image_size=None, ctx=None):
     """``(embedder, image_size)`` for a checkpoint: the evaluation helper's
     ``Embedder`` (flip fusion, MKLDNN, survives the TBlob bug) on the checkpoint's
     fc1 graph, at its input size (``image_size`` must fit the weights), on ``ctx`` (default CPU)."""
+    from shrinkteanet.eval.embed import model_name
+
     sym, arg, aux = load_model(model)
     if image_size is None:
         image_size = model_input_size(sym, arg)
     else:
         require_input_size(sym, arg, image_size, what="--image-size")
-    return Embedder(model=(sym, arg, aux), ctx=ctx, batch_size=batch_size, image_size=image_size), int(image_size)
+    embedder = Embedder(model=(sym, arg, aux), ctx=ctx, batch_size=batch_size, image_size=image_size,
+                        name=model_name(model))
+    return embedder, int(image_size)
 
 
 def normalize_rows(x):

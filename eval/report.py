@@ -22,6 +22,23 @@ def md_table(headers, rows):
     return "\n".join(lines) + "\n"
 
 
+def model_source(model):
+    """What an evaluation report says it came from (issue 21: a derived file names its source by
+    content): ``{"prefix", "epoch", "symbol_sha1", "params_sha1"}`` of the ``PREFIX,EPOCH``
+    checkpoint (``model.checkpoint.checkpoint_fingerprint``)."""
+    from shrinkteanet.core.utils import parse_model_arg
+    from shrinkteanet.model.checkpoint import checkpoint_fingerprint
+
+    prefix, epoch = parse_model_arg(model) if isinstance(model, str) else model
+    return {"prefix": prefix, "epoch": int(epoch), **checkpoint_fingerprint(prefix, epoch)}
+
+
+def model_note(source):
+    """The report line naming the model (``model_source``)."""
+    return (f"model: {source['prefix']},{source['epoch']} (symbol sha1 {source['symbol_sha1']}, "
+            f"params sha1 {source['params_sha1']})")
+
+
 def write_report(out_dir, name, fields, title, sections, notes=()):
     """``fields`` -> ``out_dir/name.json``; ``sections`` = [(heading, markdown)] -> ``name.md``."""
     os.makedirs(out_dir, exist_ok=True)

@@ -143,9 +143,11 @@ def test_cli_verification_report(tmp_path):
                "--targets", "lfw", "--out", str(out), "--json", str(tmp_path / "v.json"), "--batch-size", "8"])
     assert rc == 0
     rep = json.loads((tmp_path / "v.json").read_text())
-    # CONTRACTS fields plus the tie order the TAR figures follow (issue 16, defect 9)
+    # CONTRACTS fields plus the tie order the TAR figures follow (issue 16, defect 9), the fold count
+    # and the model the numbers came from (issue 21)
     assert set(rep["lfw"]) == {"accuracy", "accuracy_std", "tar", "tar_std", "far", "threshold", "xnorm",
-                               "tar_tie_order"} and rep["lfw"]["tar_tie_order"] == "legacy"
+                               "tar_tie_order", "nfolds", "model"} and rep["lfw"]["tar_tie_order"] == "legacy"
+    assert rep["lfw"]["nfolds"] == 10 and rep["lfw"]["model"]["prefix"] == str(tmp_path / "m")
     assert rep == json.loads((out / "verification.json").read_text())
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG" and "| lfw |" in (out / "verification.md").read_text()
     assert main(["eval", "verification", "--model", f"{tmp_path / 'm'},1", "--data-dir", str(tmp_path),

@@ -70,6 +70,16 @@ OLD_DISTILL = dict(
     lowres_kd=dict(distill="lowres_kd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
     lowres_ktkd=dict(distill="lowres_ktkd", lowres_size=56, kd_temperature=4.0, kd_lambda=1.0),
 )
+# issue 22: AdaDistill and EKD, each one new file (methods/adadistill.py, methods/ekd.py)
+NEW_DISTILL = dict(
+    adadistill=dict(distill="adadistill", loss="arcface", margin_s=64.0, margin_m1=1.0, margin_m2=0.45, margin_m3=0.0,
+                    adadistill_weighted=True),
+    adadistill_cos=dict(distill="adadistill", loss="cosface", margin_s=64.0, margin_m1=1.0, margin_m2=0.0,
+                        margin_m3=0.35, adadistill_weighted=True),
+    ekd=dict(distill="ekd", ekd_pos_weight=0.02, ekd_neg_weight=0.01, ekd_temperature=0.01, ekd_momentum=0.01,
+             ekd_topk=2000, ekd_fpr_anchors=[10, 100, 1000, 10000, 100000, 1000000]),
+)
+NEW_SPECS = {"adadistill": dict(teacher=True, emb=True), "ekd": dict(teacher=True, emb=True)}
 OLD_SPECS = {  # the needs of the old SPECS rows (their term kinds now live in the method modules)
     "none": {}, "stn": dict(teacher=True, emb=True), "l2": dict(teacher=True, emb=True),
     "kd": dict(teacher=True, emb=True, fc7=True), "hint": dict(teacher=True, taps=True),
@@ -86,6 +96,8 @@ def old_spec(d):
     row = d.needs.as_dict()
     row.update({flag: True for flag, hook in (("lowres", d.student_size), ("transfer", d.prepare)) if hook})
     return row
+
+
 OLD_DEMO = {"self": ("self", ()), "l2": ("l2", ()), "l2_final": ("l2_final", ()), "stn_final": ("stn_final", ()),
             "stn": ("stn", ()), "kd": ("kd", ()), "margin": ("margin", ()),
             "stn_final_w10": ("stn_final", ("stn_weight=10",)), "stn_w10": ("stn", ("stn_weight=10",))}
@@ -99,23 +111,27 @@ def test_derived_tables_equal_the_hand_written_ones():
     from shrinkteanet.study import demo, paper, report_table
 
     # each row as written by hand, plus the method's own keys at their defaults (which DEFAULT held before)
-    assert list(config.distill_table()) == list(OLD_DISTILL)
+    hand = {**OLD_DISTILL, **NEW_DISTILL}
+    assert list(config.distill_table()) == list(OLD_DISTILL) + list(NEW_DISTILL)
     for name, row in config.distill_table().items():
         method_keys = registry.method(row.distill).keys
-        assert dict(row) == {**{k: v for k, v in method_keys.items()}, **OLD_DISTILL[name]}, name
+        assert dict(row) == {**{k: v for k, v in method_keys.items()}, **hand[name]}, name
     old_configs = {"teacher_r90": ("r90", "emore", "arcface", "none"),
                    "teacher_r100": ("r100", "emore", "arcface", "none")}
     for student in ("mv1", "mv2", "mfn", "mfnr"):
         old_configs[f"{student}_self"] = (student, "emore", "arcface", "none")
         for m in ("l2", "l2_final", "stn", "stn_final", "kd", "hint", "margin", "lowres_kt", "lowres_kd",
-                  "lowres_ktkd"):
+                  "lowres_ktkd", "adadistill", "adadistill_cos", "ekd"):
             old_configs[f"{student}_{m}"] = (student, "emore", "arcface", m)
     assert config.named_configs() == old_configs
-    assert {d.name: old_spec(d) for d in registry.methods()} == OLD_SPECS and registry.names() == tuple(OLD_SPECS)
-    assert demo.study_methods() == OLD_DEMO and list(demo.study_methods()) == list(OLD_DEMO)  # report order
+    assert {d.name: old_spec(d) for d in registry.methods()} == {**OLD_SPECS, **NEW_SPECS}
+    assert registry.names() == tuple(OLD_SPECS) + tuple(NEW_SPECS)
+    new_demo = {"adadistill": ("adadistill", ()), "ekd": ("ekd", ())}
+    demo_order = [*list(OLD_DEMO)[:7], *new_demo, *list(OLD_DEMO)[7:]]  # after margin, before the weight ablation
+    assert demo.study_methods() == {**OLD_DEMO, **new_demo} and list(demo.study_methods()) == demo_order
     assert paper.paper_methods() == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
-                             "stn": "ShrinkTeaNet"}
-    assert report_table.method_names() == OLD_METHOD_NAMES
+                                     "stn": "ShrinkTeaNet"}
+    assert report_table.method_names() == {**OLD_METHOD_NAMES, "adadistill": "AdaDistill", "ekd": "EKD"}
     assert report_table.weight_ablation() == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
     assert [report_table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
         ["self", "stn", "stn_final", "hint"]
@@ -131,7 +147,9 @@ def test_each_config_default_is_declared_once():
     before = dict(distill_stages=[1, 2, 3, 4], distill_lambdas=[], stn_weight=1.0, l2_lambda=0.001,
                   kd_temperature=4.0, kd_lambda=1.0, hint_lambda=1.0, kd_emb_loss="none", kd_emb_lambda=1.0,
                   margin_m_min=0.2, margin_m_max=0.5)
-    assert registry.config_keys() == before and not set(before) & set(config.DEFAULT)
+    keys = registry.config_keys()
+    assert {k: keys[k] for k in before} == before and not set(keys) & set(config.DEFAULT)
+    assert keys["adadistill_weighted"] is True and keys["ekd_topk"] == 2000  # the newer methods' own keys
     for name in ("mfn_self", "mv1_kd", "teacher_r100"):
         cfg = config.config_by_name(name)
         assert {k: cfg[k] for k in before} == before, name
@@ -209,7 +227,7 @@ def test_unknown_names_fail_listing_every_valid_one():
     with pytest.raises(InputError) as e:
         registry.method("stnn")
     assert str(e.value).startswith("distill='stnn': unknown method; valid: ")
-    assert set(str(e.value).split("valid: ")[1].split(", ")) == set(OLD_SPECS)
+    assert set(str(e.value).split("valid: ")[1].split(", ")) == set(OLD_SPECS) | set(NEW_SPECS)
     with pytest.raises(InputError, match="unknown distill method 'stnn'; valid: .*stn_final"):
         config.generate_config("mfn", "synth", "arcface", "stnn")
     r = run_cli("train", "--config", "mfn_stnn")
@@ -220,7 +238,7 @@ def test_unknown_names_fail_listing_every_valid_one():
     assert listed == set(config.named_configs()) and {"mfnr_lowres_ktkd", "teacher_r100", "mv1_self"} <= listed
     r = run_cli("config", "mfn_stn", "distill=bogus")
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "unknown distill method 'bogus'; valid: hint, kd" in lines[0]
+    assert r.returncode == 2 and len(lines) == 1 and "unknown distill method 'bogus'; valid: adadistill, adadistill_cos, ekd, hint, kd" in lines[0]
 
 
 def test_a_method_module_declaring_a_taken_name_is_refused():

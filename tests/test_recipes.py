@@ -33,7 +33,8 @@ def _command(row):
 
 #: recipe -> (config name, network, distill) the dry run must resolve
 EXPECTED = {"teacher_r90": ("teacher_r90", "r90", "none"), "teacher_r100": ("teacher_r100", "r100", "none"),
-            "mfn_margin": ("mfn_margin", "mfn", "margin")}
+            "mfn_margin": ("mfn_margin", "mfn", "margin"),
+            "mfn_adadistill": ("mfn_adadistill", "mfn", "adadistill"), "mfn_ekd": ("mfn_ekd", "mfn", "ekd")}
 for _net in ("mv1", "mv2", "mfn", "mfnr"):
     for _m in ("self", "l2", "stn"):
         EXPECTED[f"{_net}_{_m}"] = (f"{_net}_{_m}", _net, "none" if _m == "self" else _m)
@@ -94,6 +95,13 @@ def test_dry_run_resolves_the_paper_config(row, tmp_path):
         assert cfg["distill_stages"] == [1, 2, 3, 4] and cfg["l2_lambda"] == 0.001
     if row.startswith("lowres"):
         assert cfg["lowres_size"] == 56
+    if distill == "adadistill":
+        # AdaArcDistill as the authors' release: ArcFace s=64, m=0.45, sample-weighted alpha
+        assert (cfg["loss"], cfg["margin_s"], cfg["margin_m2"], cfg["adadistill_weighted"]) == ("arcface", 64.0, 0.45, True)
+    if distill == "ekd":
+        # TFace's ekd.py: 0.02 positive / 0.01 negative, tau 0.01, the FPR anchors 1e-1..1e-6
+        assert (cfg["ekd_pos_weight"], cfg["ekd_neg_weight"], cfg["ekd_temperature"]) == (0.02, 0.01, 0.01)
+        assert cfg["ekd_fpr_anchors"] == [10, 100, 1000, 10000, 100000, 1000000]
 
 
 def test_dry_run_rejects_a_bad_override(tmp_path):

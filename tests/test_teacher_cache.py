@@ -124,3 +124,34 @@ def test_training_with_the_cache_matches_the_live_teacher(tiny):
     for a, b in zip(runs["live"], runs["cached"]):
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=2e-2, abs=1e-3), k
+
+
+@pytest.mark.parametrize("name", ["mfn_adadistill", "mfn_ekd", "mfn_stn_final", "mfn_l2_final"])
+def test_embedding_only_methods_train_from_the_cache_without_a_teacher(tiny, name, monkeypatch):
+    """AdaDistill, EKD and the final-stage ShrinkTeaNet / L2 read nothing of the teacher but its
+    embedding: with ``teacher_cache`` and no ``teacher`` no checkpoint is loaded, and four steps give
+    the live teacher's loss values (to the float16 rounding of the cache)."""
+    from shrinkteanet.training import networks
+
+    data, teacher, cache, _ = tiny
+    runs = {}
+    for how, extra in (("live", (f"teacher={teacher}",)), ("cached", (f"teacher_cache={cache}",))):
+        if how == "cached":
+            monkeypatch.setattr(networks, "load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded"))
+        cfg = config.config_by_name(name, train_overrides(data, None, "max_batches=4", "lr_schedule=constant", *extra))
+        seen = []
+        train.train(cfg, callbacks=[lambda info: seen.append(dict(info["losses"]))])
+        runs[how] = seen
+    assert len(runs["live"]) == len(runs["cached"]) == 4
+    for a, b in zip(runs["live"], runs["cached"]):
+        assert set(a) == set(b) and len(a) >= 1
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=2e-2, abs=1e-3), k
+    assert any(v > 1e-3 for k, v in runs["live"][0].items() if k != "softmax")  # a live distillation term
+
+
+def test_a_method_that_needs_more_than_the_embedding_still_needs_the_teacher(tiny):
+    data, _, cache, _ = tiny
+    cfg = config.config_by_name("mfn_stn", train_overrides(data, None, "max_batches=1", f"teacher_cache={cache}"))
+    with pytest.raises(InputError, match="teacher cache alone cannot serve it"):
+        train.train(cfg)

@@ -8,12 +8,17 @@ def register(sub):
     p = sub.add_parser("cache-teacher", help="store a teacher's embeddings of every training image and its mirror",
                        description="Compute the teacher's fc1 embedding of every image of a RecordIO set and of its "
                                    "mirror into CACHE (float16 memory map); `shrinkteanet train --teacher-cache "
-                                   "CACHE` then skips the teacher's full forward pass.  Resumable.")
+                                   "CACHE` then skips the teacher's full forward pass.  Resumable.  The cache "
+                                   "records the teacher's and the data's content (sha1): a cache of another "
+                                   "source is refused, and replaced with --rebuild.")
     p.add_argument("--model", required=True, metavar="P,E", help="teacher checkpoint PREFIX,EPOCH")
     p.add_argument("--data", required=True, metavar="DIR", help="training set folder (train.rec/.idx/property)")
     p.add_argument("--out", required=True, metavar="CACHE", help="cache folder (created or completed)")
     p.add_argument("--gpus", default=None, help=f"one GPU id ({GPUS_HELP_ONE})")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--rebuild", action="store_true",
+                   help="replace a cache built from another teacher or data (by content): the new one is filled "
+                        "in CACHE/.rebuild and moved in once complete; the old one stays usable until then")
     add_json_arg(p)
     p.set_defaults(func=run, outputs=outputs)
 
@@ -43,7 +48,8 @@ def run(args):
     from shrinkteanet.training.teacher_cache import build_cache
     from shrinkteanet.core.utils import get_contexts, write_json
 
-    meta = build_cache(args.model, args.data, args.out, batch_size=args.batch_size, ctx=get_contexts(args.gpus, one=True)[0])
+    meta = build_cache(args.model, args.data, args.out, batch_size=args.batch_size,
+                       ctx=get_contexts(args.gpus, one=True)[0], rebuild=args.rebuild)
     print(f"teacher cache {args.out}: {meta['done']} of {meta['num_images']} images x 2 (image, mirror), "
           f"embedding {meta['emb_size']}, float16")
     if args.json:

@@ -36,7 +36,8 @@ def _targets(args):
 def _common(p, out_default):
     p.add_argument("--model", required=True, metavar="PREFIX,EPOCH", help="checkpoint (its fc1 output is used)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side (default: the one the weights fit, as embed and export detect it)")
     p.add_argument("--gpus", default=None, help=f"GPU id (the first of a list is used; {GPUS_HELP_ONE})")
     p.add_argument("--no-mkldnn", action="store_true", help="plain static graph instead of MKLDNN partitioning")
     p.add_argument("--out", default=out_default, metavar="DIR", help=f"report folder (default {out_default})")
@@ -110,12 +111,17 @@ def run_verification(args):
     targets = _targets(args)
     if not targets:
         raise InputError("--targets is empty")
+    if args.nfolds < 2:
+        # one "fold" tunes the threshold on the test pairs themselves (InsightFace's LFold(1))
+        raise InputError(f"--nfolds {args.nfolds}: needs 2 or more folds (the threshold of each test fold is chosen "
+                         "on the others)")
     for t in targets:
         path = os.path.join(args.data_dir, f"{t}.bin")
         if not os.path.isfile(path):
             raise InputError(f"{path}: verification set not found (target {t!r})")
     res = run_targets(_embedder(args), args.data_dir, targets, args.nfolds, args.tar_tie_order)
-    fields = {t: f for t, (f, _) in res.items()}
+    source = report.model_source(args.model)
+    fields = {t: dict(f, nfolds=args.nfolds, model=source) for t, (f, _) in res.items()}
     rows = [[t, f["accuracy"], f["accuracy_std"], f["tar"], f["tar_std"], f["far"], f["threshold"], f["xnorm"]]
             for t, f in fields.items()]
     table = report.md_table(["target", "accuracy %", "std %", "TAR %", "TAR std %", "FAR %", "threshold", "XNorm"],
@@ -125,9 +131,10 @@ def run_verification(args):
                        "false accept rate", "true accept rate", "Verification ROC (mean of test folds)", logx=True,
                        ylim=(0, 1.01))
     md = report.write_report(args.out, "verification", fields, f"Verification: {args.model}", [
-        ("Results (10-fold, InsightFace protocol)", table),
+        (f"Results ({args.nfolds}-fold, InsightFace protocol)", table),
         ("Plots", "![ROC](roc.png)\n"),
-    ], notes=["accuracy: best squared-L2 threshold of the 9 training folds applied to the test fold",
+    ], notes=[report.model_note(source),
+              f"accuracy: best squared-L2 threshold of the {args.nfolds - 1} training folds applied to the test fold",
               "TAR at FAR=1e-3: thresholds 0..4 step 0.001, interpolated as InsightFace's calculate_val; "
               f"tied FAR values in {args.tar_tie_order} order ("
               + ("SciPy < 1.6, InsightFace's era" if args.tar_tie_order == "legacy" else "SciPy 1.6-1.8") + ")",
@@ -152,8 +159,9 @@ def run_megaface(args):
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     emb = _embedder(args)
     gen = megaface.generate(emb, root, args.out, args.algo, args.set_no, sizes, args.allow_missing, fs_noise,
-                            mf_noise, args.seed, image_size=args.image_size)
+                            mf_noise, args.seed, image_size=emb.image_size)
     fields, curves = megaface.evaluate_generated(gen, block=args.block)
+    fields["model"] = report.model_source(args.model)
     if args.devkit:
         megaface.run_devkit(args.devkit, args.out, args.algo, curves["sizes"],
                             os.path.join(root, "templatelists", megaface.FACESCRUB_LIST),
@@ -172,7 +180,8 @@ def run_megaface(args):
     ], notes=[f"probes: {fields['num_probes']}, trials: {curves['num_trials']}, "
               f"noisy probes cleaned: {gen['num_noisy_probes']}, noisy distractors dropped: "
               f"{gen['num_noisy_distractors']}, missing images: {gen['num_missing']}",
-              "devkit features: features/ (raw, 512-d) and features_clean/ (InsightFace remove_noises, 513-d)"])
+              "devkit features: features/ (raw, 512-d) and features_clean/ (InsightFace remove_noises, 513-d)",
+              report.model_note(fields["model"])])
     for s in curves["sizes"]:
         print(f"rank-1 @ {s:>7} distractors: {100 * fields['rank1'][str(s)]:.2f}%")
     print(f"TAR @ FAR=1e-6: {100 * fields['tar_at_far_1e-06']:.2f}%  ({fields['num_probes']} probes)")
@@ -193,7 +202,7 @@ def run_ijb(args):
                        "false positive rate", "true positive rate", f"ROC on {fields['target']}", logx=True,
                        xlim=(1e-6, 1.0), ylim=(0, 1.01))
     sections = [("1:1 verification, TAR at FAR", table), ("Plots", "![ROC](roc.png)\n")]
-    out_fields = dict(fields)
+    out_fields = dict(fields, model=report.model_source(args.model))
     if extra is not None:
         out_fields["identification"] = extra
         sections.insert(1, ("1:N identification", report.md_table(
@@ -202,7 +211,8 @@ def run_ijb(args):
     mode = f"flip {'on' if not args.no_flip else 'off'}, norm score {'on' if not args.no_norm_score else 'off'}, " \
            f"detector score {'on' if not args.no_detector_score else 'off'}"
     md = report.write_report(args.out, "ijb", out_fields, f"{fields['target']}: {args.model}", sections,
-                             notes=[mode, f"missing images: {curves['num_missing']}"])
+                             notes=[mode, f"missing images: {curves['num_missing']}",
+                                    report.model_note(out_fields["model"])])
     print(f"{fields['target']} 1:1 ({mode})")
     print("  " + "  ".join(f"TAR@{k}={100 * v:.2f}%" for k, v in tars.items()) + f"  AUC={100 * fields['auc']:.2f}%")
     if extra is not None:

@@ -191,6 +191,18 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def file_sha1(path, *, chunk=1 << 20):
+    """sha1 hex digest of the bytes of ``path``, read in ``chunk``-byte pieces (a 250 MB
+    teacher's params in well under a second, never whole in memory)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(chunk), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 def parse_model_arg(text):
     """``PREFIX,EPOCH`` -> (prefix, epoch), as on every command line (CONTRACTS.md)."""
     prefix, sep, epoch = str(text).rpartition(",")

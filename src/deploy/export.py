@@ -58,7 +58,8 @@ class _Source:
         dsym = deploy_symbol(sym)
         darg, daux = deploy_params(dsym, arg, aux)
         x = fixed_batch(image_size)
-        ref = Runner(dsym, darg, daux, batch_size=len(x), image_size=image_size, subgraph=False).run(x)
+        ref = Runner(dsym, darg, daux, batch_size=len(x), image_size=image_size, subgraph=False,
+                     name=f"--model {prefix},{epoch}").run(x)
         return cls(prefix, epoch, sym, arg, aux, int(image_size), dsym, darg, daux, x, ref)
 
     @property
@@ -179,7 +180,8 @@ def _export_int8_checked(src, prefix, *, calib, calib_mode, num_calib, eval_bin,
              "num_calib": int(len(cal) // used * used), "granularity": granularity, "repeat_ok": ok}
     if eval_bin is None and str(calib).endswith(".bin"):
         eval_bin = calib
-    fp = Runner(src.dsym, src.darg, src.daux, batch_size=batch_size, image_size=src.image_size)
+    fp = Runner(src.dsym, src.darg, src.daux, batch_size=batch_size, image_size=src.image_size,
+                name=f"--model {src.prefix},{src.epoch}")
     q = Runner(*saved, batch_size=batch_size, image_size=src.image_size)
     if eval_bin:
         images, issame = load_bin_checked(eval_bin, src.image_size)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from shrinkteanet.core.constants import IMAGE_SIZE
-from shrinkteanet.eval.embed import check_input_size
+from shrinkteanet.eval.embed import check_input_size, require_finite
 
 
 class Runner:
@@ -18,9 +18,13 @@ class Runner:
     ``subgraph=False`` binds with ``MXNET_SUBGRAPH_BACKEND=NONE`` (MXNet 1.9.1 CPU
     otherwise fuses with MKLDNN at bind time by default): the unfused baseline."""
 
-    def __init__(self, sym, arg_params, aux_params, *, batch_size=32, image_size=IMAGE_SIZE, subgraph=True):
+    def __init__(self, sym, arg_params, aux_params, *, batch_size=32, image_size=IMAGE_SIZE, subgraph=True,
+                 name=None):
         import mxnet as mx
 
+        # ``name`` (the checkpoint, for messages): every batch's outputs must then be finite
+        # (``eval.embed.require_finite``, the check the evaluation embedder makes too)
+        self.name, self._model = name, (sym, arg_params, aux_params)
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
         old = os.environ.get("MXNET_SUBGRAPH_BACKEND")
@@ -54,7 +58,10 @@ class Runner:
             n = len(b)
             if n < self.batch_size:
                 b = np.concatenate([b, np.zeros((self.batch_size - n,) + b.shape[1:], np.float32)])
-            out.append(self.forward(b)[:n])
+            y = self.forward(b)[:n]
+            if self.name:
+                require_finite(y, self.name, model=self._model, batch=b[:n])
+            out.append(y)
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def embed(self, images, flip=True):

@@ -177,6 +177,21 @@ def save_checkpoint(prefix, epoch, sym, arg_params, aux_params):
 
 
 # ------------------------------------------------------------------ the one reader
+def checkpoint_fingerprint(prefix, epoch):
+    """What identifies a checkpoint's content, not its path (issue 21: a teacher retrained into
+    the same folder is another teacher): ``{"symbol_sha1", "params_sha1"}``, the sha1 of the
+    two files' bytes.  A missing file is one ``InputError`` naming it."""
+    from shrinkteanet.core.utils import file_sha1
+
+    out = {}
+    for key, path in zip(("symbol_sha1", "params_sha1"), checkpoint_paths(prefix, epoch)):
+        try:
+            out[key] = file_sha1(path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
+    return out
+
+
 def cut_at_embedding(sym, path="symbol"):
     """``sym`` itself when its only output is ``fc1``, else ``get_internals()['fc1_output']``
     (InsightFace's evaluation cut, which drops a training symbol's ``fc7`` head)."""

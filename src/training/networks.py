@@ -6,18 +6,22 @@ import mxnet as mx
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.utils import parse_model_arg
 from shrinkteanet.methods.base import teacher_check
-from shrinkteanet.methods.base.registry import method_of, student_image_size, student_needs_taps
+from shrinkteanet.methods.base.cached_teacher import CachedTeacher
+from shrinkteanet.methods.base.registry import method_of, student_image_size, student_needs_taps, teacher_embedding_only
 from shrinkteanet.model.checkpoint import read_raw_checkpoint
 from shrinkteanet.model.network import EmbeddingNet, context_list, materialize
 
 
-def build_networks(cfg, teacher_checkpoint=None, ctx=None):
+def build_networks(cfg, teacher_checkpoint=None, ctx=None, cached_emb_size=0):
     """``(student, teacher, teacher_fc7)`` for ``cfg``: the student ``EmbeddingNet``
     (``cfg.network``, ``cfg.net_opts``, at ``student_image_size(cfg)``, taps when the
     method's stage terms need them), Xavier-initialised as InsightFace's fresnet/MobileFaceNet
     (gaussian, fan-out, magnitude 2); the teacher from ``teacher_checkpoint`` ((prefix, epoch)
     or "PREFIX,EPOCH"; default ``cfg.teacher``) as ``load_teacher`` builds it, frozen; and its
-    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``."""
+    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``.
+    ``cached_emb_size`` (the teacher cache's width), with no teacher checkpoint named and a
+    method that reads only the teacher's embedding (``registry.teacher_embedding_only``): no teacher
+    is loaded, a ``methods.base.cached_teacher.CachedTeacher`` stands in for it."""
     ctx = context_list(ctx)
     needs = method_of(cfg).needs
     student_opts = dict(cfg.net_opts)
@@ -30,6 +34,8 @@ def build_networks(cfg, teacher_checkpoint=None, ctx=None):
     if not needs.teacher:
         return student, None, None
     ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
+    if not ckpt and cached_emb_size and teacher_embedding_only(cfg):
+        return student, CachedTeacher(cached_emb_size), None
     if not ckpt:
         raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")
     teacher, fc7 = load_teacher(cfg, ckpt, ctx=ctx, with_taps=needs.taps)

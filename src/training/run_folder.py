@@ -44,7 +44,7 @@ LOCK_NAME = ".shrinkteanet-train.lock"
 
 #: Keys a resume may change: where things are, how often to log/save/verify, how long to run.
 RESUME_FREE_KEYS = frozenset({
-    "out", "data_dir", "val_dir", "val_targets", "tensorboard", "teacher_cache", "workers", "verify_every", "frequent",
+    "out", "data_dir", "val_dir", "val_targets", "tensorboard", "workers", "verify_every", "frequent",
     "keep_last", "ckpt_every", "nan_guard", "max_batches", "num_epochs", "hybridize",
 })
 

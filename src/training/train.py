@@ -93,11 +93,11 @@ def checkpoint_bytes(method):
     return int(total * 1.1) + 65536
 
 
-def _build_networks_or_explain(cfg, build_networks, ctx_list):
+def _build_networks_or_explain(cfg, build_networks, ctx_list, cached_emb_size=0):
     """``build_networks`` with an unknown or mismatched network option as one ``InputError``
     naming ``net_opts``/``teacher_net_opts`` (the symbols raise ValueError, MXNet asserts)."""
     try:
-        return build_networks(cfg, ctx=ctx_list)
+        return build_networks(cfg, ctx=ctx_list, cached_emb_size=cached_emb_size)
     except InputError:
         raise
     except (ValueError, AssertionError) as e:
@@ -140,7 +140,8 @@ class Verifier:
         from shrinkteanet.eval.verification import evaluate_full, xnorm_of
 
         emb = Embedder((self.symbol, arg, aux), ctx=self.ctx,
-                       batch_size=min(64, max(len(v[0]) for v in self.sets.values())), image_size=self.image_size)
+                       batch_size=min(64, max(len(v[0]) for v in self.sets.values())), image_size=self.image_size,
+                       name="the student being trained (verification)")
         out = OrderedDict()
         for t, (images, issame) in self.sets.items():
             e, ef = emb.embed_parts(images)
@@ -162,6 +163,16 @@ def make_verifier(cfg, image_size, ctx, symbol):
 
     sets = {t: load_bin(os.path.join(root, f"{t}.bin"), image_size=(image_size, image_size)) for t in targets}
     return Verifier(symbol, sets, image_size, ctx)
+
+
+def _image_size_chosen(cfg):
+    """Whether ``image_size`` was set by the user: it differs from the preset's (the dataset
+    row's, else ``DEFAULT``).  A preset's 112 follows the data; a chosen size the data do not
+    have is refused (issue 21: it was overridden with an INFO line)."""
+    from shrinkteanet.training import config
+
+    row = config.DATASETS.get(cfg.get("dataset"), {})
+    return int(cfg.image_size) != int(row.get("image_size", config.DEFAULT.get("image_size")))
 
 
 def _num_classes_chosen(cfg):
@@ -285,8 +296,9 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
     ctx_list = job.ctx_list
     loader = loader if loader is not None else make_loader(cfg, job)
     follow_data(cfg, loader)
-    student, method = build_student_method(cfg, ctx_list)
     cache = open_teacher_cache(cfg, loader)
+    student, method = build_student_method(cfg, ctx_list, cache)
+    check_cache_teacher(cfg, cache)
     if cfg.out and job.rank == 0:
         from shrinkteanet.training.run_folder import check_free_space
 
@@ -319,6 +331,10 @@ def follow_data(cfg, loader):
     own ``num_classes`` differs)."""
     image_size = int(loader.image_size[0])
     if image_size != int(cfg.image_size):
+        if _image_size_chosen(cfg):
+            raise InputError(f"config image_size={cfg.image_size}, but {cfg.data_dir} holds {image_size}x{image_size} "
+                             f"faces; leave image_size out (the data's size is used) or train on "
+                             f"{cfg.image_size}x{cfg.image_size} faces")
         log.info("data are %dx%d; config image_size=%d follows the data", image_size, image_size, cfg.image_size)
         cfg.image_size = image_size
     num_classes = int(loader.num_classes)
@@ -328,9 +344,10 @@ def follow_data(cfg, loader):
     cfg.num_classes = num_classes
 
 
-def build_student_method(cfg, ctx_list):
+def build_student_method(cfg, ctx_list, cache=None):
     """Seeded, initialised and hybridized ``(student, method)`` of ``cfg`` (AMP set up first
-    when ``fp16``)."""
+    when ``fp16``); with the teacher ``cache`` and no ``teacher`` checkpoint, a method that reads
+    only the teacher's embedding is built without loading a teacher (``networks.build_networks``)."""
     from shrinkteanet.methods.base.assembler import build_method
     from shrinkteanet.training.networks import build_networks
 
@@ -341,7 +358,8 @@ def build_student_method(cfg, ctx_list):
         from mxnet.contrib import amp
 
         amp.init()
-    student, teacher, teacher_fc7 = _build_networks_or_explain(cfg, build_networks, ctx_list)
+    student, teacher, teacher_fc7 = _build_networks_or_explain(
+        cfg, build_networks, ctx_list, cached_emb_size=cache.emb_size if cache is not None else 0)
     method = build_method(cfg, student, teacher, num_classes=cfg.num_classes, teacher_fc7=teacher_fc7,
                           ctx=ctx_list)
     initialize_params(method.collect_params(), ctx_list)
@@ -351,7 +369,9 @@ def build_student_method(cfg, ctx_list):
 
 
 def open_teacher_cache(cfg, loader):
-    """The ``TeacherCache`` of ``cfg.teacher_cache`` checked against the method and the data, or None."""
+    """The ``TeacherCache`` of ``cfg.teacher_cache`` checked against the method and the data (by
+    content, ``TeacherCache.check_data``), or None; its teacher is checked once built
+    (``check_cache_teacher``)."""
     if not cfg.teacher_cache:
         return None
     from shrinkteanet.methods.base.registry import needs_teacher_embedding
@@ -362,8 +382,20 @@ def open_teacher_cache(cfg, loader):
     if cfg.color_jitter > 0:
         raise InputError("--teacher-cache holds embeddings of un-jittered images: set color_jitter=0")
     cache = TeacherCache(cfg.teacher_cache)
+    cache.check_data(cfg.data_dir)
     cache.check_covers(loader.keys)
     return cache
+
+
+def check_cache_teacher(cfg, cache):
+    """With a ``teacher`` checkpoint, the cache must be its own (``TeacherCache.check_teacher``:
+    width, then content); checked once the teacher is built (``cfg.teacher_emb_size`` is its
+    width), before the first step.  A cache-only run takes its teacher's width from the cache."""
+    if cache is None or not cfg.teacher:
+        return
+    from shrinkteanet.core.utils import parse_model_arg
+
+    cache.check_teacher(parse_model_arg(cfg.teacher), cfg.get("teacher_emb_size") or cfg.emb_size)
 
 
 def final_stage_cosines(method, loader, ctx, num_ctx=1):

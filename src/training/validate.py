@@ -103,18 +103,20 @@ def check_teacher(cfg, facts):
     checked against its parameters and the config (``methods.base.teacher_check.teacher_plan``; the resolved
     teacher is written into ``cfg``), its classifier against the method and the data's classes,
     and its embedding width against ``emb_size``.  A missing ``teacher`` is refused unless
-    ``teacher_pending`` (the recipes' dry run before the teacher is trained)."""
+    ``teacher_pending`` (the recipes' dry run before the teacher is trained) or when the teacher
+    cache serves every teacher embedding the method reads (``registry.teacher_embedding_only``)."""
     from shrinkteanet.methods.base import teacher_check
-    from shrinkteanet.methods.base.registry import method_of
+    from shrinkteanet.methods.base.registry import method_of, teacher_embedding_only
 
     definition = method_of(cfg)
     needs = definition.needs
     if not needs.teacher:
         return
     if not cfg.get("teacher"):
-        if facts.get("teacher_pending"):
-            return
-        raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")
+        if facts.get("teacher_pending") or (cfg.get("teacher_cache") and teacher_embedding_only(cfg)):
+            return  # not trained yet, or not needed: the cache serves every teacher embedding
+        raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)"
+                         + _cache_hint(cfg))
     from shrinkteanet.core.utils import parse_model_arg
     from shrinkteanet.model.checkpoint import read_raw_checkpoint
 
@@ -128,6 +130,17 @@ def check_teacher(cfg, facts):
     fc7 = arg.get("fc7_weight")
     teacher_check.check_classifier(cfg, needs, None if fc7 is None else fc7.shape, facts["num_classes"], where)
     teacher_check.check_embedding_sizes(cfg, definition, plan.emb_size)
+
+
+def _cache_hint(cfg):
+    """What a teacher cache could do for ``cfg`` (part of the missing-teacher message)."""
+    from shrinkteanet.methods.base.registry import teacher_embedding_only
+
+    if teacher_embedding_only(cfg):
+        return " or a teacher cache (--teacher-cache)"
+    if cfg.get("teacher_cache"):
+        return "; the teacher cache alone cannot serve it (it needs the teacher's stage features, tails or fc7)"
+    return ""
 
 
 #: ``--kvstore`` values a run can use; the one-line refusals of those this package cannot run

@@ -5,7 +5,8 @@
 parts; their sum is the training objective.  ``cfg.distill`` names a method of the registry
 (``shrinkteanet.methods.base.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
 Duong et al. 2019, Eq. 4-7), ``l2`` ("Student-1"), ``kd`` (Hinton), ``hint``, ``margin``
-(MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019); each
+(MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019),
+``adadistill`` (Boutros et al. 2024), ``ekd`` (Huang et al. 2022); each
 module's docstring gives its terms).  From the method's declaration this module does what is
 common to all: check and freeze the teacher, build the classifier (the margin head of
 ``cfg.loss`` unless the method brings its own), the method's own ``prepare`` step (knowledge
@@ -95,10 +96,14 @@ class Method(gluon.Block):
         self.ce = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def _attach_teacher(self, build):
-        """Freeze the teacher and check it serves the method."""
+        """Freeze the teacher and check it serves the method (a cache-only run's stand-in,
+        ``cached_teacher.CachedTeacher``, has no network to freeze or run)."""
+        from shrinkteanet.methods.base.cached_teacher import is_cached
+
         needs, teacher = self.needs, build.teacher
         if teacher is not None and needs.teacher:
-            self._frozen.teacher = teacher
+            # a cache-only run's stand-in has no network: nothing to run or hybridize
+            self._frozen.teacher = None if is_cached(teacher) else teacher
             for p in teacher.collect_params().values():
                 p.grad_req = "null"
             from shrinkteanet.methods.base.teacher_check import check_embedding_sizes
@@ -106,7 +111,7 @@ class Method(gluon.Block):
             check_embedding_sizes(self.cfg, self.definition, teacher_emb_size(teacher, self.emb_size))
             if needs.taps and not getattr(teacher, "with_taps", False):
                 raise InputError(f"distill={self.method}: the teacher must be built with_taps=True")
-            if needs.emb and not needs.taps:
+            if needs.emb and not needs.taps and not is_cached(teacher):
                 self._frozen.full = _frozen_full(teacher)
 
     def _build_terms(self, build):
@@ -162,6 +167,9 @@ class Method(gluon.Block):
         need_emb = needs.emb and teacher_emb is None
         if not (need_emb or needs.taps):
             return teacher_emb, None
+        if fr.teacher is None:
+            raise InputError(f"distill={self.method}: no teacher loaded (the run reads teacher embeddings "
+                             "from --teacher-cache): pass the batch's cached embeddings")
         with autograd.pause(train_mode=False):
             out = (fr.full if fr.full is not None and not needs.taps else fr.teacher)(data)
         emb, taps = _split_taps(out)
@@ -195,6 +203,8 @@ def stage_cosines(method, data):
         # a student narrower than its teacher is compared through its final adapter (Sec. 3.3)
         final = method.adapters.get(LAST_STAGE) if not method.needs.taps else None
         views = {LAST_STAGE: final(emb) if final is not None else emb}
+        if int(views[LAST_STAGE].shape[1]) != int(t_emb.shape[1]):
+            del views[LAST_STAGE]  # EKD: a narrower student, never compared with the teacher directly
         for stage in sorted(fr.tails):
             views[stage] = fr.tails[stage](method.adapters[stage](taps[stage - 1]).astype("float32", copy=False))
         t = mx.nd.L2Normalization(t_emb.astype("float32"))

@@ -290,6 +290,15 @@ def needs_teacher_embedding(cfg):
     return method_of(cfg).needs.emb
 
 
+def teacher_embedding_only(cfg):
+    """True when the teacher's final embedding is all the method reads of it (no stage features,
+    no tails, no classifier, no build step of its own such as a parameter transfer): a teacher cache
+    alone can serve such a run (AdaDistill, EKD, the final-stage ShrinkTeaNet and L2 variants)."""
+    found = method_of(cfg)
+    needs = found.needs
+    return bool(needs.emb and not (needs.taps or needs.fc7) and found.prepare is None and not student_needs_taps(cfg))
+
+
 def student_image_size(cfg):
     """Input size of the student network: the method's ``student_size`` (low resolution), else
     ``image_size``."""

@@ -199,7 +199,10 @@ class StageTerms(Term):
         self.stages = check_stages(build.cfg)
         self.stage_weights = [float(base) * lam for lam in distill_lambdas(build.cfg)]
         self._adapters = {}
-        self._tails = build.frozen.tails
+        # the teacher's frozen tails stay in ``build.frozen`` (``terms.Frozen``, outside Gluon's
+        # child registry, as every teacher block): a dict of them held here made every
+        # hybridize warn "StageTerms._tails is an unregistered container with Blocks"
+        self._frozen = build.frozen
         if on_taps or any(s != LAST_STAGE for s in self.stages):
             self._build_adapters(build)
         if not on_taps and LAST_STAGE in self.stages:
@@ -264,7 +267,7 @@ class StageTerms(Term):
                 # the tail is frozen in its graph (global BN statistics, no Dropout), so it is
                 # recorded in the caller's mode: under predict_mode MKLDNN's BatchNorm backward
                 # (the gradient to feat) ran ~100x slower for the same numbers (docs/benchmarks.md)
-                value = self.distance(self._tails[stage](feat), batch.t_emb)
+                value = self.distance(self._frozen.tails[stage](feat), batch.t_emb)
             parts[self.part_name(stage)] = value * w
         return parts
 
