@@ -2,7 +2,6 @@
 
 No GPU here: the device count and the CUDA feature flag are faked (monkeypatched), and the
 commands' handlers are run up to the point where they hand their contexts on."""
-import argparse
 import logging
 import os
 import subprocess
@@ -65,19 +64,26 @@ def test_every_command_takes_the_automatic_choice(fake_gpus, monkeypatch, tmp_pa
     monkeypatch.setattr(train, "train", lambda cfg, ctx, **kw: _raise_with(ctx=ctx))
     monkeypatch.setattr(teacher_cache, "build_cache", lambda *a, ctx, **kw: _raise_with(ctx=ctx))
     monkeypatch.setattr(eval_embed, "Embedder", lambda *a, ctx, **kw: _raise_with(ctx=ctx))
-    args = argparse.Namespace(config="mfnr_self", overrides=[], data=str(tmp_path), out=None, gpus=None,
-                              teacher=None, teacher_cache=None, resume=False, overwrite=False, fp16=False,
-                              kvstore=None, tensorboard=None, max_batches=None, epochs=None, json=None)
-    for run, want in ((cli_train.run, [mx.gpu(0), mx.gpu(1)]), (cache_teacher.run, mx.gpu(0)),
-                      (cli_eval._embedder, mx.gpu(0))):
-        args.model = "m,1"
-        args.batch_size, args.image_size, args.no_mkldnn = 8, 112, False
+    from shrinkteanet.cli import build_parser
+
+    # each command's own parser, so that every option its handler reads is there
+    parse = build_parser().parse_args
+    for argv, run, want in ((["train", "--config", "mfnr_self", "--data", str(tmp_path)], cli_train.run,
+                             [mx.gpu(0), mx.gpu(1)]),
+                            (["cache-teacher", "--model", "m,1", "--data", str(tmp_path), "--out", str(tmp_path / "c")],
+                             cache_teacher.run, mx.gpu(0)),
+                            (["eval", "verification", "--model", "m,1", "--data-dir", str(tmp_path)],
+                             cli_eval._embedder, mx.gpu(0))):
+        args = parse(argv)
+        assert args.gpus is None
         with pytest.raises(_Handed) as e:
             run(args)
         assert e.value.args[0]["ctx"] == want, run
+    args = parse(["embed", "--model", "m,1", "--out", str(tmp_path / "e.npy"), str(tmp_path / "a.jpg")])
     assert embed._context(args) == mx.gpu(0)
     args.gpus = ""
     assert embed._context(args) == mx.cpu()
+    args = parse(["train", "--config", "mfnr_self", "--data", str(tmp_path), "--gpus", ""])
     with pytest.raises(_Handed) as e:
         cli_train.run(args)
     assert e.value.args[0]["ctx"] == [mx.cpu()]
