@@ -32,7 +32,7 @@ setup(
     description="ShrinkTeaNet teacher-student face recognition on MXNet/Gluon",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.8",
+    python_requires=">=3.10",  # PEP 604 unions (`str | None`) are evaluated at import
     packages=list(PACKAGES),
     package_dir=PACKAGES,
     include_package_data=False,

@@ -88,8 +88,9 @@ def time_call(fn, warmup, reps):
 
 def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, calib_mode="naive"):
     from shrinkteanet.deploy import cpu, graph, onnx_export, runner
-    from shrinkteanet.eval import embed, images
-    from shrinkteanet.symbols import count_flops, get_symbol
+    from shrinkteanet.eval import embed, image_files
+    from shrinkteanet.symbols import get_symbol
+    from shrinkteanet.symbols.measure import count_flops
 
     if model:
         sym, arg, aux = embed.load_model(model)
@@ -149,7 +150,7 @@ def bench_network(net, model, lfw, calib, size, tmp, threads, log, rounds=7, cal
     q = runner.Runner(qsym, qarg, qaux, batch_size=64, image_size=size)
     acc_fp, emb_fp = runner.verification_accuracy(fp, faces, issame)
     acc_q, emb_q = runner.verification_accuracy(q, faces, issame)
-    cos = images.cosine_rows(emb_fp, emb_q)
+    cos = image_files.cosine_rows(emb_fp, emb_q)
     return {"net": net, "source": source, "macs": macs, "rows": rows, "onnx_diff": diff, "quantize_s": tq,
             "acc_fp": acc_fp["accuracy"], "acc_q": acc_q["accuracy"], "cos_mean": float(cos.mean()),
             "cos_min": float(cos.min()), "twice": runner.twice_ok(q) and runner.twice_ok(fp)}
@@ -181,7 +182,7 @@ def main():
     threads = int(THREADS)
     from shrinkteanet.core.utils import parse_model_arg
     from shrinkteanet.deploy import cpu
-    from shrinkteanet.eval import images
+    from shrinkteanet.eval import image_files
 
     models = {}
     for m in args.model:
@@ -202,7 +203,7 @@ def main():
             log("rendering a synthetic lfw.bin / cfp_fp.bin (600 pairs each) ...")
             synth.generate(data, identities=2, images_per_id=1, test_identities=100, pairs=600, ijb=False,
                            megaface=False, progress=False)
-        lfw = images.load_bin_checked(os.path.join(data, "lfw.bin"), size)
+        lfw = image_files.load_bin_checked(os.path.join(data, "lfw.bin"), size)
         calib = cpu.load_images(os.path.join(data, "cfp_fp.bin"), args.num_calib, size)
         rate = sgemm_rate()
         log(f"SGEMM {rate / 1e9:.1f} GFLOP/s on {threads} threads")

@@ -29,17 +29,19 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shrinkteanet.methods import distill  # noqa: E402
+from shrinkteanet.methods.base import assembler  # noqa: E402
 from shrinkteanet.training.config import generate_config  # noqa: E402
 from shrinkteanet.model.checkpoint import save_checkpoint  # noqa: E402
-from shrinkteanet.model.network import EmbeddingNet  # noqa: E402
+from shrinkteanet.model.network import EmbeddingNet, materialize  # noqa: E402
+from shrinkteanet.study import tiny  # noqa: E402
+from shrinkteanet.training.networks import build_networks  # noqa: E402
 from _common import loadavg, write_marked_section
 
 
 def make_teacher(prefix, network, emb, size, classes, opts):
     net = EmbeddingNet(network, emb_size=emb, image_size=size, **opts)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
-    distill.materialize(net, size)
+    materialize(net, size)
     arg, aux = net.get_params()
     arg["fc7_weight"] = mx.nd.random.normal(0, 0.01, shape=(classes, emb))
     save_checkpoint(prefix, 1, net.embedding_symbol, arg, aux)
@@ -51,8 +53,8 @@ def build(method, student, teacher, ckpt, size, classes, emb, extra=()):
     cfg = generate_config(teacher if kt else student, "synth", "arcface", method, [
         f"emb_size={emb}", f"image_size={size}", f"num_classes={classes}", f"teacher={ckpt},1",
         f"teacher_network={teacher}", f"lowres_size={size // 2}", *extra])
-    s, t, fc7 = distill.build_networks(cfg)
-    return distill.build_method(cfg, s, t, teacher_fc7=fc7, hybridize=True)
+    s, t, fc7 = build_networks(cfg)
+    return assembler.build_method(cfg, s, t, teacher_fc7=fc7, hybridize=True)
 
 
 def step(method, trainer, data, label, temb=None):
@@ -106,49 +108,20 @@ def part1(args, tmp):
     return out
 
 
-def tiny_teacher(tmp, data, label, size, emb, classes, t_opts):
-    mx.random.seed(11)
-    cfg = generate_config("r18", "synth", "arcface", "none", [
-        f"emb_size={emb}", f"image_size={size}", f"num_classes={classes}", f"net_opts={t_opts!r}"])
-    net, _, _ = distill.build_networks(cfg)
-    m = distill.build_method(cfg, net, hybridize=True)
-    trainer = mx.gluon.Trainer(m.trainable_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
-    for _ in range(30):
-        step(m, trainer, data, label)
-    arg, aux = net.get_params()
-    arg["fc7_weight"] = m.head.weight.data().copy()
-    prefix = os.path.join(tmp, "tiny")
-    save_checkpoint(prefix, 1, net.embedding_symbol, arg, aux)
-    return prefix
-
-
 def part2(tmp, steps=25):
-    size, emb, classes = 32, 16, 4
-    t_opts = dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32))
-    s_opts = dict(blocks=(1, 1, 1, 1), filters=(4, 4, 8, 8, 16))
-    rng = np.random.RandomState(6)
-    data = mx.nd.array(rng.uniform(0, 255, size=(16, 3, size, size)))
-    label = mx.nd.array(np.arange(16) % classes)
-    ckpt = tiny_teacher(tmp, data, label, size, emb, classes, t_opts)
+    """The short runs of tests/test_distill.py::test_short_run_every_term_decreases, on the shared tiny
+    pair of ``study.tiny`` (teacher, configs, batch and SGD loop are the test's own)."""
+    ckpt = tiny.train_distill_teacher(os.path.join(tmp, "tiny"))
+    data, label = tiny.distill_batch(6, n=16)
     weights = ("softmax_weight=0.1", "l2_lambda=0.1", "hint_lambda=10", "kd_emb_lambda=5")
     out = []
     for name, extra in [("stn", ()), ("l2", ("distill_stages=[2,4]",)), ("kd", ("kd_emb_loss=angular",)),
                         ("hint", ()), ("margin", ()), ("lowres_kd", ()), ("lowres_ktkd", ("kd_emb_loss=l2",)),
                         ("lowres_kt", ()), ("none", ())]:
         mx.random.seed(0)
-        kt = name.startswith("lowres_kt")
-        opts = t_opts if kt else s_opts
-        cfg = generate_config("r18" if kt else "mfn", "synth", "arcface", name, [
-            f"emb_size={emb}", f"image_size={size}", f"num_classes={classes}", f"teacher={ckpt},1",
-            "teacher_network=r18", f"teacher_net_opts={t_opts!r}", f"net_opts={opts!r}",
-            f"lowres_size={size // 2}", *extra, *weights])
-        s, t, fc7 = distill.build_networks(cfg)
-        m = distill.build_method(cfg, s, t, teacher_fc7=fc7, hybridize=True)
+        _, m = tiny.build_distill_method(name, ckpt, *extra, *weights, hybridize=True)
         trainer = mx.gluon.Trainer(m.trainable_params(), "sgd", {"learning_rate": 0.005, "momentum": 0.9})
-        hist = []
-        for _ in range(steps):
-            parts = step(m, trainer, data, label)
-            hist.append({k: float(v.mean().asscalar()) for k, v in parts.items()})
+        hist = tiny.sgd_steps(m, trainer, data, label, steps)
         terms = ", ".join(f"{k} {hist[0][k]:.3g} -> {hist[-1][k]:.3g}" for k in hist[0])
         ok = all(hist[-1][k] < hist[0][k] for k in hist[0])
         out.append((name + (f" ({', '.join(extra)})" if extra else ""), terms, "yes" if ok else "NO"))

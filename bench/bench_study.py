@@ -42,7 +42,7 @@ def train_speed(work, scale, kind, threads, steps=120):
     if kind == "teacher":
         args = ["--config", "teacher_r90", *demo.teacher_overrides(scale)]
     else:
-        suffix, extra = demo.METHODS[kind]
+        suffix, extra = demo.study_methods()[kind]
         args = ["--config", f"mfnr_{suffix}", *demo.student_overrides(scale, "mfnr"), *extra,
                 "--teacher", study.CheckpointOf(os.path.join(work, "teacher", "train.json")).resolve()]
     cmd = [sys.executable, "-m", "shrinkteanet", "train", *args, "--data", data, "--out", out,

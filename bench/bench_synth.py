@@ -17,7 +17,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from shrinkteanet.data import load_bin, synth  # noqa: E402
+from shrinkteanet.data import face_render  # noqa: E402
+
+from shrinkteanet.data import synth  # noqa: E402
+from shrinkteanet.data.binfile import load_bin  # noqa: E402
 from shrinkteanet.eval.verification import evaluate  # noqa: E402
 from _common import write_marked_section  # noqa: E402
 
@@ -43,12 +46,12 @@ def main():
         full_s = time.perf_counter() - t
         base = {k: raw_pixel_accuracy(os.path.join(tmp, "full", k + ".bin")) for k in TARGETS}
         for f in (0.5, 1.5):
-            d = synth.DEFAULT_DIFFICULTY * f
+            d = face_render.DEFAULT_DIFFICULTY * f
             out = os.path.join(tmp, f"d{f}")
             synth.generate(out, identities=2, images_per_id=1, ijb=False, megaface=False, difficulty=d, workers=1,
                            progress=False)
             rows.append((d, {k: raw_pixel_accuracy(os.path.join(out, k + ".bin")) for k in TARGETS}))
-    rows.insert(1, (synth.DEFAULT_DIFFICULTY, base))
+    rows.insert(1, (face_render.DEFAULT_DIFFICULTY, base))
     load1 = os.getloadavg()[0]
     n = res["num_rendered"]
     lines = [
@@ -68,7 +71,7 @@ def main():
         "| ---: | ---: | ---: | ---: |",
     ]
     for d, acc in rows:
-        tag = " (default)" if d == synth.DEFAULT_DIFFICULTY else ""
+        tag = " (default)" if d == face_render.DEFAULT_DIFFICULTY else ""
         lines.append(f"| {d:g}{tag} | " + " | ".join(f"{acc[k]:.4f}" for k in TARGETS) + " |")
     text = "\n".join(lines)
     print(text)

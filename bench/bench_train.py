@@ -41,7 +41,7 @@ def make_set(path):
 
 def common(data):
     return [f"data_dir={data}", STUDENT, "teacher_network=r18", TEACHER, "emb_size=128", f"batch_size={BATCH}",
-            "lr=0.05", "loss=arcface", "workers=0", "verbose=0", "frequent=100000", "num_classes=0",
+            "lr=0.05", "loss=arcface", "workers=0", "verify_every=0", "frequent=100000", "num_classes=0",
             "lr_schedule=constant"]
 
 
@@ -67,8 +67,9 @@ def breakdown(data, teacher, reps=5):
     from mxnet import autograd, gluon
 
     from shrinkteanet.training import config
-    from shrinkteanet.methods.distill import build_method, build_networks
-    from shrinkteanet.model.network import freeze_symbol
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
+    from shrinkteanet.model.rewrites import freeze_symbol
 
     cfg = config.config_by_name("mfnr_stn", common(data) + [f"teacher={teacher}", f"image_size={SIZE}"])
     student, t, fc7 = build_networks(cfg)

@@ -25,7 +25,7 @@ class _Profile:
     def __call__(self, info):
         import mxnet as mx
 
-        from shrinkteanet.training.train import StopTraining
+        from shrinkteanet.training.fit import StopTraining
 
         if info["step"] == self.start:
             mx.nd.waitall()
@@ -70,7 +70,7 @@ def main():
     ap.add_argument("overrides", nargs="*", help="more key=value config overrides")
     args = ap.parse_intermixed_args()
     scale = demo.get_scale("study")
-    suffix, extra = demo.METHODS[args.method]
+    suffix, extra = demo.study_methods()[args.method]
     overrides = [*demo.student_overrides(scale, args.network), *extra, f"data_dir={args.data}",
                  f"teacher={args.teacher}", "out=", *args.overrides]
     cfg = config_by_name(f"{args.network}_{suffix}", overrides)

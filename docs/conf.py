@@ -100,7 +100,7 @@ def _widen_block(lines, first, last):
 
 def widen_simple_tables(lines):
     """Repair simple tables whose first-column text runs into the column gap (docutils' "Malformed table",
-    e.g. ``lowres_ktkd`` in ``shrinkteanet.methods.distill``): the first column is widened to its longest
+    e.g. ``lowres_ktkd`` in ``shrinkteanet.methods.base.assembler``): the first column is widened to its longest
     cell.  Only the rendering changes; the docstring is fixed at its source after the regrouping."""
     for first, last in list(_table_blocks(lines)):
         _widen_block(lines, first, last)

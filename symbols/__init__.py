@@ -21,32 +21,25 @@ mv1 ``multiplier``, ``blocks=(4)``; mv2 ``multiplier``, ``blocks=(7)``, ``last_c
 normalisation, back to float32 before the output unit; taps are cast to float32).
 
 Modules: ``registry`` (no MXNet), ``stages`` (``get_stages``, ``get_symbol``,
-``StageSplit``), ``measure`` (parameter and FLOP counts), ``common`` and the family
-modules.  The registry names are bound here at import; the Symbol-building names load
-their module (and MXNet) on first use, so importing the package - as the training config
-and the reports do, to read the registry - costs no MXNet import.
+``StageSplit``), ``measure`` (parameter and FLOP counts: import them from there), ``common`` and the
+family modules.  The registry names are bound here at import; the two contract names
+``get_symbol``/``get_stages`` load ``stages`` (and MXNet) on first use, so importing the package - as
+the training config and the reports do, to read the registry - costs no MXNet import.
 This package may import ``core`` only.
 """
 import importlib
 
 from .registry import INSIGHTFACE_COMPATIBLE, NETWORKS, REGISTRY, NetworkSpec, get_spec
 
-#: public name -> the submodule that defines it (loaded on first attribute access)
-_LAZY = {
-    "TAIL_INPUTS": "stages", "StageSplit": "stages", "get_stages": "stages", "get_symbol": "stages",
-    "param_shapes": "measure", "count_params": "measure", "count_flops": "measure",
-    "is_classifier_param": "measure", "layer_macs": "measure",
-}
-#: submodules that ``symbols.<name>`` reaches without an explicit import, as before the split
-_SUBMODULES = ("common", "fresnet", "fmobilefacenet", "fmobilenet", "fmobilenetv2", "stages", "measure")
+#: the contract names (../shared/CONTRACTS.md) of ``symbols.stages``, loaded on first attribute access
+_LAZY = ("get_stages", "get_symbol")
 
 
 def __getattr__(name):
-    """PEP 562 module attribute hook: ``symbols.get_symbol`` imports ``symbols.stages`` then."""
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+    """The contract shim (PEP 562): ``symbols.get_symbol``/``get_stages`` import ``symbols.stages``
+    (and MXNet) on first use; everything else is imported from its module (``measure``, ...)."""
     if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(f"{__name__}.stages"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,4 +1,5 @@
-"""The network registry: one entry per network name, the single place a network is declared.
+"""The network registry: one entry per network name, the single place a network is declared
+(deliberately mirrored by the method registry, ``shrinkteanet.methods.base.registry``).
 
 Each ``NetworkSpec`` says which family module builds the network (and with which leading
 arguments), whether its argument/aux names and shapes are InsightFace's own (CONTRACTS.md:

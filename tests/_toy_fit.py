@@ -67,7 +67,7 @@ class ToyLoader:
 def toy_fit(method, batches, ctx_list, *extra):
     """A ``Fit`` of ``method`` (parameters set to its ``init_*``) over ``batches`` on
     ``ctx_list`` with the ``device`` kvstore, phases up to the first step done."""
-    cfg = config.config_by_name("mfnr_self", ["lr_schedule=constant", "frequent=1000", "verbose=0",
+    cfg = config.config_by_name("mfnr_self", ["lr_schedule=constant", "frequent=1000", "verify_every=0",
                                               f"batch_size={len(batches[0])}", "kvstore=device", *extra])
     cfg.out = ""
     method.initialize(ctx=ctx_list)

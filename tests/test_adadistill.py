@@ -1,4 +1,4 @@
-"""AdaDistill (``methods/adadistill.py``, ``methods/_adadistill_head.py``): the EMA step of the class
+"""AdaDistill (``methods/adadistill.py``, ``methods/base/adadistill_head.py``): the EMA step of the class
 centres, the margin-softmax loss on them and its gradient, against an independent numpy computation
 of the paper's update (Boutros et al. 2024, as the authors' ``AdaptiveAArcFace`` computes it), to 1e-5."""
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from shrinkteanet.methods import registry
-from shrinkteanet.methods._adadistill_head import AdaDistillHead
+from shrinkteanet.methods.base import registry
+from shrinkteanet.methods.base.adadistill_head import AdaDistillHead
 from shrinkteanet.training import config
 
 # a hand-worked batch: 4 classes, 3-d embeddings, class 2 twice (samples 0 and 2)
@@ -112,10 +112,10 @@ def test_no_update_outside_training_mode():
 
 def test_registry_rows_and_configs():
     assert registry.method("adadistill").needs.as_dict() == {"teacher": True, "emb": True}
-    row = config.DISTILL.adadistill
+    row = config.distill_table().adadistill
     assert (row.loss, row.margin_s, row.margin_m2, row.margin_m3, row.adadistill_weighted) == \
         ("arcface", 64.0, 0.45, 0.0, True)
-    cos = config.DISTILL.adadistill_cos
+    cos = config.distill_table().adadistill_cos
     assert (cos.loss, cos.margin_m2, cos.margin_m3) == ("cosface", 0.0, 0.35)
     for student in ("mfn", "mfnr"):
         cfg = config.config_by_name(f"{student}_adadistill")

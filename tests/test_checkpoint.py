@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.finite import nonfinite_names
 from shrinkteanet.model import checkpoint
 
 
@@ -149,9 +150,9 @@ def test_checkpointer_keeps_the_last_and_the_best_and_restore_reads_them_back(tm
     for number in (1, 2, 3):
         if number == 2:
             state["best"] = {"checkpoint": 1}
-        ckpt.save(number, symbol=sym, arg_params=arg, aux_params={}, head_params=head, trainer=trainer, state=state)
+        ckpt.write(number, symbol=sym, arg_params=arg, aux_params={}, head_params=head, trainer=trainer, state=state)
     (tmp_path / "run" / ".model-0004.states.tmp").write_bytes(b"half")  # a kill mid-write
-    ckpt.save(4, symbol=sym, arg_params=arg, aux_params={}, head_params=head, trainer=trainer, state=state)
+    ckpt.write(4, symbol=sym, arg_params=arg, aux_params={}, head_params=head, trainer=trainer, state=state)
     saved = checkpoint.read_state(prefix)
     assert saved["checkpoint"] == 4 and saved["kept"] == [1, 4]
     kept = ["model-0001.head.params", "model-0001.params", "model-0001.states",
@@ -183,4 +184,28 @@ def test_a_nonfinite_checkpoint_is_not_written():
     good = {"w": mx.nd.ones((2,))}
     assert checkpoint.checkpoint_is_finite(good, {}, {}, state)
     assert not checkpoint.checkpoint_is_finite(good, {"bn_moving_var": mx.nd.array([1.0, np.inf])}, {}, state)
-    assert checkpoint.nonfinite_names({"a": mx.nd.array([np.nan]), "b": mx.nd.ones((1,))}) == ["a"]
+    assert nonfinite_names({"a": mx.nd.array([np.nan]), "b": mx.nd.ones((1,))}) == ["a"]
+
+
+def test_the_checkpointer_decides_what_goes_where(tmp_path):
+    """``Checkpointer.save(method=, student=, symbol=)``: the student's symbol parameters and the margin
+    head ``fc7*`` go to ``.params`` (InsightFace keeps fc7 beside fc1), every other trained block
+    (adapters) to ``.head.params``; a NaN anywhere writes nothing and leaves the state alone."""
+    mx.random.seed(2)
+    net = _Head()
+    net.initialize(mx.init.Normal(1.0))
+    trainer = _train_one_step(net)
+    prefix = str(tmp_path / "model")
+    ckpt = checkpoint.Checkpointer(prefix, keep_last=2)
+    state = {"epoch": 0, "batch": 1, "step": 1, "checkpoint": 0, "kept": [], "best": {}}
+    sym = mx.sym.FullyConnected(mx.sym.var("data"), num_hidden=3, name="fc1")
+    assert ckpt.save(method=net, student=net.fc1, symbol=sym, trainer=trainer, state=state)
+    assert state["checkpoint"] == 1 and state["kept"] == [1]
+    params = mx.nd.load(prefix + "-0001.params")
+    assert sorted(params) == ["arg:fc1_bias", "arg:fc1_weight", "arg:fc7_weight"]
+    assert sorted(mx.nd.load(prefix + "-0001.head.params")) == ["adapter_weight"]
+    for name in ("fc1_weight", "fc7_weight"):
+        assert np.array_equal(bits(params[f"arg:{name}"]), bits(net.collect_params()[name].data())), name
+    net.adapter.weight.set_data(mx.nd.full((3, 3), np.nan))
+    assert not ckpt.save(method=net, student=net.fc1, symbol=sym, trainer=trainer, state=state)
+    assert state["checkpoint"] == 1 and not os.path.exists(prefix + "-0002.params")

@@ -7,6 +7,7 @@ import pytest
 
 from shrinkteanet.training import config
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.methods.base import stage_rules
 
 
 def run_cli(*args):
@@ -60,15 +61,15 @@ def test_overrides_are_type_checked():
 
 def test_lambda_schedule_halves_towards_early_stages():
     cfg = config.generate_config("mfnr", distill="stn")
-    assert config.distill_lambdas(cfg) == [0.125, 0.25, 0.5, 1.0]
+    assert stage_rules.distill_lambdas(cfg) == [0.125, 0.25, 0.5, 1.0]
     cfg.distill_stages = [3, 4]
-    assert config.distill_lambdas(cfg) == [0.5, 1.0]
+    assert stage_rules.distill_lambdas(cfg) == [0.5, 1.0]
     # by stage number, whatever the order or the subset
     cfg.distill_stages = [4, 1]
-    assert config.distill_lambdas(cfg) == [1.0, 0.125]
+    assert stage_rules.distill_lambdas(cfg) == [1.0, 0.125]
     cfg.distill_stages = [2]
-    assert config.distill_lambdas(cfg) == [0.25]
+    assert stage_rules.distill_lambdas(cfg) == [0.25]
     cfg.distill_stages = [3, 4]
     cfg.distill_lambdas = [1.0]
     with pytest.raises(InputError):
-        config.distill_lambdas(cfg)
+        stage_rules.distill_lambdas(cfg)

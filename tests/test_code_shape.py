@@ -5,11 +5,14 @@
 * every sub-package of ``src/`` says in its ``__init__.py`` docstring what it holds;
 * no module imports "upwards" against the stage order of the package (function-level lazy
   imports included): core < data < symbols < model < methods < eval < training < deploy <
-  study < cli.
+  study < cli;
+* no module-level ``__getattr__`` outside the contract shims, no two modules named alike across
+  sub-packages, and every import between sub-packages one that docs/design.md's table allows (issue 25).
 """
 import ast
 import functools
 import os
+import re
 
 import pytest
 
@@ -22,7 +25,7 @@ MAX_LINES = 60
 DATA_TABLES = {}
 ORDER = ("core", "data", "symbols", "model", "methods", "eval", "training", "deploy", "study", "cli")
 #: top-level modules of ``src/`` that stand for a stage: ``shrinkteanet.losses`` is the contract
-#: name of ``methods.losses``; ``__init__``/``__main__`` are the package's entry (above ``cli``)
+#: name of ``methods.base.blocks``; ``__init__``/``__main__`` are the package's entry (above ``cli``)
 TOP_LEVEL = {"losses": "methods", "__init__": None, "__main__": None}
 
 
@@ -98,15 +101,28 @@ def long_functions():
 @functools.lru_cache(maxsize=None)
 def upward_imports():
     """One line per import statement that reaches a later stage."""
-    out = {}
-    for rel, name, tree in MODULES:
+    return upward_imports_of(MODULES)
+
+
+def stage_imports(modules):
+    """(rel, line, own stage, imported stage, module) of every import between two stages of the
+    given (rel, name, tree) modules (the package entry and outside modules left out)."""
+    for rel, name, tree in modules:
         own = _stage(name)
         if own is None:
             continue
         for line, mod in _imported(name, tree):
             other = _stage(mod)
-            if other is not None and other > own:
-                out.setdefault((rel, line), f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]})")
+            if other is not None:
+                yield rel, line, own, other, mod
+
+
+def upward_imports_of(modules):
+    """``upward_imports`` of the given (rel, name, tree) modules."""
+    out = {}
+    for rel, line, own, other, mod in stage_imports(modules):
+        if other > own:
+            out.setdefault((rel, line), f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]})")
     return tuple(out[k] for k in sorted(out))
 
 
@@ -149,4 +165,82 @@ def test_every_sub_package_says_what_it_holds():
 @pytest.mark.parametrize("stage", ORDER)
 def test_no_import_against_the_stage_order(stage):
     bad = [b for b in upward_imports() if f" ({stage}) imports " in b]
+    assert not bad, "\n".join(bad)
+
+
+#: the only modules with a module-level ``__getattr__``: the lazy contract names of ../shared/CONTRACTS.md
+#: (``shrinkteanet.symbols.get_symbol``/``get_stages`` and ``shrinkteanet.data.FaceRecordDataset``, which
+#: load MXNet on first use)
+CONTRACT_SHIMS = {"shrinkteanet.symbols.__init__", "shrinkteanet.data.__init__"}
+
+
+def test_no_module_getattr_outside_the_contract_shims():
+    found = {name for _, name, tree in MODULES for node in tree.body
+             if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"}
+    assert found == CONTRACT_SHIMS, f"values computed on attribute access: {sorted(found - CONTRACT_SHIMS)}"
+
+
+#: module names that deliberately mirror one in another sub-package (each says so in its docstring)
+MIRRORS = {"losses": "the contract shim shrinkteanet.losses mirrors methods.base.blocks",
+           "registry": "the network registry (symbols) and the method registry (methods.base) mirror each other"}
+#: the command modules are named after their command (the cli docstring says they mirror what they drive)
+COMMANDS = "shrinkteanet.cli"
+
+
+def test_no_two_modules_share_a_name_across_sub_packages():
+    """One name, one module: a reader who meets ``images`` or ``report`` knows which is meant (issue 25)."""
+    homes = {}
+    for _, name, _ in MODULES:
+        parts = name.split(".")
+        if parts[-1] in ("__init__", "__main__"):
+            continue
+        if ".".join(parts[:-1]) != COMMANDS:
+            homes.setdefault(parts[-1], []).append(".".join(parts[:-1]))
+    clashes = {leaf: where for leaf, where in homes.items() if len(where) > 1 and leaf not in MIRRORS}
+    assert not clashes, f"modules named alike in several sub-packages: {clashes}"
+
+
+DESIGN = os.path.join(ROOT, "docs", "design.md")
+
+
+def design_table():
+    """``{sub-package: set of sub-packages it may import}`` as docs/design.md's import table states it,
+    in the table's order ("all of the above", "all but `x`", "everything", "nothing of the package",
+    or a list of names)."""
+    with open(DESIGN, encoding="utf-8") as f:
+        text = f.read()
+    body = text.split("| sub-package | holds | may import |", 1)[1].split("\n\n", 1)[0]
+    rows = [ln.split("|") for ln in body.strip().splitlines()[1:]]
+    table, above = {}, []
+    for row in rows:
+        name, rule = row[1].strip().strip("`"), row[-2].strip()
+        if rule == "nothing of the package":
+            allowed = set()
+        elif rule in ("all of the above", "everything"):
+            allowed = set(above)
+        elif rule.startswith("all but"):
+            allowed = set(above) - set(re.findall(r"`(\w+)`", rule))
+        else:
+            allowed = set(re.findall(r"`(\w+)`", rule))
+        table[name] = allowed
+        above.append(name)
+    return table
+
+
+def table_violations(modules, table):
+    """One line per import between sub-packages that the design.md ``table`` does not allow."""
+    return sorted({f"{rel}:{line} ({ORDER[own]}) imports {mod} ({ORDER[other]}), not in its design.md row"
+                   for rel, line, own, other, mod in stage_imports(modules)
+                   if other != own and ORDER[other] not in table[ORDER[own]]})
+
+
+def test_the_design_table_is_the_import_rule():
+    """Every import between sub-packages is one the design.md table allows (not only a later stage:
+    ``eval`` may import ``core``, ``data`` and ``model``, so ``eval`` importing ``methods`` fails)."""
+    table = design_table()
+    assert tuple(table) == ORDER, "docs/design.md lists the sub-packages in another order than ORDER"
+    assert table["eval"] == {"core", "data", "model"} and table["core"] == set() and "cli" not in table["study"]
+    probe = ("eval/x.py", "shrinkteanet.eval.x", ast.parse("from shrinkteanet.methods.base import blocks"))
+    assert table_violations([probe], table) and not upward_imports_of([probe])  # the order alone allows it
+    bad = table_violations(MODULES, table)
     assert not bad, "\n".join(bad)

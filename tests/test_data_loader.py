@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from shrinkteanet.data import FaceLoader, FaceRecordDataset
+from shrinkteanet.data import FaceRecordDataset
+from shrinkteanet.data.loader import FaceLoader
 from shrinkteanet.data.loader import _color_jitter
 from shrinkteanet.data.recordio import write_rec_set
 from shrinkteanet.core.errors import InputError

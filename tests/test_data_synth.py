@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shrinkteanet.core.constants import ARCFACE_TEMPLATE
+from shrinkteanet.data import face_render
 from shrinkteanet.data import synth
 from shrinkteanet.core.errors import InputError
 
@@ -29,7 +30,7 @@ def _decode(data):
 
 def _clean_nuisance(seed=0, pose="normal"):
     """Nuisance at difficulty 0: frontal, no blur/noise/light/occlusion, no clutter."""
-    n = synth.sample_nuisance(synth._rng(seed), 0.0, pose)
+    n = face_render.sample_nuisance(face_render.keyed_rng(seed), 0.0, pose)
     n["bg_items"] = 0
     return n
 
@@ -40,12 +41,12 @@ def _clean_nuisance(seed=0, pose="normal"):
 def test_landmarks_hit_the_rendered_pupils_even_when_turned():
     # Independent check of "landmarks are exact": at difficulty 0 the pixel under each eye
     # landmark is the pupil (near black) and the bright sclera lies beside it.
-    g = synth.identity(11, synth.NS_TRAIN, 0)
+    g = face_render.identity(11, synth.NS_TRAIN, 0)
     g = dict(g, glasses=False)
     for yaw in (0.0, 25.0):
         n = _clean_nuisance()
         n["yaw"] = yaw
-        img, lm, _ = synth.render(g, n, lambda l: np.array([[3.0, 0, 150], [0, 3.0, 150]]), (300, 300))
+        img, lm, _ = face_render.render(g, n, lambda l: np.array([[3.0, 0, 150], [0, 3.0, 150]]), (300, 300))
         grey = img.astype(np.float64).mean(2)
         for x, y in lm[:2]:
             assert grey[int(round(y)), int(round(x))] < 40
@@ -54,14 +55,14 @@ def test_landmarks_hit_the_rendered_pupils_even_when_turned():
 
 
 def test_aligned_render_puts_landmarks_near_template_and_pose_moves_them():
-    g = synth.identity(0, synth.NS_TRAIN, 1)
+    g = face_render.identity(0, synth.NS_TRAIN, 1)
     n = _clean_nuisance()
-    _, lm, _ = synth.render(g, n, None, (112, 112), lm_noise=False)
+    _, lm, _ = face_render.render(g, n, None, (112, 112), lm_noise=False)
     # frontal, no detector noise: the least-squares fit leaves only the identity's geometry
     assert np.abs(lm - ARCFACE_TEMPLATE).max() < 9.0
     assert np.abs(lm - ARCFACE_TEMPLATE).mean() < 4.0
     n["yaw"] = 50.0
-    _, lm_turned, _ = synth.render(g, n, None, (112, 112), lm_noise=False)
+    _, lm_turned, _ = face_render.render(g, n, None, (112, 112), lm_noise=False)
     eye_mid = lm_turned[:2, 0].mean()
     eye_mid0 = lm[:2, 0].mean()
     # the nose tip leaves the eye midline when the head turns (what makes CFP-FP hard)
@@ -71,12 +72,12 @@ def test_aligned_render_puts_landmarks_near_template_and_pose_moves_them():
 def test_loose_crop_aligns_to_the_aligned_render():
     from shrinkteanet.data.align import norm_crop
 
-    g = synth.identity(5, synth.NS_IJB, 2)
+    g = face_render.identity(5, synth.NS_IJB, 2)
     n = _clean_nuisance(4)
     n["yaw"], n["roll"] = 10.0, 20.0
-    loose, lm, _ = synth.render(g, n, synth._loose_layout(synth._rng(1), 220, 190, n["roll"]), (220, 190))
+    loose, lm, _ = face_render.render(g, n, face_render._loose_layout(face_render.keyed_rng(1), 220, 190, n["roll"]), (220, 190))
     assert loose.shape == (190, 220, 3)
-    aligned, _, _ = synth.render(g, n, None, (112, 112), lm_noise=False)
+    aligned, _, _ = face_render.render(g, n, None, (112, 112), lm_noise=False)
     crop = norm_crop(loose, lm)
     face = (slice(35, 100), slice(28, 84))  # inside the face: the backgrounds differ by design
     diff = np.abs(crop[face].astype(np.float64) - aligned[face].astype(np.float64)).mean()
@@ -85,13 +86,13 @@ def test_loose_crop_aligns_to_the_aligned_render():
 
 def test_render_task_is_deterministic_and_difficulty_scales_nuisance():
     t = synth._task(dict(seed=9, difficulty=1.0, size=(112, 112), quality=90), synth.NS_LFW, 3, (7, 1))
-    a, b = synth.render_task(t), synth.render_task(t)
+    a, b = face_render.render_task(t), face_render.render_task(t)
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
     t2 = t[:5] + ((7, 2),) + t[6:]
-    assert synth.render_task(t2)[0] != a[0]
-    yaws = {d: np.std([synth.sample_nuisance(synth._rng(d, k), d)["yaw"] for k in range(300)]) for d in (0.0, 0.5, 1.5)}
+    assert face_render.render_task(t2)[0] != a[0]
+    yaws = {d: np.std([face_render.sample_nuisance(face_render.keyed_rng(d, k), d)["yaw"] for k in range(300)]) for d in (0.0, 0.5, 1.5)}
     assert yaws[0.0] == 0.0 and 0 < yaws[0.5] < yaws[1.5]
-    assert synth.sample_nuisance(synth._rng(1), 0.0)["noise"] == 0.0
+    assert face_render.sample_nuisance(face_render.keyed_rng(1), 0.0)["noise"] == 0.0
 
 
 def test_difficulty_knob_grows_within_identity_variation_on_the_face():
@@ -100,19 +101,19 @@ def test_difficulty_knob_grows_within_identity_variation_on_the_face():
         common = dict(seed=1, difficulty=d, size=(56, 56), quality=95)
         diffs = []
         for i in range(16):
-            a, b = (_decode(synth.render_task(synth._task(common, synth.NS_LFW, i, (i, m)))[0]) for m in (0, 1))
+            a, b = (_decode(face_render.render_task(synth._task(common, synth.NS_LFW, i, (i, m)))[0]) for m in (0, 1))
             face = (slice(20, 46), slice(18, 38))
             diffs.append(np.abs(a[face].astype(np.float64) - b[face].astype(np.float64)).mean())
         return float(np.mean(diffs))
 
-    s0, s1, s2 = face_spread(0.0), face_spread(synth.DEFAULT_DIFFICULTY), face_spread(2 * synth.DEFAULT_DIFFICULTY)
+    s0, s1, s2 = face_spread(0.0), face_spread(face_render.DEFAULT_DIFFICULTY), face_spread(2 * face_render.DEFAULT_DIFFICULTY)
     # at difficulty 0 only the background and clothes change: the face differs by JPEG noise only
     assert s0 < 3.0 and s1 > s0 + 10 and s2 > s1 + 5, (s0, s1, s2)
 
 
 def test_age_drift_greys_hair_and_adds_age():
-    g = synth.sample_identity(synth._rng(1, 2))
-    h = synth.age_identity(g, synth._rng(3), 1.0)
+    g = face_render.sample_identity(face_render.keyed_rng(1, 2))
+    h = face_render.age_identity(g, face_render.keyed_rng(3), 1.0)
     grey = np.array([175, 172, 168.0])
     assert h["age"] > g["age"]
     assert np.linalg.norm(h["hair_rgb"] - grey) < np.linalg.norm(g["hair_rgb"] - grey)
@@ -170,17 +171,17 @@ def test_cfp_pairs_put_a_frontal_face_against_a_turned_one():
     off = {"frontal": [], "profile": []}
     for p in range(12):
         for pose in off:
-            _, lm, _, _ = synth.render_task(synth._task(common, synth.NS_CFP, p, (p, 0), pose=pose))
+            _, lm, _, _ = face_render.render_task(synth._task(common, synth.NS_CFP, p, (p, 0), pose=pose))
             off[pose].append(abs(lm[2, 0] - lm[:2, 0].mean()) / abs(lm[1, 0] - lm[0, 0]))
     assert min(off["profile"]) > max(off["frontal"])
 
 
 def test_evaluation_identities_are_disjoint_from_training():
     # each benchmark draws its individuals from its own namespace of the seed
-    train = [synth.identity(0, synth.NS_TRAIN, i) for i in range(50)]
+    train = [face_render.identity(0, synth.NS_TRAIN, i) for i in range(50)]
     keys = {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in train}
     for ns in (synth.NS_LFW, synth.NS_CFP, synth.NS_AGEDB, synth.NS_IJB, synth.NS_MF_PROBE, synth.NS_MF_DISTRACTOR):
-        other = [synth.identity(0, ns, i) for i in range(50)]
+        other = [face_render.identity(0, ns, i) for i in range(50)]
         assert not keys & {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in other}
 
 
@@ -328,7 +329,7 @@ def test_validation_set_leaves_every_other_file_byte_identical(tmp_path):
 
 def test_validation_identities_are_disjoint_from_training_and_test_identities():
     def keys(ns):
-        return {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in (synth.identity(0, ns, i) for i in range(60))}
+        return {(round(g["eye_dx"], 9), round(g["a"], 9)) for g in (face_render.identity(0, ns, i) for i in range(60))}
 
     val = keys(synth.NS_VAL)
     assert len(val) == 60

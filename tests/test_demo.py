@@ -12,7 +12,7 @@ import pytest
 
 from shrinkteanet.study import demo
 from shrinkteanet.study import paper
-from shrinkteanet.study import table as report_table
+from shrinkteanet.study import report_table
 from shrinkteanet.core.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,62 +9,22 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from shrinkteanet.methods import distill
+from shrinkteanet.methods.base import assembler, registry
+from shrinkteanet.study import tiny
 from shrinkteanet.training.config import generate_config
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.model.checkpoint import save_checkpoint
-from shrinkteanet.model.network import EmbeddingNet
+from shrinkteanet.model.network import materialize
+from shrinkteanet.training.networks import build_networks
 
-SIZE, EMB, CLASSES = 32, 16, 4
-T_OPTS = dict(units=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32))
-S_OPTS = dict(blocks=(1, 1, 1, 1), filters=(4, 4, 8, 8, 16))
+SIZE, EMB, CLASSES = tiny.DISTILL_SIZE, tiny.DISTILL_EMB, tiny.DISTILL_CLASSES
+T_OPTS, S_OPTS = tiny.DISTILL_TEACHER_OPTS, tiny.DISTILL_STUDENT_OPTS
+make_cfg, build, batch = tiny.distill_config, tiny.build_distill_method, tiny.distill_batch
 
 
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory):
-    """A tiny r18 teacher trained (ArcFace, self-studied) on the synthetic batch of the
-    short runs, so that its embeddings point at its class centres as a real teacher's
-    do; saved with its fc7 as an InsightFace checkpoint (prefix, epoch)."""
-    mx.random.seed(11)
-    cfg = generate_config("r18", "synth", "arcface", "none", [
-        f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"net_opts={dict(T_OPTS)!r}"])
-    net, _, _ = distill.build_networks(cfg)
-    method = distill.build_method(cfg, net, hybridize=True)
-    trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
-    data, label = batch(6, n=16)
-    for _ in range(30):
-        with mx.autograd.record():
-            loss = method(data, label)["softmax"]
-        loss.backward()
-        trainer.step(16)
-    arg, aux = net.get_params()
-    arg["fc7_weight"] = method.head.weight.data().copy()
-    prefix = str(tmp_path_factory.mktemp("teacher") / "model")
-    save_checkpoint(prefix, 1, net.embedding_symbol, arg, aux)
-    return prefix, 1
-
-
-def make_cfg(method, ckpt, *extra):
-    prefix, epoch = ckpt
-    lowres_kt = method.startswith("lowres_kt")
-    opts = T_OPTS if lowres_kt else S_OPTS
-    return generate_config("r18" if lowres_kt else "mfn", "synth", "arcface", method, [
-        f"emb_size={EMB}", f"image_size={SIZE}", f"num_classes={CLASSES}", f"teacher={prefix},{epoch}",
-        "teacher_network=r18", f"teacher_net_opts={dict(T_OPTS)!r}", f"net_opts={dict(opts)!r}",
-        f"lowres_size={SIZE // 2}", *extra])
-
-
-def build(method, ckpt, *extra, hybridize=False):
-    cfg = make_cfg(method, ckpt, *extra)
-    student, teacher, fc7 = distill.build_networks(cfg)
-    return cfg, distill.build_method(cfg, student, teacher, teacher_fc7=fc7, hybridize=hybridize)
-
-
-def batch(seed=0, n=8):
-    rng = np.random.RandomState(seed)
-    data = mx.nd.array(rng.uniform(0, 255, size=(n, 3, SIZE, SIZE)))
-    label = mx.nd.array(np.arange(n) % CLASSES)
-    return data, label
+    """The tiny r18 teacher of ``study.tiny.train_distill_teacher`` (shared with bench/bench_distill.py)."""
+    return tiny.train_distill_teacher(tmp_path_factory.mktemp("teacher") / "model")
 
 
 def _unit(x):
@@ -80,11 +40,11 @@ def _snapshot(block):
 
 
 def test_presets_select_every_method():
-    for name in distill.METHODS:
+    for name in registry.names():
         cfg = generate_config("mfn", "synth", "arcface", name)
-        assert distill.method_spec(cfg) == distill.SPECS[name]
+        assert registry.method_of(cfg) is registry.method(name)
     with pytest.raises(InputError, match="distill='bogus'"):
-        distill.method_spec(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
+        registry.method_of(generate_config("mfn", "synth", "arcface", "none", ["distill=bogus"]))
     # Sec. 4.3: "Student-1" is Eq. 7 with the l2 distance, i.e. at all four stages
     l2 = generate_config("mfn", "synth", "arcface", "l2")
     assert l2.distill_stages == [1, 2, 3, 4] and l2.l2_lambda == 0.001
@@ -134,12 +94,12 @@ def test_intermediate_terms_vanish_when_the_student_is_the_teacher(teacher_ckpt)
     tail after stage i applied to the teacher's own F_i gives back the teacher's
     embedding, so every angular_i is 0; random adapters make it positive."""
     cfg = make_cfg("stn", teacher_ckpt, "network=r18", f"net_opts={dict(T_OPTS)!r}")
-    _, teacher, fc7 = distill.build_networks(cfg)
-    twin, _, _ = distill.build_networks(cfg)
-    distill.materialize(twin, SIZE)
+    _, teacher, fc7 = build_networks(cfg)
+    twin, _, _ = build_networks(cfg)
+    materialize(twin, SIZE)
     for name, p in teacher.collect_params().items():
         twin.collect_params()[name].set_data(p.data())
-    method = distill.build_method(cfg, twin, teacher, teacher_fc7=fc7)
+    method = assembler.build_method(cfg, twin, teacher, teacher_fc7=fc7)
     data, _ = batch(1)
     label = mx.nd.array(np.arange(8) % CLASSES)
     random_parts = method(data, label)  # not recording: adapters' BN on running stats (0, 1)
@@ -208,17 +168,17 @@ def test_cached_teacher_embedding_skips_the_teacher_forward(teacher_ckpt):
 
 def test_spatial_mismatch_and_missing_pieces_are_clear_errors(teacher_ckpt):
     cfg = make_cfg("stn", teacher_ckpt)
-    student, teacher, fc7 = distill.build_networks(cfg)
+    student, teacher, fc7 = build_networks(cfg)
     real = student.split.stage_shapes
     student.split.stage_shapes = lambda size: [(c, h * 2, w * 2) for c, h, w in real(size)]
     with pytest.raises(InputError, match="stage 1 is 32x32 in the student .* 16x16 in the teacher"):
-        distill.build_method(cfg, student, teacher, teacher_fc7=fc7)
+        assembler.build_method(cfg, student, teacher, teacher_fc7=fc7)
     with pytest.raises(InputError, match="needs a teacher"):
-        distill.build_method(cfg, student, None)
+        assembler.build_method(cfg, student, None)
     with pytest.raises(InputError, match="fc7_weight"):
-        distill.build_method(make_cfg("margin", teacher_ckpt), student, teacher, teacher_fc7=None)
+        assembler.build_method(make_cfg("margin", teacher_ckpt), student, teacher, teacher_fc7=None)
     with pytest.raises(InputError, match="teacher_network"):
-        distill.build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
+        build_networks(make_cfg("stn", teacher_ckpt, "teacher_network=mfn",
                                         f"teacher_net_opts={dict(S_OPTS)!r}"))
 
 
@@ -280,7 +240,7 @@ def test_kd_on_margin_logits_matches_numpy(teacher_ckpt):
 
 def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
     cfg, method = build("lowres_ktkd", teacher_ckpt)
-    assert distill.loader_lowres_size(cfg) == 0 and distill.student_image_size(cfg) == SIZE // 2
+    assert registry.loader_lowres_size(cfg) == 0 and registry.student_image_size(cfg) == SIZE // 2
     data, label = batch(5)
     small = method.student_input(data).asnumpy()
     want = data.asnumpy().reshape(8, 3, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(3, 5))
@@ -301,8 +261,8 @@ def test_lowres_student_input_and_knowledge_transfer(teacher_ckpt):
         method(mx.nd.array(small), label)
     with pytest.raises(InputError, match="student parameters match the teacher"):
         cfg2 = make_cfg("lowres_kt", teacher_ckpt, "network=mfn", f"net_opts={dict(S_OPTS)!r}")
-        s2, t2, f2 = distill.build_networks(cfg2)
-        distill.build_method(cfg2, s2, t2, teacher_fc7=f2)
+        s2, t2, f2 = build_networks(cfg2)
+        assembler.build_method(cfg2, s2, t2, teacher_fc7=f2)
 
 
 @pytest.mark.parametrize("method_name,extra", [
@@ -318,14 +278,131 @@ def test_short_run_every_term_decreases(teacher_ckpt, method_name, extra):
                         "hint_lambda=10", "kd_emb_lambda=5", hybridize=True)
     trainer = mx.gluon.Trainer(method.trainable_params(), "sgd", {"learning_rate": 0.005, "momentum": 0.9})
     data, label = batch(6, n=16)
-    history = []
-    for _ in range(25):
-        with mx.autograd.record():
-            parts = method(data, label)
-            total = mx.nd.add_n(*[v.sum() for v in parts.values()])
-        total.backward()
-        trainer.step(16)
-        history.append({k: float(v.mean().asscalar()) for k, v in parts.items()})
+    history = tiny.sgd_steps(method, trainer, data, label, 25)
     for name in history[0]:
         first, last = history[0][name], history[-1][name]
         assert np.isfinite(last) and last < first, (name, [h[name] for h in history])
+
+
+# ---- every stage part against numpy (issue 25: hint, the intermediate l2_i and lowres_kd were only
+# checked to decrease).  The networks' pieces (student taps, teacher taps and tails) come from their own
+# blocks, tested in tests/test_model.py; the adapter H_i (1x1 conv + BN on running statistics), the
+# distances and the weights of Eq. 6/7 are recomputed here in numpy.
+def _np_adapter(adapter, x):
+    """H_i(x) = BN(conv1x1(x)) in inference mode: ``(x W^T) * gamma / sqrt(var + eps) + beta - ...``."""
+    w = adapter.conv.weight.data().asnumpy()[:, :, 0, 0]
+    bn = adapter.bn
+    gamma, beta = bn.gamma.data().asnumpy(), bn.beta.data().asnumpy()
+    mean, var = bn.running_mean.data().asnumpy(), bn.running_var.data().asnumpy()
+    z = np.einsum("oc,nchw->nohw", w, x)
+    scale = (gamma / np.sqrt(var + 2e-5))[None, :, None, None]
+    return (z - mean[None, :, None, None]) * scale + beta[None, :, None, None]
+
+
+def _randomize_adapter_bn(method, seed):
+    """Random BatchNorm scale, shift and statistics in every adapter, so that the check sees them."""
+    rng = np.random.RandomState(seed)
+    for adapter in method.adapters.values():
+        bn = adapter.adapter.bn if hasattr(adapter, "adapter") else adapter.bn
+        for p, lo, hi in ((bn.gamma, 0.5, 1.5), (bn.beta, -0.2, 0.2), (bn.running_mean, -0.1, 0.1),
+                          (bn.running_var, 0.5, 2.0)):
+            p.set_data(mx.nd.array(rng.uniform(lo, hi, size=p.shape)))
+
+
+@pytest.mark.parametrize("name,extra", [("stn", ("stn_weight=2.5",)), ("l2", ("l2_lambda=0.02",)),
+                                        ("hint", ("hint_lambda=3.0",))])
+def test_every_stage_part_matches_numpy(teacher_ckpt, name, extra):
+    """stn: ``w lambda_i (1 - cos(T_{i+1..n}(H_i(F_i^s)), t))^2`` (Eq. 6) and ``w (1 - cos(s, t))^2``
+    (Eq. 4); l2: the same with ``||.||^2``; hint: ``w lambda_i mean((H_i(F_i^s) - F_i^t)^2)``; lambda_i =
+    0.5 ** (4 - i) (Eq. 7)."""
+    _, method = build(name, teacher_ckpt, *extra)
+    _randomize_adapter_bn(method, 3)
+    data, label = batch(7)
+    parts = {k: v.asnumpy() for k, v in method(data, label).items()}
+    out = method.student(data)
+    emb, taps = out[0].asnumpy(), [t.asnumpy() for t in out[1:]]
+    t_out = method.teacher(data)
+    t_emb = (t_out[0] if isinstance(t_out, (list, tuple)) else t_out).asnumpy()
+    weight = float(extra[0].split("=")[1])
+    l2 = lambda a, b: ((a - b) ** 2).reshape(len(a), -1).sum(1)  # noqa: E731
+    for stage in (1, 2, 3, 4):
+        lam = weight * 0.5 ** (4 - stage)
+        if name == "hint":
+            feat = _np_adapter(method.adapters[stage], taps[stage - 1])
+            want = lam * ((feat - t_out[stage].asnumpy()) ** 2).reshape(len(feat), -1).mean(1)
+            key = f"hint_{stage}"
+        else:
+            if stage == 4:
+                view = emb
+            else:
+                feat = _np_adapter(method.adapters[stage], taps[stage - 1])
+                view = method._frozen.tails[stage](mx.nd.array(feat)).asnumpy()
+            want = lam * (_np_angular(view, t_emb) if name == "stn" else l2(view, t_emb))
+            key = (f"angular_{stage}" if name == "stn" else ("l2" if stage == 4 else f"l2_{stage}"))
+        np.testing.assert_allclose(parts[key], want, rtol=2e-3, atol=1e-6, err_msg=key)
+
+
+def _np_margin_logits(emb, centres, y, s=64.0, m=0.5):
+    """InsightFace's ArcFace logits (``loss_m2=m``, the easy-margin fallback past pi) in numpy."""
+    cos = _unit(emb) @ _unit(centres).T
+    logits = cos.copy()
+    for i in range(len(y)):
+        th = math.acos(np.clip(cos[i, y[i]], -1 + 1e-6, 1 - 1e-6))
+        logits[i, y[i]] = math.cos(th + m) if th + m <= math.pi else cos[i, y[i]] - m * math.sin(m)
+    return logits * s
+
+
+def test_lowres_kd_matches_numpy(teacher_ckpt):
+    """lowres_kd (Karlekar et al. 2019): ``kd_lambda T^2 KL(softmax(z_t/T) || softmax(z_s/T))`` with z_s
+    the student's margin logits on the 2x2 area average of the batch, z_t the teacher's on the batch
+    itself with its own fc7 centres; plus the margin softmax of the student."""
+    _, method = build("lowres_kd", teacher_ckpt, "kd_temperature=3.0", "kd_lambda=0.7")
+    data, label = batch(8)
+    parts = {k: v.asnumpy() for k, v in method(data, label).items()}
+    assert list(parts) == ["softmax", "kd"]
+    x = data.asnumpy()
+    small = x.reshape(len(x), 3, SIZE // 2, 2, SIZE // 2, 2).mean(axis=(3, 5))
+    emb = method.student(mx.nd.array(small)).asnumpy()
+    from shrinkteanet.model.checkpoint import load_checkpoint
+
+    _, arg, _ = load_checkpoint(*teacher_ckpt, keep_extra=True)
+    y = label.asnumpy().astype(int)
+    s_logits = _np_margin_logits(emb, method.head.weight.data().asnumpy(), y)
+    t_logits = _np_margin_logits(method.teacher(data).asnumpy(), arg["fc7_weight"].asnumpy(), y)
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lt, ls = log_softmax(t_logits / 3.0), log_softmax(s_logits / 3.0)
+    np.testing.assert_allclose(parts["kd"], 0.7 * 9.0 * (np.exp(lt) * (lt - ls)).sum(1), rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(parts["softmax"], -log_softmax(s_logits)[np.arange(len(y)), y], rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,extra", [("none", ()), ("lowres_kt", ()),
+                                        ("lowres_ktkd", ("kd_emb_loss=l2", "kd_emb_lambda=0.4")),
+                                        ("kd", ("kd_emb_loss=angular", "kd_emb_lambda=0.3"))])
+def test_softmax_and_embedding_parts_match_numpy(teacher_ckpt, name, extra):
+    """``softmax``: the cross-entropy of the student's ArcFace logits (InsightFace's combined margin,
+    s=64, m2=0.5) at ``softmax_weight``; the ``kd_emb_loss`` term: ``w ||s - t||^2`` (``l2``) or
+    ``w (1 - cos(s, t))^2`` (``angular_4``, Eq. 4), the student at its own input size."""
+    _, method = build(name, teacher_ckpt, *extra, "softmax_weight=0.6")
+    data, label = batch(9)
+    parts = {k: v.asnumpy() for k, v in method(data, label).items()}
+    x = data.asnumpy()
+    k = SIZE // method.student_size
+    small = x.reshape(len(x), 3, method.student_size, k, method.student_size, k).mean(axis=(3, 5))
+    emb = method.student(mx.nd.array(small))
+    emb = (emb[0] if isinstance(emb, (list, tuple)) else emb).asnumpy()
+    y = label.asnumpy().astype(int)
+    z = _np_margin_logits(emb, method.head.weight.data().asnumpy(), y)
+    z = z - z.max(1, keepdims=True)
+    ce = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(1)))
+    np.testing.assert_allclose(parts["softmax"], 0.6 * ce, rtol=2e-3, atol=1e-4)
+    if not extra:
+        return
+    t_emb = method.teacher(data).asnumpy()
+    if "kd_emb_loss=l2" in extra:
+        np.testing.assert_allclose(parts["l2"], 0.4 * ((emb - t_emb) ** 2).sum(1), rtol=2e-3, atol=1e-5)
+    else:
+        np.testing.assert_allclose(parts["angular_4"], 0.3 * _np_angular(emb, t_emb), rtol=2e-3, atol=1e-6)

@@ -117,9 +117,10 @@ def test_a_shrinkteanet_step_counts_the_teacher_and_its_tails():
     """mfnr_stn runs the r90 teacher forward and its tails after stages 1-3 (forward + input gradient): about
     1.4 r100 training steps, the tails worked out here from the layer names of the whole r90."""
     from shrinkteanet import symbols
+    from shrinkteanet.symbols import measure
 
     tables = _tables_module()
-    layers = symbols.layer_macs(symbols.get_symbol("r90", 512), data=(1, 3, 112, 112))
+    layers = measure.layer_macs(symbols.get_symbol("r90", 512), data=(1, 3, 112, 112))
     after = [sum(v for k, v in layers.items() if not k.startswith(("conv0",) + tuple(f"stage{j}_" for j in
                                                                                       range(1, i + 1))))
              for i in (1, 2, 3)]
@@ -127,7 +128,7 @@ def test_a_shrinkteanet_step_counts_the_teacher_and_its_tails():
     stn, final, own = row["mfnr_stn"]["cost"], row["mfnr_stn_final"]["cost"], row["mfnr_self"]["cost"]
     assert stn["tails"] == 2 * sum(after) and final["tails"] == own["tails"] == 0
     assert stn["teacher"] == final["teacher"] == sum(layers.values()) and own["teacher"] == 0
-    r100 = 3 * (symbols.count_flops(symbols.get_symbol("r100", 512), 112) + 512 * 85742)
+    r100 = 3 * (measure.count_flops(symbols.get_symbol("r100", 512), 112) + 512 * 85742)
     assert row["mfnr_stn"]["x_r100"] == pytest.approx(row["mfnr_stn"]["total"] / r100)
     assert 1.3 < row["mfnr_stn"]["x_r100"] < 1.5 and row["mfnr_self"]["x_r100"] < 0.1
     assert row["mfnr_stn"]["act_bytes"] > row["mfnr_stn_final"]["act_bytes"] > row["mfnr_self"]["act_bytes"]
@@ -159,8 +160,8 @@ def test_api_pages_follow_the_package_and_are_not_empty(built):
         body = re.search(r'<div class="body" role="main">(.*?)<div class="sphinxsidebar"', source, re.S).group(1)
         # beyond its heading, a module page shows its docstring or its members
         assert re.search(r"<p>\s*\S|<dl class=\"py", body), f"{page.name}: empty"
-    losses = (api / "shrinkteanet.methods.losses.html").read_text(encoding="utf-8")
-    assert 'id="shrinkteanet.methods.losses.AngularDistillationLoss"' in losses
+    losses = (api / "shrinkteanet.methods.base.blocks.html").read_text(encoding="utf-8")
+    assert 'id="shrinkteanet.methods.base.blocks.AngularDistillationLoss"' in losses
 
 
 def test_pages_load_in_a_headless_browser(built, tmp_path):

@@ -10,10 +10,10 @@ from easydict import EasyDict
 from mxnet import autograd
 
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.methods import registry
-from shrinkteanet.methods._ekd_terms import EKDTerm
+from shrinkteanet.methods.base import registry
+from shrinkteanet.methods.base.ekd_terms import EKDTerm
 from shrinkteanet.methods.ekd import check
-from shrinkteanet.methods.terms import Batch
+from shrinkteanet.methods.base.terms import StepViews
 from shrinkteanet.training import config
 
 LABELS = [0, 0, 1, 1, 2, 2, 3]  # 21 pairs: 3 positive, 18 negative
@@ -25,7 +25,7 @@ T_THRESHOLDS = np.array([0.4, 0.35, 0.1, 0.05, 0.0, 0.2])
 
 
 def ekd_cfg(**changes):
-    cfg = EasyDict(config.DISTILL.ekd)
+    cfg = EasyDict(config.distill_table().ekd)
     cfg.update(changes)
     return cfg
 
@@ -76,7 +76,7 @@ def run_term(cfg, train=True):
     term.teacher_thresholds.set_data(mx.nd.array(T_THRESHOLDS))
     s = mx.nd.array(STUDENT)
     s.attach_grad()
-    batch = Batch(emb=s, taps=None, t_emb=mx.nd.array(TEACHER), t_taps=None, label=mx.nd.array(LABELS))
+    batch = StepViews(emb=s, taps=None, t_emb=mx.nd.array(TEACHER), t_taps=None, label=mx.nd.array(LABELS))
     with autograd.record(train_mode=train):
         parts = term(batch)
         total = parts["ekd_pos"].sum() + parts["ekd_neg"].sum()
@@ -120,7 +120,7 @@ def test_thresholds_move_only_in_training_mode():
 
 def test_registry_rows_configs_and_checks():
     assert registry.method("ekd").needs.as_dict() == {"teacher": True, "emb": True}
-    row = config.DISTILL.ekd
+    row = config.distill_table().ekd
     assert (row.ekd_pos_weight, row.ekd_neg_weight, row.ekd_temperature, row.ekd_momentum, row.ekd_topk) == \
         (0.02, 0.01, 0.01, 0.01, 2000)
     assert row.ekd_fpr_anchors == [10, 100, 1000, 10000, 100000, 1000000]
@@ -139,7 +139,7 @@ def test_study_rows_plan_runs_of_both_methods(tmp_path):
                              methods=("self", "adadistill", "ekd"))
     assert {(r["network"], r["method"]) for r in runs} == {(n, m) for n in ("mfn", "mfnr")
                                                           for m in ("self", "adadistill", "ekd")}
-    assert demo.METHODS["adadistill"] == ("adadistill", ()) and demo.METHODS["ekd"] == ("ekd", ())
+    assert demo.study_methods()["adadistill"] == ("adadistill", ()) and demo.study_methods()["ekd"] == ("ekd", ())
     configs = {s.commands[0][2] for s in stages if s.name.endswith(": train") and s.commands[0][:2] == ["train", "--config"]}
     assert {"mfn_adadistill", "mfnr_adadistill", "mfn_ekd", "mfnr_ekd"} <= configs
 
@@ -151,7 +151,7 @@ def test_batches_without_positive_or_negative_pairs():
     for labels, empty in (([0, 1, 2, 3, 4, 5, 6], "ekd_pos"), ([5] * 7, "ekd_neg")):
         term = EKDTerm(types.SimpleNamespace(cfg=cfg, ctx=[mx.cpu()]))
         term.student_thresholds.set_data(mx.nd.array(S_THRESHOLDS))
-        batch = Batch(emb=mx.nd.array(STUDENT), taps=None, t_emb=mx.nd.array(TEACHER), t_taps=None,
+        batch = StepViews(emb=mx.nd.array(STUDENT), taps=None, t_emb=mx.nd.array(TEACHER), t_taps=None,
                       label=mx.nd.array(labels))
         with autograd.record():
             parts = term(batch)

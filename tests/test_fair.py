@@ -51,13 +51,13 @@ def test_fair_scale_plans_every_part_at_its_budget(tmp_path):
 
 def test_tuned_runs_are_planned_only_where_the_choice_differs_from_the_default():
     scale = demo.get_scale("fair")
-    sel = {"mfnr": {"stn": dict(key="distill_weight", default=1, chosen=10, grid={"1": 0.8, "3": 0.81, "10": 0.85,
+    sel = {"mfnr": {"stn": dict(key="stn_weight", default=1, chosen=10, grid={"1": 0.8, "3": 0.81, "10": 0.85,
                                                                                    "30": 0.84}),
                     "kd": dict(key="kd_lambda", default=1, chosen=1, grid={})}}
     runs = fair.part_runs("main", scale, ("mfnr",), seeds=(0, 1, 2), selection=sel)
     tuned = [r for r in runs if r["strength"] == "tuned"]
     assert sorted(r["seed"] for r in tuned) == [0, 1, 2] and {r["method"] for r in tuned} == {"stn"}
-    assert all(_arg(fair.train_args(scale, r), "distill_weight") == "10" for r in tuned)
+    assert all(_arg(fair.train_args(scale, r), "stn_weight") == "10" for r in tuned)
     assert tuned[0]["validation"] == {"metric": fair.VAL_METRIC, "value": 0.85}
 
 
@@ -132,7 +132,7 @@ def test_selection_reads_only_the_validation_set(tmp_path):
     again = fair.select(out, scale, ("mfnr",))["mfnr"]
     assert again["stn"]["chosen"] == 3 and again["kd"]["chosen"] == 3 and again["margin"]["chosen"] == 0.3
     # a grid value not evaluated yet: no choice
-    os.remove(os.path.join(out, "tuning", "mfnr_stn_distill_weight30", "eval", "val.json"))
+    os.remove(os.path.join(out, "tuning", "mfnr_stn_stn_weight30", "eval", "val.json"))
     assert fair.select(out, scale, ("mfnr",))["mfnr"]["stn"]["chosen"] is None
 
 
@@ -279,7 +279,7 @@ def _fake_run(out, run, acc, cos=0.5):
 def test_study_json_records_budget_schedule_strength_validation_and_cosines_per_run(tmp_path):
     scale = demo.get_scale("fair_tiny")
     out = str(tmp_path)
-    sel = {"mfnr": {"stn": dict(key="distill_weight", default=1, chosen=10, grid={"1": 0.6, "10": 0.7})}}
+    sel = {"mfnr": {"stn": dict(key="stn_weight", default=1, chosen=10, grid={"1": 0.6, "10": 0.7})}}
     runs = fair.part_runs("main", scale, ("mfnr",), selection=sel)
     for k, r in enumerate(runs):
         _fake_run(out, r, 0.5 + 0.01 * k, cos=0.1 * k)
@@ -288,9 +288,9 @@ def test_study_json_records_budget_schedule_strength_validation_and_cosines_per_
     assert study["missing"] == [runs[-1]["dir"]] and len(study["runs"]) == len(runs) - 1
     by_dir = {r["dir"]: r for r in study["runs"]}
     tuned = by_dir["main/mfnr_stn_tuned_s0"]
-    assert tuned["strength"] == "tuned" and (tuned["key"], tuned["value"]) == ("distill_weight", 10)
+    assert tuned["strength"] == "tuned" and (tuned["key"], tuned["value"]) == ("stn_weight", 10)
     assert tuned["validation"] == {"metric": fair.VAL_METRIC, "value": 0.7}
-    assert tuned["overrides"] == ["distill_weight=10"]
+    assert tuned["overrides"] == ["stn_weight=10"]
     default = by_dir["main/mfnr_stn_s0"]
     assert default["strength"] == "default" and default["value"] == 1 and default["validation"]["value"] == 0.6
     k = [r["dir"] for r in runs].index("main/mfnr_stn_s0")

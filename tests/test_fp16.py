@@ -11,7 +11,7 @@ import pytest
 from mxnet.contrib import amp
 
 from _toy_fit import ToyMethod, numpy_grads, toy_fit
-from shrinkteanet.model.network import count_amp_casts
+from shrinkteanet.model.rewrites import count_amp_casts
 from shrinkteanet.study import tiny
 from shrinkteanet.training import config, fit
 
@@ -53,7 +53,8 @@ def _block_graph(block):
 
 @pytest.mark.parametrize("name", ["mfnr_self", "mfnr_stn", "mfnr_kd", "mfnr_margin", "mfnr_hint"])
 def test_fp16_training_graphs_type_check_with_float16_casts(teacher, name):
-    from shrinkteanet.methods.distill import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
 
     data, ckpt = teacher
     _teacher_checkpoint(data, ckpt.split(",")[0])

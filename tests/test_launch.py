@@ -21,7 +21,7 @@ def _launch(*args, timeout=240):
 def test_two_workers_one_server_end_with_identical_parameters(data, tmp_path):
     out = tmp_path / "run"
     # MXNet's default threaded engine on purpose: it once let the initial weight broadcast race the first
-    # gradient round (see train.sync_initial_params), which NaiveEngine's in-order execution hid
+    # gradient round (see fit.sync_initial_params), which NaiveEngine's in-order execution hid
     r = _launch("-n", "2", "-s", "1", "--env", "OMP_NUM_THREADS:1", "--timeout", "200", "--",
                 sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_self", "--kvstore", "dist_sync",
                 "--max-batches", "5", "--out", str(out), "--json", str(tmp_path / "summary-{rank}.json"),

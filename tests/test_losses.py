@@ -5,8 +5,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from shrinkteanet.methods.losses import (AngularDistillationLoss, HintLoss, KDLoss, L2EmbeddingLoss,
-                                 MarginDistillationHead, MarginHead, build_head)
+from shrinkteanet.methods.base.blocks import (AngularDistillationLoss, HintLoss, KDLoss, L2EmbeddingLoss,
+                                              MarginDistillationHead, MarginHead, margin_head)
 
 
 def _unit(x):
@@ -134,10 +134,12 @@ def test_margin_head_logits_match_numpy(name, m1, m2, m3):
 def test_margin_head_name_init_and_build_from_config():
     from shrinkteanet.training.config import generate_config
     cfg = generate_config("mfn", "synth", "cosface", "none")
-    head = build_head(cfg, num_classes=11, emb_size=8)
+    head = margin_head(cfg, num_classes=11, emb_size=8)
     assert (head.s, head.m1, head.m2, head.m3) == (64.0, 1.0, 0.0, 0.35)
     assert list(head.collect_params().keys()) == ["fc7_weight"]
-    assert head.weight.shape == (11, 8)
+    assert head.weight.shape == (11, 8) and head.weight.grad_req == "write"
+    teacher = margin_head(cfg, num_classes=11, emb_size=16, fixed=True, prefix="teacher_fc7_")
+    assert list(teacher.collect_params().keys()) == ["teacher_fc7_weight"] and teacher.weight.grad_req == "null"
 
 
 def test_margin_head_gradient_finite_at_zero_angle_and_fp16():

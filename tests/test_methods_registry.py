@@ -1,19 +1,21 @@
-"""The method registry (``shrinkteanet.methods.registry``): a method is one module, discovered lazily;
+"""The method registry (``shrinkteanet.methods.base.registry``): a method is one module, discovered lazily;
 every method table of the project is derived from it and equals what it was written out by hand."""
-import importlib
 import json
-import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
+import types
+from unittest import mock
 
 import numpy as np
 import pytest
 
+from _toy_method import installed_method
 from shrinkteanet.study.tiny import train_overrides as overrides, train_tiny_teacher as train_teacher, write_tiny_set as make_set
 from shrinkteanet import methods as methods_pkg
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.methods import registry
+from shrinkteanet.methods.base import registry
 from shrinkteanet.training import config
 
 #: A whole new method as one file: ``1 - cos(s, t)`` on the final embeddings, weight ``toycos_lambda``
@@ -21,7 +23,7 @@ from shrinkteanet.training import config
 TOY_NAME = "toycos"
 TOY_MODULE = textwrap.dedent('''
     """Toy method of tests/test_methods_registry.py: weighted 1 - cos(s, t) of the final embeddings."""
-    from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+    from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
 
 
     def one_minus_cos(s, t):
@@ -31,13 +33,13 @@ TOY_MODULE = textwrap.dedent('''
 
 
     def terms(build):
-        from shrinkteanet.methods.terms import EmbeddingTerm
+        from shrinkteanet.methods.base.terms import EmbeddingTerm
 
         return [EmbeddingTerm("cosine", build.cfg.toycos_lambda, one_minus_cos)]
 
 
     METHOD = MethodDef(name="toycos", summary="toy: 1 - cos on the final embedding", order=1000,
-                       needs=Needs(teacher=True, emb=True), defaults=dict(toycos_lambda=2.0),
+                       needs=Needs(teacher=True, emb=True), keys=dict(toycos_lambda=2.0),
                        variants=(Variant("toycos"),),
                        study=(StudyRow("toycos", "toycos", "Toy cosine", order=1000),), terms=terms)
 ''')
@@ -46,22 +48,8 @@ TOY_MODULE = textwrap.dedent('''
 @pytest.fixture
 def toy_method():
     """The toy module written into the installed ``shrinkteanet.methods`` folder, removed after."""
-    path = os.path.join(methods_pkg.__path__[0], f"{TOY_NAME}.py")
-    assert not os.path.exists(path)
-    try:
-        with open(path, "w") as f:
-            f.write(TOY_MODULE)
-        importlib.invalidate_caches()
-        registry.refresh()
+    with installed_method(TOY_NAME, TOY_MODULE) as path:
         yield path
-    finally:
-        os.remove(path)
-        cached = os.path.join(os.path.dirname(path), "__pycache__")
-        for name in os.listdir(cached) if os.path.isdir(cached) else ():
-            if name.startswith(f"{TOY_NAME}."):
-                os.remove(os.path.join(cached, name))
-        sys.modules.pop(f"shrinkteanet.methods.{TOY_NAME}", None)
-        registry.refresh()
 
 
 def run_cli(*args):
@@ -100,9 +88,19 @@ OLD_SPECS = {  # the needs of the old SPECS rows (their term kinds now live in t
     "lowres_kd": dict(teacher=True, emb=True, fc7=True, lowres=True),
     "lowres_ktkd": dict(teacher=True, emb=True, fc7=True, lowres=True, transfer=True),
 }
+
+
+def old_spec(d):
+    """The old ``SPECS`` row of a ``MethodDef``: its needs, ``lowres`` for its own ``student_size``
+    and ``transfer`` for its ``prepare`` step (the two flags became the method's hooks)."""
+    row = d.needs.as_dict()
+    row.update({flag: True for flag, hook in (("lowres", d.student_size), ("transfer", d.prepare)) if hook})
+    return row
+
+
 OLD_DEMO = {"self": ("self", ()), "l2": ("l2", ()), "l2_final": ("l2_final", ()), "stn_final": ("stn_final", ()),
             "stn": ("stn", ()), "kd": ("kd", ()), "margin": ("margin", ()),
-            "stn_final_w10": ("stn_final", ("distill_weight=10",)), "stn_w10": ("stn", ("distill_weight=10",))}
+            "stn_final_w10": ("stn_final", ("stn_weight=10",)), "stn_w10": ("stn", ("stn_weight=10",))}
 OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student-1 (L2)", "stn": "ShrinkTeaNet",
                     "l2_final": "L2, final embedding only", "stn_final": "ShrinkTeaNet, final stage only (Eq. 5)",
                     "kd": "Hinton KD", "margin": "MarginDistillation",
@@ -110,10 +108,14 @@ OLD_METHOD_NAMES = {"teacher": "Teacher", "self": "Self-studied", "l2": "Student
 
 
 def test_derived_tables_equal_the_hand_written_ones():
-    from shrinkteanet.methods import distill
-    from shrinkteanet.study import demo, paper, table
+    from shrinkteanet.study import demo, paper, report_table
 
-    assert config.DISTILL == {**OLD_DISTILL, **NEW_DISTILL} and list(config.DISTILL) == list(OLD_DISTILL) + list(NEW_DISTILL)
+    # each row as written by hand, plus the method's own keys at their defaults (which DEFAULT held before)
+    hand = {**OLD_DISTILL, **NEW_DISTILL}
+    assert list(config.distill_table()) == list(OLD_DISTILL) + list(NEW_DISTILL)
+    for name, row in config.distill_table().items():
+        method_keys = registry.method(row.distill).keys
+        assert dict(row) == {**{k: v for k, v in method_keys.items()}, **hand[name]}, name
     old_configs = {"teacher_r90": ("r90", "emore", "arcface", "none"),
                    "teacher_r100": ("r100", "emore", "arcface", "none")}
     for student in ("mv1", "mv2", "mfn", "mfnr"):
@@ -121,36 +123,104 @@ def test_derived_tables_equal_the_hand_written_ones():
         for m in ("l2", "l2_final", "stn", "stn_final", "kd", "hint", "margin", "lowres_kt", "lowres_kd",
                   "lowres_ktkd", "adadistill", "adadistill_cos", "ekd"):
             old_configs[f"{student}_{m}"] = (student, "emore", "arcface", m)
-    assert config.CONFIGS == old_configs
-    assert distill.SPECS == {**OLD_SPECS, **NEW_SPECS} and distill.METHODS == tuple(OLD_SPECS) + tuple(NEW_SPECS)
+    assert config.named_configs() == old_configs
+    assert {d.name: old_spec(d) for d in registry.methods()} == {**OLD_SPECS, **NEW_SPECS}
+    assert registry.names() == tuple(OLD_SPECS) + tuple(NEW_SPECS)
     new_demo = {"adadistill": ("adadistill", ()), "ekd": ("ekd", ())}
     demo_order = [*list(OLD_DEMO)[:7], *new_demo, *list(OLD_DEMO)[7:]]  # after margin, before the weight ablation
-    assert demo.METHODS == {**OLD_DEMO, **new_demo} and list(demo.METHODS) == demo_order
-    assert paper.METHODS == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
-                             "stn": "ShrinkTeaNet"}
-    assert table.METHOD_NAMES == {**OLD_METHOD_NAMES, "adadistill": "AdaDistill", "ekd": "EKD"}
-    assert table.WEIGHT_ABLATION == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
-    assert [table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
+    assert demo.study_methods() == {**OLD_DEMO, **new_demo} and list(demo.study_methods()) == demo_order
+    assert paper.paper_methods() == {"teacher": "Teacher", "self": "Self-Studied", "l2": "Student-1 (L2 loss)",
+                                     "stn": "ShrinkTeaNet"}
+    assert report_table.method_names() == {**OLD_METHOD_NAMES, "adadistill": "AdaDistill", "ekd": "EKD"}
+    assert report_table.weight_ablation() == (("stn", "stn_w10"), ("stn_final", "stn_final_w10"))
+    assert [report_table._config_suffix(m) for m in ("self", "stn_w10", "stn_final_w10", "hint")] == \
         ["self", "stn", "stn_final", "hint"]
-    # a fresh table each read: editing one cannot change the next
-    config.DISTILL.stn.distill_stages.append(9)
-    assert config.DISTILL.stn.distill_stages == [1, 2, 3, 4]
+    # a fresh table each call: editing one cannot change the next
+    table_once = config.distill_table()
+    table_once.stn.distill_stages.append(9)
+    assert config.distill_table().stn.distill_stages == [1, 2, 3, 4]
 
 
-def test_stage_weights_moved_into_methods_and_stay_importable_from_config():
-    from shrinkteanet.methods import stages
+def test_each_config_default_is_declared_once():
+    """Method keys live in the method files (``MethodDef.keys``), the rest in ``config.DEFAULT``; every
+    config has every key, at the value DEFAULT held before (ShrinkTeaNet Sec. 4.2 and the baselines)."""
+    before = dict(distill_stages=[1, 2, 3, 4], distill_lambdas=[], stn_weight=1.0, l2_lambda=0.001,
+                  kd_temperature=4.0, kd_lambda=1.0, hint_lambda=1.0, kd_emb_loss="none", kd_emb_lambda=1.0,
+                  margin_m_min=0.2, margin_m_max=0.5)
+    keys = registry.config_keys()
+    assert {k: keys[k] for k in before} == before and not set(keys) & set(config.DEFAULT)
+    assert keys["adadistill_weighted"] is True and keys["ekd_topk"] == 2000  # the newer methods' own keys
+    for name in ("mfn_self", "mv1_kd", "teacher_r100"):
+        cfg = config.config_by_name(name)
+        assert {k: cfg[k] for k in before} == before, name
+    a = registry.MethodDef(name="a", summary="", order=0, variants=(registry.Variant("a"),), keys=dict(k=1))
+    b = registry.MethodDef(name="b", summary="", order=1, variants=(registry.Variant("b"),), keys=dict(k=2))
+    with mock.patch.object(registry, "methods", return_value=(a, b)):
+        with pytest.raises(ValueError, match="config key 'k': 'a' declares 1, 'b' 2"):
+            registry.config_keys()
+    stray = registry.MethodDef(name="c", summary="", order=2, variants=(registry.Variant("c"),),
+                               defaults=dict(nobody_declares=1))
+    with mock.patch.object(registry, "methods", return_value=(stray,)):
+        with pytest.raises(ValueError, match=r"DISTILL row 'c' sets \['nobody_declares'\]"):
+            config.default_config()
 
-    assert config.distill_lambdas is stages.distill_lambdas and config.LAST_STAGE == stages.LAST_STAGE == 4
+
+def test_renamed_keys_still_work_with_a_notice(caplog):
+    """``distill_weight`` is ShrinkTeaNet's ``stn_weight`` and ``verbose`` is ``verify_every``: the old
+    names still set the new keys, with one notice line each."""
+    with caplog.at_level("WARNING", logger="shrinkteanet.training.config"):
+        cfg = config.config_by_name("mfn_stn", ["distill_weight=10", "verbose=7"])
+    assert (cfg.stn_weight, cfg.verify_every) == (10.0, 7) and "distill_weight" not in cfg and "verbose" not in cfg
+    notices = [r.getMessage() for r in caplog.records]
+    assert notices == ["config key distill_weight is now stn_weight; the old name still works",
+                       "config key verbose is now verify_every; the old name still works"]
+    from shrinkteanet.training.run_folder import changed_run_keys
+
+    saved = dict(config.config_by_name("mfn_stn"))
+    saved["distill_weight"] = saved.pop("stn_weight")
+    assert changed_run_keys(saved, cfg) == ["stn_weight"]  # an old run's weight is compared, not skipped
+
+
+def test_no_compatibility_attribute_is_left():
+    """The tables are functions of the registry, read where they live: no module-level ``__getattr__``
+    computes them (nor re-exports the Eq. 7 weights from ``config``)."""
+    from shrinkteanet.study import demo, paper, report_table
+
+    for module, names in ((config, ("DISTILL", "CONFIGS", "distill_lambdas", "LAST_STAGE")), (demo, ("METHODS",)),
+                          (paper, ("METHODS",)), (report_table, ("METHOD_NAMES", "WEIGHT_ABLATION"))):
+        assert not hasattr(module, "__getattr__"), module.__name__
+        assert not any(hasattr(module, n) for n in names), module.__name__
 
 
 def test_discovery_is_lazy_and_the_methods_package_never_imports_training():
-    code = ("import sys, shrinkteanet, shrinkteanet.methods.registry as r; "
+    code = ("import sys, shrinkteanet, shrinkteanet.methods.base.registry as r; "
             "before = sorted(m for m in sys.modules if m.startswith('shrinkteanet.methods.'));"
             "r.names(); after = sorted(m for m in sys.modules if m.startswith('shrinkteanet.'));"
             "print(before); print('mxnet' in sys.modules, any(m.startswith('shrinkteanet.training') for m in after));"
             "print('shrinkteanet.methods.stn' in after)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == ["['shrinkteanet.methods.registry']", "False False", "True"]
+    assert out == ["['shrinkteanet.methods.base', 'shrinkteanet.methods.base.registry']", "False False", "True"]
+
+
+def test_every_module_of_methods_is_a_method(tmp_path):
+    """Discovery has no skip list: every module of ``methods/`` declares a method, the machinery is
+    the ``base`` sub-package, and a helper module left beside the methods is refused by name."""
+    names = {info.name for info in pkgutil.iter_modules(methods_pkg.__path__)}
+    assert set(OLD_SPECS) <= names and "base" in names
+    for name in names - {"base"}:
+        assert isinstance(registry._declared(f"shrinkteanet.methods.{name}"), registry.MethodDef), name
+    package = types.SimpleNamespace(__name__="pkg", __path__=[str(tmp_path)])
+    (tmp_path / "_helper.py").write_text("X = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "__init__.py").write_text("")
+    assert list(registry._method_modules(package)) == ["pkg._helper"]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match=r"_helper declares no METHOD .*go in shrinkteanet.methods.base"):
+            registry._declared("_helper")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("_helper", None)
 
 
 def test_unknown_names_fail_listing_every_valid_one():
@@ -165,7 +235,7 @@ def test_unknown_names_fail_listing_every_valid_one():
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "unknown config 'mfn_stnn'" in lines[0] and "did you mean mfn_stn" in lines[0]
     listed = set(lines[0].split("valid: ")[1].split(", "))
-    assert listed == set(config.CONFIGS) and {"mfnr_lowres_ktkd", "teacher_r100", "mv1_self"} <= listed
+    assert listed == set(config.named_configs()) and {"mfnr_lowres_ktkd", "teacher_r100", "mv1_self"} <= listed
     r = run_cli("config", "mfn_stn", "distill=bogus")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "unknown distill method 'bogus'; valid: adadistill, adadistill_cos, ekd, hint, kd" in lines[0]
@@ -186,14 +256,14 @@ def test_a_method_module_declaring_a_taken_name_is_refused():
 
 
 def test_a_new_method_file_appears_in_every_table(toy_method):
-    from shrinkteanet.study import demo, table
+    from shrinkteanet.study import demo, report_table
 
     assert TOY_NAME in registry.names() and registry.names()[-1] == TOY_NAME
-    assert config.DISTILL[TOY_NAME] == {"distill": TOY_NAME, "toycos_lambda": 2.0}
-    assert {f"{s}_{TOY_NAME}" for s in ("mv1", "mv2", "mfn", "mfnr")} <= set(config.CONFIGS)
+    assert config.distill_table()[TOY_NAME] == {"distill": TOY_NAME, "toycos_lambda": 2.0}
+    assert {f"{s}_{TOY_NAME}" for s in ("mv1", "mv2", "mfn", "mfnr")} <= set(config.named_configs())
     cfg = config.config_by_name(f"mfn_{TOY_NAME}", ["toycos_lambda=3"])
     assert cfg.distill == TOY_NAME and cfg.toycos_lambda == 3.0
-    assert demo.METHODS[TOY_NAME] == (TOY_NAME, ()) and table.METHOD_NAMES[TOY_NAME] == "Toy cosine"
+    assert demo.study_methods()[TOY_NAME] == (TOY_NAME, ()) and report_table.method_names()[TOY_NAME] == "Toy cosine"
     r = run_cli("config", "--methods")
     assert r.returncode == 0 and any(ln.startswith(f"{TOY_NAME} ") for ln in r.stdout.splitlines()), r.stdout
 

@@ -8,9 +8,12 @@ import pytest
 from mxnet import autograd, gluon
 
 from shrinkteanet import symbols
+
+from shrinkteanet.symbols import measure
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model.checkpoint import load_checkpoint, save_checkpoint
-from shrinkteanet.model.network import EmbeddingNet, freeze_symbol, frozen_tail
+from shrinkteanet.model.network import EmbeddingNet, frozen_tail
+from shrinkteanet.model.rewrites import freeze_symbol
 
 SIZE = 32
 EMB = 16
@@ -266,7 +269,7 @@ def test_freeze_symbol_prelu_rewrite_is_exact(nets, network):
 # --------------------------------------------------------------- checkpoints
 def random_params(sym, seed=0):
     rng = np.random.RandomState(seed)
-    arg, aux = symbols.param_shapes(sym, SIZE)
+    arg, aux = measure.param_shapes(sym, SIZE)
     arg_params = {k: mx.nd.array(rng.normal(0, 1.0 / np.sqrt(max(1, np.prod(s[1:]))), size=s))
                   for k, s in arg.items() if k != "data"}
     aux_params = {k: mx.nd.array(rng.uniform(0.5, 1.5, s)) for k, s in aux.items()}
@@ -394,7 +397,7 @@ def module_forward_three_times(sym, arg, aux):
 def test_mkldnn_safe_inserts_flatten_between_bn_and_fc():
     """InsightFace's GDC head (BN -> FC) breaks MXNet 1.9.1 + MKLDNN on the second forward;
     the loader inserts a Flatten, which keeps names and results."""
-    from shrinkteanet.model.network import mkldnn_safe
+    from shrinkteanet.model.rewrites import mkldnn_safe
 
     data = mx.sym.var("data")
     x = mx.sym.Convolution(data, num_filter=4, kernel=(SIZE, SIZE), num_group=1, no_bias=True, name="gdc")

@@ -10,10 +10,12 @@ import sys
 import pytest
 
 from shrinkteanet import symbols
+
+from shrinkteanet.symbols import measure
 from shrinkteanet.cli import main as cli_main
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.study import paper
-from shrinkteanet.study import table as report_table
+from shrinkteanet.study import report_table
 from shrinkteanet.symbols import registry
 from shrinkteanet.training import config
 
@@ -42,7 +44,7 @@ def test_spec_builds_its_family_pieces():
     assert len(pieces) == 5 and with_id is False
     sym = symbols.get_symbol("mfnr", 128)
     assert sym.list_outputs() == ["fc1_output"]
-    arg, _ = symbols.param_shapes(sym)
+    arg, _ = measure.param_shapes(sym)
     assert arg["res_3_block0_conv_sep_conv2d_weight"] == (256, 128, 1, 1)  # mfnr's widths, not mfn's
 
 

@@ -14,6 +14,7 @@ from easydict import EasyDict
 
 from shrinkteanet.training import config
 from shrinkteanet.study import demo
+from shrinkteanet.methods.base import stage_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "recipes")
@@ -88,7 +89,7 @@ def test_dry_run_resolves_the_paper_config(row, tmp_path):
     assert cfg["data_dir"] == "/data/faces_emore" and cfg["val_dir"] == "/data/faces_emore"
     if distill == "stn":
         # Eq. 6: lambda_4 = 1 and each earlier stage half the next
-        assert cfg["distill_stages"] == [1, 2, 3, 4] and config.distill_lambdas(EasyDict(cfg)) == [0.125, 0.25, 0.5, 1]
+        assert cfg["distill_stages"] == [1, 2, 3, 4] and stage_rules.distill_lambdas(EasyDict(cfg)) == [0.125, 0.25, 0.5, 1]
     if distill == "l2":
         # Student-1 (Sec. 4.3): Eq. 7 with the l2 distance at all four stages
         assert cfg["distill_stages"] == [1, 2, 3, 4] and cfg["l2_lambda"] == 0.001

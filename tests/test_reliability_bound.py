@@ -319,7 +319,8 @@ def test_a_distillation_run_does_not_warn_about_unregistered_containers(world):
     """Every ShrinkTeaNet run warned '"StageTerms._tails" is an unregistered container with
     Blocks' when its parameters were collected; the tails are held in ``terms.Frozen`` now, and the
     method's parameters are those it had."""
-    from shrinkteanet.methods.distill import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
     from shrinkteanet.training import config
 
     cfg = config.config_by_name("mfnr_stn", train_overrides(world["data"], None, f"teacher={world['A']}",

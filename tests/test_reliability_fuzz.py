@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from shrinkteanet.core.errors import InputError  # noqa: E402
+from shrinkteanet.methods.base import stage_rules
 
 #: examples per parser (CI: 150, about 4 s in all); SHRINKTEANET_FUZZ_EXAMPLES=5000 for a deeper run
 FUZZ = settings(max_examples=int(os.environ.get("SHRINKTEANET_FUZZ_EXAMPLES", "150")), deadline=None,
@@ -169,10 +170,10 @@ _KEYS = st.sampled_from(["lr", "momentum", "emb_size", "net_opts", "lr_steps", "
 @given(st.lists(st.tuples(_KEYS, st.sampled_from(["=", "", "=="]), TEXTISH), max_size=4))
 def test_key_value_overrides(items):
     from shrinkteanet.training import config
-    from shrinkteanet.training.train import check_hyperparameters
+    from shrinkteanet.training.validate import check_hyperparameters
 
     overrides = [k + sep + v for k, sep, v in items]
     cfg = _one_line(config.config_by_name, "mfnr_stn", overrides)
     if cfg is not None:
         _one_line(check_hyperparameters, cfg)
-        _one_line(config.distill_lambdas, cfg)
+        _one_line(stage_rules.distill_lambdas, cfg)

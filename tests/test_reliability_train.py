@@ -15,6 +15,8 @@ from shrinkteanet.training import config
 from shrinkteanet.training import train
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.model import checkpoint
+from shrinkteanet.model.checkpoint import read_state
+from shrinkteanet.training.fit import NonFiniteLossError
 
 
 pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
@@ -38,7 +40,7 @@ def _nonfinite_in(path):
 
 
 def _assert_state_names_a_complete_checkpoint(prefix):
-    state = train.read_state(str(prefix))
+    state = read_state(str(prefix))
     number = state["checkpoint"]
     for suffix in ("params", "head.params", "states"):
         assert (prefix.parent / ("%s-%04d.%s" % (prefix.name, number, suffix))).is_file(), (number, suffix)
@@ -51,7 +53,7 @@ def test_overflowing_batchnorm_statistics_never_reach_a_checkpoint(data, tmp_pat
     step 7).  The old guard accepted those steps and keep_last=1 pruned the last clean checkpoint."""
     out = tmp_path / "run" / "model"
     cfg = _cfg(data, out, "lr=1e5", "max_batches=12", "ckpt_every=1", "keep_last=1", "nan_guard=3")
-    with pytest.raises(train.NonFiniteLossError) as e:
+    with pytest.raises(NonFiniteLossError) as e:
         train.train(cfg)
     assert e.value.term == "running statistics"
     _assert_state_names_a_complete_checkpoint(out)
@@ -70,7 +72,7 @@ def test_a_nonfinite_parameter_is_never_written_and_the_clean_checkpoint_stays(d
             p = [p for k, p in info["method"].collect_params().items() if k.endswith("moving_var")][0]
             p.set_data(p.data() * float("inf"))
 
-    with pytest.raises(train.NonFiniteLossError, match="running statistics"):
+    with pytest.raises(NonFiniteLossError, match="running statistics"):
         train.train(cfg, callbacks=[poison])
     state = _assert_state_names_a_complete_checkpoint(out)
     assert state["checkpoint"] == 2 and state["step"] == 2
@@ -123,7 +125,7 @@ def test_a_new_run_over_an_old_one_needs_resume_or_overwrite(data, tmp_path, cap
     assert cli_main(args + ["--overwrite"]) == 0
     # the old run's later checkpoints are gone, the new state is the new run's
     assert _checkpoints_on_disk(out.parent) == [1]
-    assert train.read_state(str(out))["step"] == 2 and first["steps"] == 4
+    assert read_state(str(out))["step"] == 2 and first["steps"] == 4
 
 
 def test_out_naming_a_file_is_one_line(data, tmp_path, capsys):
@@ -145,7 +147,7 @@ def test_resume_with_a_changed_config_is_refused_listing_the_keys(data, tmp_path
     other_net = "net_opts={'blocks':[1,1,1,1],'filters':[8,8,16,16,16]}"
     with pytest.raises(InputError, match=r"changes the run in emb_size, net_opts \("):
         train.train(_cfg(data, out, "max_batches=6", other_net, "emb_size=16"), resume=True)
-    assert train.read_state(str(out))["step"] == 4  # nothing moved
+    assert read_state(str(out))["step"] == 4  # nothing moved
     # keys that only say where, how often or how long may change
     summary = train.train(_cfg(data, out, "max_batches=6", "frequent=7", "keep_last=2", "workers=1"), resume=True)
     assert summary["steps"] == 6

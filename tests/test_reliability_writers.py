@@ -20,6 +20,7 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.study.tiny import random_params, train_overrides, train_tiny_teacher, write_tiny_set
 from shrinkteanet.symbols import get_symbol
 from shrinkteanet.training import config, train
+from shrinkteanet.model.checkpoint import read_state
 
 pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
 
@@ -136,7 +137,7 @@ def test_overwrite_removes_exactly_the_manifest_and_keeps_lookalikes(data, tmp_p
     after = hashes(out)
     assert {k: after.get(k) for k in user} == mine
     assert not (out / "model-0003.params").exists() and not (out / "train.json").exists()
-    assert (out / "model-0001.params").exists() and train.read_state(str(out / "model"))["step"] == 1
+    assert (out / "model-0001.params").exists() and read_state(str(out / "model"))["step"] == 1
     listed = json.loads((out / "model-manifest.json").read_text())["files"]
     not_listed = user + ("model-manifest.json", ".shrinkteanet-train.lock")
     on_disk = sorted(p.name for p in out.iterdir() if p.name not in not_listed)

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from shrinkteanet import symbols
+
+from shrinkteanet.symbols import measure
 from shrinkteanet.cli import main as cli_main
 
 
 def shapes(sym, size=112):
-    arg, aux = symbols.param_shapes(sym, size)
+    arg, aux = measure.param_shapes(sym, size)
     return arg, aux
 
 
@@ -156,36 +158,36 @@ def fresnet_count_by_hand(units, emb, filters=(64, 64, 128, 256, 512), image=112
 @pytest.mark.parametrize("network,units", [("r18", (2, 2, 2, 2)), ("r50", (3, 4, 14, 3)), ("r90", (3, 8, 30, 3)),
                                            ("r100", (3, 13, 30, 3))])
 def test_fresnet_param_count_matches_hand_count(network, units):
-    emb, cls = symbols.count_params(symbols.get_symbol(network, 512))
+    emb, cls = measure.count_params(symbols.get_symbol(network, 512))
     assert cls == 0
     assert emb == fresnet_count_by_hand(units, 512)
     # at 56x56 the E head's FC sees 4x4 maps: the count follows the input
-    emb56, _ = symbols.count_params(symbols.get_symbol(network, 512, image_size=56), 56)
+    emb56, _ = measure.count_params(symbols.get_symbol(network, 512, image_size=56), 56)
     assert emb56 == fresnet_count_by_hand(units, 512, image=56)
 
 
 @pytest.mark.parametrize("network,paper", [("r90", 63.67e6), ("mv1", 3.53e6), ("mv2", 2.15e6), ("mfn", 1.2e6),
                                            ("mfnr", 3.73e6)])
 def test_param_counts_match_paper_table2(network, paper):
-    emb, _ = symbols.count_params(symbols.get_symbol(network, 512))
+    emb, _ = measure.count_params(symbols.get_symbol(network, 512))
     assert abs(emb - paper) / paper < 0.03, (network, emb)
 
 
 def test_mfn_count_insightface_128():
     # InsightFace: MobileFaceNet y1 has 1.0M parameters at embedding 128 (CONTRACTS.md)
-    emb, _ = symbols.count_params(symbols.get_symbol("mfn", 128))
+    emb, _ = measure.count_params(symbols.get_symbol("mfn", 128))
     assert abs(emb - 1.0e6) / 1.0e6 < 0.01
     # the difference 128 -> 512 is only the FC pre_fc1 (512 x emb + emb) and fc1 BN (2 emb)
-    emb512, _ = symbols.count_params(symbols.get_symbol("mfn", 512))
+    emb512, _ = measure.count_params(symbols.get_symbol("mfn", 512))
     assert emb512 - emb == (512 * 512 + 512 + 2 * 512) - (512 * 128 + 128 + 2 * 128)
 
 
 def test_classifier_counted_apart():
     sym = symbols.get_symbol("mfn", 64, blocks=(1, 1, 1, 1), filters=(8, 8, 16, 16, 32), image_size=32)
     fc7 = mx.sym.FullyConnected(sym, num_hidden=10, no_bias=True, name="fc7")
-    emb, cls = symbols.count_params(fc7, 32)
+    emb, cls = measure.count_params(fc7, 32)
     assert cls == 10 * 64
-    assert emb == symbols.count_params(sym, 32)[0]
+    assert emb == measure.count_params(sym, 32)[0]
 
 
 # --------------------------------------------------------------- FLOPs
@@ -195,20 +197,20 @@ def test_count_flops_hand_made_symbol():
     x = mx.sym.Convolution(x, num_filter=8, kernel=(3, 3), stride=(2, 2), pad=(1, 1), num_group=8, name="dw")
     x = mx.sym.FullyConnected(x, num_hidden=10, name="fc")
     expected = 8 * 16 * 16 * 3 * 9 + 8 * 8 * 8 * 1 * 9 + 8 * 8 * 8 * 10
-    assert symbols.count_flops(x, 16) == expected
+    assert measure.count_flops(x, 16) == expected
 
 
 def test_mfn_flops_match_mobilefacenet_paper():
     # MobileFaceNet (Chen et al. 2018, Table 1/3): 221M multiply-adds at 112x112
-    flops = symbols.count_flops(symbols.get_symbol("mfn", 128), 112)
+    flops = measure.count_flops(symbols.get_symbol("mfn", 128), 112)
     assert abs(flops - 221e6) / 221e6 < 0.01
 
 
 def test_fresnet_flops_scale_with_resolution():
     # the body is fully convolutional: conv MACs scale with the pixel count (56/112 -> 1/4),
     # up to the border rounding of the last stage (4x4 instead of 3.5x3.5)
-    f112 = symbols.count_flops(symbols.get_symbol("r50", 512), 112)
-    f56 = symbols.count_flops(symbols.get_symbol("r50", 512, image_size=56), 56)
+    f112 = measure.count_flops(symbols.get_symbol("r50", 512), 112)
+    f56 = measure.count_flops(symbols.get_symbol("r50", 512, image_size=56), 56)
     assert 0.24 < f56 / f112 < 0.30
 
 
@@ -329,8 +331,8 @@ def test_models_cli_json(tmp_path, capsys):
     assert list(report) == ["mfn", "r50"]
     mfn = report["mfn"]
     assert mfn["params_classifier"] == 1000 * 512
-    assert mfn["params_embedding"] == symbols.count_params(symbols.get_symbol("mfn", 512))[0]
-    assert mfn["mflops"]["112"] == pytest.approx(symbols.count_flops(symbols.get_symbol("mfn", 512)) / 1e6)
+    assert mfn["params_embedding"] == measure.count_params(symbols.get_symbol("mfn", 512))[0]
+    assert mfn["mflops"]["112"] == pytest.approx(measure.count_flops(symbols.get_symbol("mfn", 512)) / 1e6)
     assert report["r50"]["stage_shapes"]["56"] == [[64, 28, 28], [128, 14, 14], [256, 7, 7], [512, 4, 4]]
     assert report["r50"]["params_embedding_by_size"]["56"] == fresnet_count_by_hand((3, 4, 14, 3), 512, image=56)
 

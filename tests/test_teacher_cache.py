@@ -91,7 +91,8 @@ def test_cache_gives_the_live_teachers_losses(tiny):
     """One ShrinkTeaNet batch: every loss part with the cached targets equals the part with the
     full teacher forward (to float16 rounding of the cached embedding)."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.methods.distill import build_method, build_networks
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
 
     data, teacher, cache, _ = tiny
     cfg = config.config_by_name("mfnr_stn", train_overrides(data, None, f"teacher={teacher}", "image_size=32",
@@ -130,13 +131,13 @@ def test_embedding_only_methods_train_from_the_cache_without_a_teacher(tiny, nam
     """AdaDistill, EKD and the final-stage ShrinkTeaNet / L2 read nothing of the teacher but its
     embedding: with ``teacher_cache`` and no ``teacher`` no checkpoint is loaded, and four steps give
     the live teacher's loss values (to the float16 rounding of the cache)."""
-    from shrinkteanet.methods import distill
+    from shrinkteanet.training import networks
 
     data, teacher, cache, _ = tiny
     runs = {}
     for how, extra in (("live", (f"teacher={teacher}",)), ("cached", (f"teacher_cache={cache}",))):
         if how == "cached":
-            monkeypatch.setattr(distill, "load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded"))
+            monkeypatch.setattr(networks, "load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded"))
         cfg = config.config_by_name(name, train_overrides(data, None, "max_batches=4", "lr_schedule=constant", *extra))
         seen = []
         train.train(cfg, callbacks=[lambda info: seen.append(dict(info["losses"]))])

@@ -9,7 +9,7 @@ import pytest
 
 from shrinkteanet.cli import main as cli_main
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.methods import distill
+from shrinkteanet.training.networks import build_networks
 from shrinkteanet.study import tiny
 from shrinkteanet.symbols import get_symbol
 from shrinkteanet.symbols.tables import FRESNET_UNITS
@@ -60,7 +60,7 @@ def test_insightface_checkpoint_is_its_own_teacher(tmp_path, name):
     teacher = write_insightface_checkpoint(str(tmp_path / name), network, emb, size, opts)
     cfg = stn_config(teacher, size)
     assert cfg.teacher_network == "" and not cfg.teacher_net_opts
-    _, net, fc7 = distill.build_networks(cfg)
+    _, net, fc7 = build_networks(cfg)
     assert cfg.teacher_network == network and cfg.teacher_emb_size == emb
     assert fc7.shape == (6, emb)
     data = np.random.RandomState(1).uniform(0, 255, (2, 3, size, size)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_checkpoint_with_parameters_the_network_does_not_use_is_refused(tmp_path
     mx.model.save_checkpoint(prefix, 1, sym, arg, aux)
     with pytest.raises(InputError, match=r"does not match its parameters \(1 checkpoint parameters unused, "
                                          r"e.g. 'stage4_unit3_conv1_weight'\); refused rather than cut"):
-        distill.build_networks(stn_config(f"{prefix},1", 32))
+        build_networks(stn_config(f"{prefix},1", 32))
 
 
 def test_teacher_classifier_checks(tmp_path):

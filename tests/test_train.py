@@ -12,6 +12,9 @@ from shrinkteanet.study.tiny import train_overrides, train_tiny_teacher, write_t
 from shrinkteanet.training import config
 from shrinkteanet.training import train
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.model.checkpoint import read_state
+from shrinkteanet.training.fit import NonFiniteGuard, NonFiniteLossError
+from shrinkteanet.training.schedule import build_lr_schedule, total_batches
 
 
 @pytest.fixture(scope="module")
@@ -25,39 +28,39 @@ def tiny(tmp_path_factory):
 def test_lr_schedule_warmup_steps_and_cosine():
     cfg = config.generate_config("mfnr", overrides=["lr=0.1", "warmup_batches=4", "lr_steps=10,20", "lr_factor=0.1",
                                                      "max_batches=30"])
-    lr = train.build_lr_schedule(cfg, batches_per_epoch=5)
+    lr = build_lr_schedule(cfg, batches_per_epoch=5)
     got = [lr(i) for i in range(30)]
     want = [0.1 * i / 3 for i in range(4)] + [0.1] * 6 + [0.01] * 10 + [0.001] * 10
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     # steps in epochs: 2 and 4 epochs of 5 batches = batches 10 and 20, as above
     cfg.lr_step_unit, cfg.lr_steps = "epoch", [2, 4]
-    lr = train.build_lr_schedule(cfg, batches_per_epoch=5)
+    lr = build_lr_schedule(cfg, batches_per_epoch=5)
     np.testing.assert_allclose([lr(i) for i in range(30)], want, rtol=1e-9, atol=1e-12)
     cfg.lr_schedule, cfg.warmup_batches, cfg.lr_min = "cosine", 0, 0.0
-    lr = train.build_lr_schedule(cfg, batches_per_epoch=5)
+    lr = build_lr_schedule(cfg, batches_per_epoch=5)
     np.testing.assert_allclose([lr(i) for i in (0, 29 / 2, 29)], [0.1, 0.05, 0.0], atol=1e-12)
     cfg.lr_schedule = "linear-ish"
     with pytest.raises(InputError, match="lr_schedule"):
-        train.build_lr_schedule(cfg, batches_per_epoch=5)
+        build_lr_schedule(cfg, batches_per_epoch=5)
 
 
 def test_run_length_rules():
     cfg = config.generate_config("mfnr", overrides=["lr_steps=7,9"])
-    assert train.total_batches(cfg, 4) == 9  # InsightFace ends at the last step
+    assert total_batches(cfg, 4) == 9  # InsightFace ends at the last step
     cfg.num_epochs = 3
-    assert train.total_batches(cfg, 4) == 12
+    assert total_batches(cfg, 4) == 12
     cfg.max_batches = 5
-    assert train.total_batches(cfg, 4) == 5
+    assert total_batches(cfg, 4) == 5
 
 
 def test_guard_names_the_term_and_stops_after_k():
-    g = train.NonFiniteGuard(limit=3)
+    g = NonFiniteGuard(limit=3)
     assert g.check({"softmax": 1.0, "angular_4": 0.5}, True)
     assert not g.check({"softmax": 1.0, "angular_4": float("nan")}, True)
     assert g.check({"softmax": 1.0}, True) and g.in_a_row == 0  # a good step resets the count
     assert not g.check({"softmax": 1.0}, False)
     assert not g.check({"softmax": float("inf")}, True)
-    with pytest.raises(train.NonFiniteLossError, match="'gradient'") as e:
+    with pytest.raises(NonFiniteLossError, match="'gradient'") as e:
         g.check({"softmax": 2.0}, False)
     assert e.value.term == "gradient" and g.skipped == 4
 
@@ -66,7 +69,7 @@ def test_tiny_run_learns_and_writes_insightface_checkpoints(tiny):
     data, _, root = tiny
     out = root / "self" / "model"
     cfg = config.config_by_name("mfnr_self", train_overrides(data, out, "max_batches=32", "lr_schedule=constant",
-                                                       "keep_last=2", "verbose=16"))
+                                                       "keep_last=2", "verify_every=16"))
     seen = []
     summary = train.train(cfg, callbacks=[lambda info: seen.append(info["losses"]["softmax"])])
     assert len(seen) == 32 and summary["steps"] == 32 and summary["epoch"] == 8
@@ -114,7 +117,7 @@ def test_resume_is_bit_exact(tiny):
 
     with pytest.raises(Crash):
         train.train(_resume_cfg(data, teacher, root / "cut" / "model"), callbacks=[crash])
-    state = train.read_state(str(root / "cut" / "model"))
+    state = read_state(str(root / "cut" / "model"))
     assert state["step"] == 6 and state["epoch"] == 1 and state["batch"] == 2
     js = root / "cut.json"
     cmd = [sys.executable, "-m", "shrinkteanet", "train", "--config", "mfnr_stn", "--resume", "--json", str(js),
@@ -180,9 +183,9 @@ def test_nan_batch_is_skipped_and_k_in_a_row_stop(tiny):
 
     cfg = config.config_by_name("mfnr_self", train_overrides(data, root / "nan2" / "model", "max_batches=12", "nan_guard=3",
                                                        "ckpt_every=2", "lr_schedule=constant"))
-    with pytest.raises(train.NonFiniteLossError, match="'softmax'.*3 consecutive"):
+    with pytest.raises(NonFiniteLossError, match="'softmax'.*3 consecutive"):
         train.train(cfg, loader=_Poisoned(_loader(cfg), from_step=5))
-    state = train.read_state(str(root / "nan2" / "model"))
+    state = read_state(str(root / "nan2" / "model"))
     # poisoned steps 6, 7, 8: the run stops at step 8 before its checkpoint; the one of step 6
     # (after one skipped update) still holds the untouched, finite parameters
     assert state["step"] == 6 and state["nonfinite_skipped"] == 1

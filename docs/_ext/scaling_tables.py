@@ -1,7 +1,7 @@
 """Tables of the docs computed from the code, never typed by hand, and committed into the Markdown.
 
 * ``scaling-networks``: per recipe network (112x112, emb 512, the recipes' configs) the parameters, the
-  multiply-adds of one forward pass and of one training step (``shrinkteanet.symbols.count_params`` /
+  multiply-adds of one forward pass and of one training step (``shrinkteanet.symbols.measure.count_params`` /
   ``layer_macs``), the activation memory of one GPU at its batch (MXNet's shape inference over the symbol's
   internal outputs), samples/s per GPU interpolated from two published anchors, and hours on MS1M.
 * ``scaling-methods``: the same per training step of each recipe student and method, counting what the method
@@ -29,7 +29,7 @@ RECIPE_CONFIGS = {"r90": "teacher_r90", "r100": "teacher_r100", "mfn": "mfn_self
                   "mv1": "mv1_self", "mv2": "mv2_self"}
 #: the students and method configs of the recipes (recipes/<student>_<suffix>.sh)
 STUDENTS, METHOD_SUFFIXES = ("mfn", "mfnr", "mv1", "mv2"), ("self", "l2", "stn", "stn_final")
-#: methods whose stage terms (``methods._stage_terms.StageTerms``, not on taps) run the teacher's tails
+#: methods whose stage terms (``methods.base.terms.StageTerms``, not on taps) run the teacher's tails
 TAIL_METHODS = ("stn", "l2")
 #: InsightFace arcface_torch training logs (8 GPUs, fp16): samples/s per GPU
 ANCHORS = {"mfn": 1390.0, "r100": 424.0}
@@ -70,19 +70,19 @@ def network_cost(network, emb_size, image_size=112):
 
 
 def _cost(sym, **shapes):
-    from shrinkteanet import symbols
+    from shrinkteanet.symbols import measure
 
     internals = sym.get_internals()
     _, out_shapes, _ = internals.infer_shape(**shapes)
     inputs = set(sym.list_arguments()) | set(sym.list_auxiliary_states())
     act = sum(math.prod(s) for name, s in zip(internals.list_outputs(), out_shapes) if name not in inputs)
-    return sum(symbols.layer_macs(sym, **shapes).values()), act
+    return sum(measure.layer_macs(sym, **shapes).values()), act
 
 
 def step_cost(cfg):
     """Multiply-adds per image of one training step of ``cfg`` and its activation elements per image, by part:
     the student (and its classifier ``fc7`` and adapters H_i) trained; the teacher's forward; the tails."""
-    from shrinkteanet.methods.distill import needs_teacher
+    from shrinkteanet.methods.base.registry import needs_teacher
 
     student = network_cost(cfg.network, cfg.emb_size)
     fc7 = cfg.emb_size * cfg.num_classes
@@ -140,11 +140,12 @@ def _hours(cfg, seconds):
 def network_rows():
     """One dict per recipe network trained on its own (a teacher, a self-studied student)."""
     from shrinkteanet import symbols
+    from shrinkteanet.symbols import measure
 
     rows = []
     for network, name in RECIPE_CONFIGS.items():
         cfg = _config(name)
-        emb_params, _ = symbols.count_params(symbols.get_symbol(cfg.network, emb_size=cfg.emb_size), cfg.image_size)
+        emb_params, _ = measure.count_params(symbols.get_symbol(cfg.network, emb_size=cfg.emb_size), cfg.image_size)
         cost = step_cost(cfg)
         batches, hours = _hours(cfg, step_seconds(cost))
         rows.append(dict(network=network, config=name, params=emb_params, forward=cost["student_macs"],
@@ -228,7 +229,7 @@ def _fmt_paper_rows():
     body = []
     for (net, method), res in paper.RESULTS.items():
         recipe = f"teacher_{net}.sh" if method == "teacher" else f"{net}_{method}.sh"
-        body.append([paper.NETWORKS[net][0], paper.METHODS[method], f"recipes/{recipe}",
+        body.append([paper.NETWORKS[net][0], paper.paper_methods()[method], f"recipes/{recipe}",
                      f"{paper.NETWORKS[net][1]:.2f}"] + [_pct(res.get(k)) for k in
                                                        ("lfw", "cfp_fp", "agedb_30", "megaface", "ijbc")])
     return header, body

@@ -3,7 +3,9 @@
 Each subcommand lives in its own module of this package and exposes
 ``register(subparsers)`` (plus an optional ``ORDER`` int for ``--help``
 ordering).  Modules are discovered, so a subcommand appears in ``--help``
-exactly when its module is built.  Handlers raise ``InputError`` for bad input;
+exactly when its module is built.  A module is named after its command, so ``cli.train``,
+``cli.config``, ``cli.demo``, ``cli.embed``, ``cli.export`` and ``cli.launch`` deliberately mirror the
+modules they drive (``training.train``, ``training.config``, ``study.demo``, ...).  Handlers raise ``InputError`` for bad input;
 ``main`` turns it into one line on stderr and exit status 2.
 
 A subcommand may declare its outputs and inputs: ``set_defaults(outputs=fn)``, ``fn(args) ->

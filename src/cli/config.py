@@ -5,7 +5,7 @@ train with is valid: unknown keys and mistyped values, and every check of
 ``training.validate.validate`` that ``train`` makes before reading data (names, stages, sizes,
 the teacher against its checkpoint, class counts), fail with exit 2.  The teacher resolved from
 its checkpoint is printed in the config.  ``--list`` shows the
-named configs, ``--methods`` the methods of the registry (``shrinkteanet.methods.registry``) with
+named configs, ``--methods`` the methods of the registry (``shrinkteanet.methods.base.registry``) with
 their variants and needs; both tables are derived from the method modules."""
 from shrinkteanet.cli import add_json_arg
 
@@ -36,7 +36,7 @@ def run(args):
         print_methods()
         return 0
     if args.list or not args.name:
-        for name, rows in sorted(config.CONFIGS.items()):
+        for name, rows in sorted(config.named_configs().items()):
             print(f"{name:<20} network={rows[0]} dataset={rows[1]} loss={rows[2]} distill={rows[3]}")
         if not args.list:
             raise InputError("give a config NAME (or --list)")
@@ -55,10 +55,11 @@ def run(args):
 
 
 def print_methods():
-    """One line per method: name, its DISTILL variants, what it needs, its summary."""
-    from shrinkteanet.methods import registry
+    """One line per method: name, its DISTILL variants, what it needs, its own hooks, its summary."""
+    from shrinkteanet.methods.base import registry
 
     for d in registry.methods():
         needs = ",".join(d.needs.as_dict()) or "-"
         variants = ",".join(v.name for v in d.variants)
-        print(f"{d.name:<12} variants={variants:<16} needs={needs:<32} {d.summary}")
+        hooks = ",".join(d.hooks) or "-"
+        print(f"{d.name:<12} variants={variants:<16} needs={needs:<20} hooks={hooks:<40} {d.summary}")

@@ -411,7 +411,7 @@ def outputs_synth(args):
 
 
 def run_synth(args):
-    from shrinkteanet.data import synth
+    from shrinkteanet.data import face_render, synth
     from shrinkteanet.core.utils import write_json
 
     res = synth.generate(
@@ -419,7 +419,7 @@ def run_synth(args):
         pairs=args.pairs, ijb_templates=args.ijb_templates, megaface_probes=args.megaface_probes,
         megaface_probe_images=args.megaface_probe_images, megaface_distractors=args.megaface_distractors,
         megaface_noise=args.megaface_noise,
-        difficulty=synth.DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty,
+        difficulty=face_render.DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty,
         image_size=args.image_size, seed=args.seed, ijb=not args.no_ijb, megaface=not args.no_megaface,
         workers=_workers(args.workers), quality=args.quality, overwrite=args.overwrite,
         val_pairs=args.val_pairs, val_identities=args.val_identities,

@@ -38,7 +38,7 @@ def _common(p, out_default, scale_default):
     p.add_argument("--seeds", default=None, help="student seeds, comma-separated (default: the scale's)")
     p.add_argument("--students", default=None, help="student networks, comma-separated (default: the scale's)")
     p.add_argument("--methods", default=None, help="methods, comma-separated (default: the scale's; "
-                                                   "names as in shrinkteanet.study.demo.METHODS)")
+                                                   "names as in shrinkteanet.study.demo.study_methods())")
     p.add_argument("--jobs", default=None, type=str, help="stages side by side (default: one per core)")
     p.add_argument("--threads", default=0, type=int, help="OpenMP threads per stage (default: cores // jobs)")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")

@@ -1,5 +1,5 @@
 """`shrinkteanet embed` and `shrinkteanet compare`: embeddings and same/different
-answers for the user's own image files (``shrinkteanet.eval.images``)."""
+answers for the user's own image files (``shrinkteanet.eval.image_files``)."""
 from shrinkteanet.cli import GPUS_HELP_ONE, add_json_arg
 
 ORDER = 61
@@ -50,7 +50,7 @@ def outputs_embed(args):
     directories given, ``--landmarks``."""
     from shrinkteanet.cli import json_output
     from shrinkteanet.core.outputs import MIN_FREE, file_output
-    from shrinkteanet.eval.images import expand_image_paths
+    from shrinkteanet.eval.image_files import expand_image_paths
 
     need = MIN_FREE + BYTES_PER_IMAGE * len(expand_image_paths(args.images))
     outs = [file_output("--out", args.out, need=need), file_output("--out", _names_path(args.out)), json_output(args)]
@@ -89,15 +89,15 @@ def run_embed(args):
 
     from shrinkteanet.core.errors import InputError
     from shrinkteanet.core.utils import atomic_open, parse_model_arg, write_json
-    from shrinkteanet.eval import images
+    from shrinkteanet.eval import image_files
 
     model = parse_model_arg(args.model)
-    paths = images.expand_image_paths(args.images)
+    paths = image_files.expand_image_paths(args.images)
     if not paths:
         raise InputError("no image files found in the given paths")
-    landmarks = images.read_landmarks(args.landmarks) if args.landmarks else None
-    embedder, size = images.make_embedder(model, args.batch_size, args.image_size, ctx=_context(args))
-    emb, kept, skipped = images.embed_files(embedder, size, paths, landmarks=landmarks, strict=args.strict,
+    landmarks = image_files.read_landmarks(args.landmarks) if args.landmarks else None
+    embedder, size = image_files.make_embedder(model, args.batch_size, args.image_size, ctx=_context(args))
+    emb, kept, skipped = image_files.embed_files(embedder, size, paths, landmarks=landmarks, strict=args.strict,
                                             flip=not args.no_flip, normalize=not args.raw)
     if not kept:
         raise InputError(f"none of the {len(paths)} files is a readable image")
@@ -120,21 +120,21 @@ def run_embed(args):
 
 def run_compare(args):
     from shrinkteanet.core.utils import parse_model_arg, write_json
-    from shrinkteanet.eval import images
+    from shrinkteanet.eval import image_files
 
     model = parse_model_arg(args.model)
-    landmarks = images.read_landmarks(args.landmarks) if args.landmarks else None
-    embedder, size = images.make_embedder(model, args.batch_size, args.image_size, ctx=_context(args))
-    emb, kept, _ = images.embed_files(embedder, size, [args.a, args.b], landmarks=landmarks, strict=True,
+    landmarks = image_files.read_landmarks(args.landmarks) if args.landmarks else None
+    embedder, size = image_files.make_embedder(model, args.batch_size, args.image_size, ctx=_context(args))
+    emb, kept, _ = image_files.embed_files(embedder, size, [args.a, args.b], landmarks=landmarks, strict=True,
                                       flip=not args.no_flip)
-    cos = float(images.cosine_rows(emb[:1], emb[1:])[0])
+    cos = float(image_files.cosine_rows(emb[:1], emb[1:])[0])
     if args.calibrate:
-        threshold, fields = images.calibrate_threshold(embedder, args.calibrate, size)
+        threshold, fields = image_files.calibrate_threshold(embedder, args.calibrate, size)
         source = f"calibrated on {args.calibrate} (accuracy {100 * fields['accuracy']:.2f}%)"
     elif args.threshold is not None:
         threshold, source = float(args.threshold), "given"
     else:
-        threshold, source = images.DEFAULT_COSINE_THRESHOLD, "default; calibrate with --calibrate SET.bin"
+        threshold, source = image_files.DEFAULT_COSINE_THRESHOLD, "default; calibrate with --calibrate SET.bin"
     same = cos >= threshold
     print(f"{args.a}  vs  {args.b}")
     print(f"cosine similarity {cos:.4f} -> {'SAME' if same else 'DIFFERENT'} (threshold {threshold:.4f}, {source})")

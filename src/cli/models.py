@@ -41,6 +41,7 @@ def describe(network, emb_size=512, num_classes=DEFAULT_NUM_CLASSES, sizes=(112,
     ``num_classes`` x ``emb_size`` fc7 classifier, InsightFace's margin head without
     bias), multiply-add MFLOPs and (C, H, W) stage outputs per input size."""
     from shrinkteanet import symbols
+    from shrinkteanet.symbols import measure
 
     spec = symbols.get_spec(network)
     row = {"display_name": spec.display_name, "insightface_compatible": spec.insightface,
@@ -49,14 +50,14 @@ def describe(network, emb_size=512, num_classes=DEFAULT_NUM_CLASSES, sizes=(112,
            "params_embedding_by_size": {}, "mflops": {}, "stage_shapes": {}}
     for size in sizes:
         split = symbols.get_stages(network, emb_size, image_size=size)
-        emb, _ = symbols.count_params(split.full, size)
+        emb, _ = measure.count_params(split.full, size)
         row["params_embedding_by_size"][str(size)] = emb
-        row["mflops"][str(size)] = symbols.count_flops(split.full, size) / 1e6
+        row["mflops"][str(size)] = measure.count_flops(split.full, size) / 1e6
         row["stage_shapes"][str(size)] = [list(s) for s in split.stage_shapes(size)]
     if "112" in row["params_embedding_by_size"]:
         row["params_embedding"] = row["params_embedding_by_size"]["112"]
     else:
-        row["params_embedding"] = symbols.count_params(symbols.get_symbol(network, emb_size), 112)[0]
+        row["params_embedding"] = measure.count_params(symbols.get_symbol(network, emb_size), 112)[0]
     return row
 
 

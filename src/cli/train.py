@@ -33,7 +33,7 @@ class _Intermixed(argparse.ArgumentParser):
 def register(sub):
     p = sub.add_parser("train", help="train a teacher or a student (plain, L2, ShrinkTeaNet, KD, MarginDistillation, "
                                      "low-res KT/KD)",
-                       description="Train with a named config (shrinkteanet.training.config.CONFIGS, e.g. teacher_r90, "
+                       description="Train with a named config (shrinkteanet.training.config.named_configs(), e.g. teacher_r90, "
                                    "mfnr_self, mfnr_l2, mfnr_stn) and key=value overrides of its keys.")
     p.add_argument("--config", required=True, help="named config, e.g. mfnr_stn")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -102,6 +102,7 @@ def run(args):
     import mxnet  # noqa: F401 - on a dist server/scheduler node this import serves and exits
 
     from shrinkteanet.core.utils import get_contexts, write_json
+    from shrinkteanet.training.fit import NonFiniteLossError
 
     ctx = get_contexts(args.gpus)
     try:
@@ -111,7 +112,7 @@ def run(args):
         # to a folder another run holds, and a run that fails first leaves no log-only folder
         summary = train.train(cfg, ctx, resume=args.resume, overwrite=args.overwrite, log_file=True,
                               report=args.json)
-    except train.NonFiniteLossError as e:
+    except NonFiniteLossError as e:
         print(f"shrinkteanet: error: {e}", file=sys.stderr)
         return _leave(role, 3)
     except BaseException as e:

@@ -2,23 +2,14 @@
 pairs, ``.lst`` lists, the one image decoder/encoder (``images``), 5-point alignment
 and a multi-process training loader.  It imports only ``core``.
 
-Names are resolved lazily so that ``import shrinkteanet.data`` stays cheap (no
-mxnet, no OpenCV) until a submodule is used.
+``shrinkteanet.data.FaceRecordDataset`` (the contract name) is resolved lazily so that
+``import shrinkteanet.data`` stays cheap (no mxnet, no OpenCV) until a submodule is used.
 """
 import importlib
 
-_EXPORTS = {
-    "FaceRecordDataset": "recordio",
-    "write_rec_set": "recordio",
-    "RecordReader": "recordio",
-    "load_bin": "binfile",
-    "write_bin": "binfile",
-    "norm_crop": "align",
-    "estimate_similarity": "align",
-    "FaceLoader": "loader",
-    "Batch": "loader",
-    "read_lst": "lst",
-}
+#: the contract names of ``../shared/CONTRACTS.md`` -> their module (loaded on first use); everything
+#: else is imported from its module
+_EXPORTS = {"FaceRecordDataset": "recordio"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -29,7 +29,7 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import temp_name_beside
 # The package's one decoder and encoder, also under the names callers and tests import from here.
-from shrinkteanet.data.images import decode_image as decode_jpeg  # noqa: F401
+from shrinkteanet.data.images import decode_image
 from shrinkteanet.data.images import encode_image
 
 log = get_logger(__name__)
@@ -688,7 +688,7 @@ class FaceRecordDataset:
         header, payload = self.reader.read_header(int(key))
         label = class_of(header.label)
         try:
-            img = decode_jpeg(payload)
+            img = decode_image(payload)
         except Exception:
             if key not in self.corrupt_keys:
                 self.corrupt_keys.add(key)

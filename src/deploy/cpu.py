@@ -15,7 +15,7 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.deploy.graph import graph_json, deploy_params, deploy_symbol, prelu_as_mkldnn_ops
 from shrinkteanet.eval.embed import check_input_size
-from shrinkteanet.eval.images import load_bin_checked
+from shrinkteanet.eval.image_files import load_bin_checked
 
 log = get_logger(__name__)
 

@@ -20,7 +20,7 @@ from shrinkteanet.deploy.graph import deploy_params, deploy_symbol
 from shrinkteanet.deploy.onnx_export import ONNX_TOLERANCE, check_onnx, export_onnx, require_onnx
 from shrinkteanet.deploy.runner import Runner, fixed_batch, twice_ok, verification_accuracy
 from shrinkteanet.eval.embed import load_model, model_input_size, require_input_size
-from shrinkteanet.eval.images import cosine_rows, load_bin_checked
+from shrinkteanet.eval.image_files import cosine_rows, load_bin_checked
 from shrinkteanet.model.checkpoint import checkpoint_paths
 
 log = get_logger(__name__)

@@ -35,7 +35,7 @@ def deploy_symbol(sym):
     """The deploy graph of ``sym``: explicit ``Flatten`` before each flattening
     ``FullyConnected`` (see the module docstring for the two bugs this avoids).
     Parameter names and values are those of ``sym``."""
-    from shrinkteanet.model.network import insert_flatten
+    from shrinkteanet.model.rewrites import insert_flatten
 
     return insert_flatten(sym)
 

@@ -3,7 +3,7 @@
 Knowledge distillation inside the margin-penalty softmax: part ``adadistill`` = softmax
 cross-entropy of the student's embedding against class centres that are the teacher's, an
 exponential moving average of the teacher's normalised embeddings with the adaptive momentum
-alpha = cos(s, t) * cos(c_y, t) (``_adadistill_head`` gives the update and its departures).  No
+alpha = cos(s, t) * cos(c_y, t) (``base.adadistill_head`` gives the update and its departures).  No
 other term, no distillation weight to tune (the paper's point), and no teacher classifier: the
 centres come from the teacher's embeddings alone, so a teacher cache serves it.
 
@@ -19,17 +19,17 @@ Sources: the equations follow the authors' code line by line (``AdaptiveAArcFace
 ``AdaptiveACosFace``); the paper's own text was not at hand when this was written (no copy in the
 project's paper folder), so its equation numbers are not cited here, only its sections' content.
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
 
 
 def classifier(build):
     """The AdaDistill head of ``cfg``'s margin (``margin_s``, ``margin_m1..3``), part ``adadistill``."""
-    from shrinkteanet.methods import losses as L
-    from shrinkteanet.methods._adadistill_head import AdaDistillHead
-    from shrinkteanet.methods.terms import Classifier
+    from shrinkteanet.methods.base import blocks as L
+    from shrinkteanet.methods.base.adadistill_head import AdaDistillHead
+    from shrinkteanet.methods.base.terms import Classifier
 
     from shrinkteanet.core.errors import InputError
-    from shrinkteanet.methods.distill import teacher_emb_size
+    from shrinkteanet.methods.base.terms import teacher_emb_size
 
     t_emb = teacher_emb_size(build.teacher, build.emb_size) if build.teacher is not None else build.emb_size
     if t_emb != int(build.emb_size):
@@ -48,8 +48,8 @@ METHOD = MethodDef(
     summary="AdaDistill: margin softmax on EMA class centres of the teacher's embeddings, adaptive alpha",
     order=100,
     needs=Needs(teacher=True, emb=True),
-    defaults=dict(loss="arcface", margin_s=64.0, margin_m1=1.0, margin_m2=0.45, margin_m3=0.0,
-                  adadistill_weighted=True),
+    keys=dict(adadistill_weighted=True),
+    defaults=dict(loss="arcface", margin_s=64.0, margin_m1=1.0, margin_m2=0.45, margin_m3=0.0),
     variants=(Variant("adadistill"),
               Variant("adadistill_cos", dict(loss="cosface", margin_m2=0.0, margin_m3=0.35))),
     study=(StudyRow("adadistill", "adadistill", "AdaDistill", order=62),),

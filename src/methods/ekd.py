@@ -3,7 +3,7 @@
 
 ``softmax`` (the margin head of ``cfg.loss``) + ``ekd_pos`` + ``ekd_neg``: the rank-based loss
 on the critical pair relations of the batch, those that move the TPR and the FPR at the
-evaluation's thresholds (``_ekd_terms`` gives the equations).  It compares similarities within
+evaluation's thresholds (``base.ekd_terms`` gives the equations).  It compares similarities within
 each network, never a student embedding with a teacher one, so the student's embedding may be
 narrower than the teacher's; a teacher cache serves it (teacher embeddings only).
 
@@ -18,12 +18,12 @@ Sources: the equations follow the authors' code (``EKD.forward``, ``relative_los
 own text was not at hand when this was written (no copy in the project's paper folder), so its
 equation numbers are not cited here.
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
 
 
 def terms(build):
     """The EKD term (parts ``ekd_pos``, ``ekd_neg``)."""
-    from shrinkteanet.methods._ekd_terms import EKDTerm
+    from shrinkteanet.methods.base.ekd_terms import EKDTerm
 
     return [EKDTerm(build)]
 
@@ -47,7 +47,7 @@ METHOD = MethodDef(
     summary="EKD: rank-based loss on the critical pairs at the evaluation's FPR thresholds",
     order=110,
     needs=Needs(teacher=True, emb=True),
-    defaults=dict(ekd_pos_weight=0.02, ekd_neg_weight=0.01, ekd_temperature=0.01, ekd_momentum=0.01,
+    keys=dict(ekd_pos_weight=0.02, ekd_neg_weight=0.01, ekd_temperature=0.01, ekd_momentum=0.01,
                   ekd_topk=2000, ekd_fpr_anchors=[10, 100, 1000, 10000, 100000, 1000000]),
     variants=(Variant("ekd"),),
     study=(StudyRow("ekd", "ekd", "EKD", order=64),),

@@ -4,7 +4,8 @@
 ``distill_stages``: the adapted student stage against the teacher's stage feature itself (the
 teacher runs with its taps every step).
 """
-from shrinkteanet.methods.registry import MethodDef, Needs, Variant
+from shrinkteanet.methods.base import stage_rules
+from shrinkteanet.methods.base.registry import MethodDef, Needs, Variant
 
 
 def part_name(stage):
@@ -13,8 +14,8 @@ def part_name(stage):
 
 def terms(build):
     """A hint per stage: adapter H_i on the student's stage features, l2 to the teacher's."""
-    from shrinkteanet.methods import losses as L
-    from shrinkteanet.methods._stage_terms import StageTerms
+    from shrinkteanet.methods.base import blocks as L
+    from shrinkteanet.methods.base.terms import StageTerms
 
     return [StageTerms(build, distance=L.HintLoss(), base=build.cfg.hint_lambda, part_name=part_name,
                        on_taps=True)]
@@ -30,7 +31,7 @@ METHOD = MethodDef(
     summary="FitNets hints: adapted student stages against the teacher's stage features",
     order=50,
     needs=Needs(teacher=True, taps=True),
-    defaults=dict(distill_stages=[1, 2, 3, 4], hint_lambda=1.0),
+    keys=dict(stage_rules.KEYS, hint_lambda=1.0),
     variants=(Variant("hint"),),
     terms=terms,
     student_taps=student_taps,

@@ -5,17 +5,18 @@ teacher's embedding and its own ``fc7_weight`` with the same margin as the stude
 embedding term when ``kd_emb_loss`` is ``angular`` (``angular_4``) or ``l2`` (``l2``), weight
 ``kd_emb_lambda``.
 """
-from shrinkteanet.methods import _kd
-from shrinkteanet.methods.registry import MethodDef, Needs, StudyRow, Variant
+from shrinkteanet.methods.base import soft_targets
+from shrinkteanet.methods.base.registry import MethodDef, Needs, StudyRow, Variant
 
 METHOD = MethodDef(
     name="kd",
     summary="Hinton KD: soft targets from the teacher's margin logits",
     order=30,
     needs=Needs(teacher=True, emb=True, fc7=True),
-    defaults=dict(_kd.DEFAULTS),
+    keys=dict(soft_targets.KEYS),
     variants=(Variant("kd"),),
     study=(StudyRow("kd", "kd", "Hinton KD", order=50),),
-    terms=_kd.soft_target_terms,
-    check=_kd.check_emb_loss,
+    terms=soft_targets.soft_target_terms,
+    check=soft_targets.check_emb_loss,
+    same_embedding=soft_targets.same_embedding,
 )

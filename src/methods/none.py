@@ -1,6 +1,6 @@
 """Self-studied student (``distill=none``): the margin head of ``cfg.loss`` alone, part ``softmax``.
 The baseline every distilled student of the study is paired with (ShrinkTeaNet Table 2)."""
-from shrinkteanet.methods.registry import MethodDef, StudyRow, Variant
+from shrinkteanet.methods.base.registry import MethodDef, StudyRow, Variant
 
 METHOD = MethodDef(
     name="none",

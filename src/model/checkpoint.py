@@ -24,9 +24,8 @@ import json
 import os
 import re
 
-import numpy as np
-
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.finite import nonfinite_names
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.outputs import add_to_manifest, drop_from_manifest, read_manifest
 from shrinkteanet.core.utils import atomic_open, atomic_path, mxnet_reason, write_json
@@ -207,7 +206,7 @@ def cut_at_embedding(sym, path="symbol"):
 def load_checkpoint(prefix, epoch, keep_extra=False):
     """Read an InsightFace-layout checkpoint, cut at ``fc1_output``.
 
-    The symbol is made safe for MKLDNN (``network.mkldnn_safe``).
+    The symbol is made safe for MKLDNN (``rewrites.mkldnn_safe``).
 
     Parameters
     ----------
@@ -221,7 +220,7 @@ def load_checkpoint(prefix, epoch, keep_extra=False):
     (mx.sym.Symbol, dict, dict)
         ``(sym_fc1, arg_params, aux_params)``.
     """
-    from shrinkteanet.model.network import mkldnn_safe
+    from shrinkteanet.model.rewrites import mkldnn_safe
 
     sym_path, params_path = checkpoint_paths(prefix, epoch)
     for path in (sym_path, params_path):
@@ -368,34 +367,6 @@ def write_trainer_states(path, trainer):
         f.write(pickle.dumps((states, updater.optimizer)))
 
 
-def arrays_all_finite(arrays):
-    """True when no element of any NDArray is NaN or inf (fused ``multi_all_finite``)."""
-    import mxnet as mx
-
-    arrays = [a for a in arrays if a.dtype in (np.float16, np.float32, np.float64)]
-    if not arrays:
-        return True
-    flag = mx.nd.ones((1,), ctx=arrays[0].context)
-    by_device = {}
-    for a in arrays:
-        by_device.setdefault(a.context, []).append(a)
-    for ctx, group in by_device.items():
-        out = flag if ctx == flag.context else mx.nd.ones((1,), ctx=ctx)
-        for i in range(0, len(group), 128):  # keep the variadic op's input count modest
-            chunk = group[i:i + 128]
-            mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=out)
-        if out is not flag:
-            flag = mx.nd.minimum(flag, out.as_in_context(flag.context))
-    return bool(flag.asscalar())  # the one host read
-
-
-def nonfinite_names(named_arrays):
-    """Names of the arrays holding any NaN or inf (empty when the checkpoint is clean)."""
-    if arrays_all_finite(list(named_arrays.values())):
-        return []
-    return sorted(k for k, v in named_arrays.items() if not arrays_all_finite([v]))
-
-
 def checkpoint_is_finite(arg, aux, head, state):
     """A checkpoint with any NaN/inf parameter or running statistic is never written (so it
     can neither be counted as good nor push the last clean one out of ``keep_last``)."""
@@ -409,6 +380,55 @@ def checkpoint_is_finite(arg, aux, head, state):
     return False
 
 
+# ------------------------------------------------------------------ what a checkpoint holds
+def _symbol_names(sym):
+    return set(sym.list_arguments()), set(sym.list_auxiliary_states())
+
+
+def _saved_value(name, p):
+    """What a checkpoint holds of ``p``: BatchNorm running statistics averaged over the devices
+    (InsightFace's ``Module``, ``checkpoint.replica_mean``), trained weights from the first
+    device (the replicas are equal bit for bit; a mean of three equal floats need not be)."""
+    if is_running_stat(name) and len(p.list_ctx()) > 1:
+        return replica_mean(p)
+    return p.data(p.list_ctx()[0]).copy()
+
+
+def student_params(student, sym):
+    """(arg, aux) of the embedding network ``student`` by the names of its symbol ``sym``: what
+    ``save_checkpoint`` writes and the verifier evaluates (empty without a student)."""
+    if student is None or sym is None:
+        return {}, {}
+    args, auxs = _symbol_names(sym)
+    arg, aux = {}, {}
+    for name, p in student.collect_params().items():
+        if name in args:
+            arg[name] = _saved_value(name, p)
+        elif name in auxs:
+            aux[name] = _saved_value(name, p)
+    return arg, aux
+
+
+def checkpoint_params(method, student, sym):
+    """(arg, aux, rest): the embedding network's parameters plus the classifier ``fc7*``
+    (InsightFace keeps it beside ``fc1`` in training checkpoints; MarginDistillation and KD
+    read the teacher's class centres from there), and everything else that is trained
+    (adapters H_i) for the ``.head.params`` file: the split of ``fc7*`` between the two files is
+    decided here, with the files themselves."""
+    arg, aux = student_params(student, sym)
+    own = set(student.collect_params().keys()) if student is not None else set()
+    rest = {}
+    for name, p in method.collect_params().items():
+        if name in own:
+            continue
+        value = _saved_value(name, p)
+        if name.startswith("fc7"):
+            arg[name] = value
+        else:
+            rest[name] = value
+    return arg, aux, rest
+
+
 # ------------------------------------------------------------------ training checkpoints
 class Checkpointer:
     """Writes and prunes numbered checkpoints; keeps the last ``keep_last`` and the best."""
@@ -420,7 +440,18 @@ class Checkpointer:
     def paths(self, number):
         return training_paths(self.prefix, number)
 
-    def save(self, number, *, symbol, arg_params, aux_params, head_params, trainer, state):
+    def save(self, *, method, student, symbol, trainer, state):
+        """The next checkpoint of a run: what ``checkpoint_params`` takes of ``method`` and its
+        embedding network ``student`` (cut by ``symbol``), written as ``write`` does unless a value
+        is NaN/inf (``checkpoint_is_finite``: nothing is written).  Returns True when written."""
+        arg, aux, head = checkpoint_params(method, student, symbol)
+        if not checkpoint_is_finite(arg, aux, head, state):
+            return False
+        self.write(state["checkpoint"] + 1, symbol=symbol, arg_params=arg, aux_params=aux, head_params=head,
+                   trainer=trainer, state=state)
+        return True
+
+    def write(self, number, *, symbol, arg_params, aux_params, head_params, trainer, state):
         """Write checkpoint ``number`` (InsightFace files, head, optimizer states), then move
         ``state`` on to it (``kept``, ``checkpoint``), write the state and prune.
 

@@ -6,10 +6,10 @@ Every stage is a real user command, run as a child process ``python -m shrinktea
 1. ``data synth``   - synthetic training set, LFW/CFP-FP/AgeDB ``.bin``, IJB-C and MegaFace trees;
 2. ``train``        - a small LResNet-E-IR teacher (the r90 family with few units and narrow stages);
 3. ``train``        - small MobileFaceNet-family students (``mfn``, and ``mfnr`` whose stage widths equal
-   the teacher's, ShrinkTeaNet Sec. 4), one run per method of ``METHODS`` and seed, every method on
+   the teacher's, ShrinkTeaNet Sec. 4), one run per method of ``study_methods()`` and seed, every method on
    the same data order, seed and schedule (paired); self-studied runs need no teacher and run beside it;
 4. ``eval verification|megaface|ijb`` for the teacher and every student (one stage per run);
-5. ``REPORT.md`` (``shrinkteanet.study.table``: the paper's Table 2 layout, paired differences to
+5. ``REPORT.md`` (``shrinkteanet.study.report_table``: the paper's Table 2 layout, paired differences to
    the self-studied student with 95% t intervals, verdicts, the weight ablation, convergence per run)
    and ``study.json`` beside it.
 
@@ -21,12 +21,11 @@ Layout of ``out`` (the Makefile's ``eval-*`` targets default to ``student/`` and
 
     synth/                        data synth output
     teacher/model-*.params        teacher checkpoint; teacher/train.json; teacher/eval/{verification,megaface,ijbc}.json
-    <net>_<method>[_s<seed>]/     the same for each student run (method: a key of METHODS)
+    <net>_<method>[_s<seed>]/     the same for each student run (method: a key of study_methods())
     student/model-0001.params     copy of the headline student (the scale's ``headline`` run)
     REPORT.md, study.json, demo.json, *.png
 """
 import copy
-import json
 import os
 import shutil
 import time
@@ -35,24 +34,17 @@ from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.study.scheduler import CheckpointOf, Scheduler, Stage
 from shrinkteanet.core.utils import atomic_path, write_json
-from shrinkteanet.methods import registry as method_registry
+from shrinkteanet.methods.base import registry as method_registry
 
 log = get_logger(__name__)
 
 def study_methods():
-    """``METHODS``: the study's methods in report order, key -> (config suffix of
+    """The study's methods in report order, key -> (config suffix of
     ``<network>_<suffix>``, extra overrides), from the study rows the method modules declare
-    (``shrinkteanet.methods.registry``).  The keys are the method names of REPORT.md and
-    study.json; ``*_w10``: the distillation weight ablation (``distill_weight`` 10 instead of the
+    (``shrinkteanet.methods.base.registry``).  The keys are the method names of REPORT.md and
+    study.json; ``*_w10``: the distillation weight ablation (``stn_weight`` 10 instead of the
     paper's lambda_n = 1).  A fresh dict."""
     return {r.key: (method_registry.study_config_suffix(r), tuple(r.overrides)) for r in method_registry.study_rows()}
-
-
-def __getattr__(name):
-    """``METHODS`` is computed from the method registry when read (``study_methods``)."""
-    if name == "METHODS":
-        return study_methods()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Demo sizes.  ``synth``: keyword arguments of ``data synth`` (flags with ``-`` for ``_``);
@@ -128,7 +120,7 @@ SCALES = {
         calibration_steps=(1500, 3000, 6000, 12000, 24000), calibration_teacher_steps=(6000, 12000, 24000),
         # method -> (config key, grid of the same size for every method, the published default)
         # (all stages and final stage only alike, so their contrast is not a contrast of calibrations)
-        tuning=dict(stn=("distill_weight", (1, 3, 10, 30), 1), stn_final=("distill_weight", (1, 3, 10, 30), 1),
+        tuning=dict(stn=("stn_weight", (1, 3, 10, 30), 1), stn_final=("stn_weight", (1, 3, 10, 30), 1),
                     l2=("l2_lambda", (0.001, 0.01, 0.1, 1), 0.001), kd=("kd_lambda", (0.1, 0.3, 1, 3), 1),
                     margin=("margin_m_max", (0.2, 0.3, 0.4, 0.5), 0.5)),
         tuning_seed=0,
@@ -144,7 +136,7 @@ SCALES = {
         emb_size=32, students=("mfnr",), batch_size=24, teacher_epochs=2, student_epochs=2, lr=0.05,
         eval_batch=32, head=SMALL_HEAD, frequent=1, methods=("self", "stn"), seeds=(0, 1), headline=("mfnr", "stn"),
         budget_steps=6, teacher_steps=6, efficiency_steps=3, calibration_steps=(3, 6), calibration_teacher_steps=(6,),
-        tuning=dict(stn=("distill_weight", (1, 10), 1)), tuning_seed=0,
+        tuning=dict(stn=("stn_weight", (1, 10), 1)), tuning_seed=0,
     ),
 }
 
@@ -184,7 +176,7 @@ def teacher_overrides(scale):
     return [f"net_opts={_opts_text(scale['teacher_opts'])}", f"emb_size={scale['emb_size']}",
             f"image_size={scale['image_size']}", f"batch_size={scale['batch_size']}", f"lr={scale['lr']}",
             f"num_epochs={scale['teacher_epochs']}", "lr_step_unit=epoch",
-            f"lr_steps={_lr_steps(scale['teacher_epochs'])}", "verbose=0", f"frequent={scale['frequent']}", "workers=1",
+            f"lr_steps={_lr_steps(scale['teacher_epochs'])}", "verify_every=0", f"frequent={scale['frequent']}", "workers=1",
             *scale["head"]]
 
 
@@ -198,7 +190,7 @@ def student_overrides(scale, network, seed=0):
             f"image_size={scale['image_size']}", "teacher_network=r90",
             f"teacher_net_opts={_opts_text(scale['teacher_opts'])}", f"teacher_emb_size={scale['emb_size']}",
             f"batch_size={scale['batch_size']}", f"lr={scale['lr']}", f"num_epochs={scale['student_epochs']}",
-            "lr_step_unit=epoch", f"lr_steps={_lr_steps(scale['student_epochs'])}", f"seed={seed}", "verbose=0",
+            "lr_step_unit=epoch", f"lr_steps={_lr_steps(scale['student_epochs'])}", f"seed={seed}", "verify_every=0",
             f"frequent={scale['frequent']}", "workers=1", *scale["head"]]
 
 
@@ -354,7 +346,7 @@ def run_demo(out, scale=None, seeds=None, students=None, methods=None, force=Fal
     headline = scale.get("headline") or (students[-1], methods[-1])
     head_run = next((r for r in runs if (r["network"], r["method"]) == tuple(headline)), runs[-1])
     _publish_student(out, head_run["dir"], scale)
-    from shrinkteanet.study import table as report_table
+    from shrinkteanet.study import report_table
 
     elapsed = time.time() - t_start
     meta = dict(title=title, scale=scale["name"], image_size=scale["image_size"], seeds=list(seeds),

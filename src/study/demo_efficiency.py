@@ -10,7 +10,7 @@ beside the self-studied ones at N and at 4N.
 """
 import os
 
-from shrinkteanet.study import report as study_report
+from shrinkteanet.study import study_report
 
 
 def long_self_runs(scale, students, seeds):

@@ -333,7 +333,7 @@ def run_fair(out, scale, parts, *, students=None, seeds=None, methods=None, resu
              force=False, dry_run=False, python=None):
     """``shrinkteanet reproduce --part ...``: run ``parts`` in order, then write every part's
     ``study.json`` and the merged REPORT.md; returns the report path (None for a dry run)."""
-    from shrinkteanet.study import fair_report, table
+    from shrinkteanet.study import fair_report, report_table
     from shrinkteanet.study.scheduler import Scheduler
 
     check_scale(scale)
@@ -345,4 +345,4 @@ def run_fair(out, scale, parts, *, students=None, seeds=None, methods=None, resu
                  scheduler=Scheduler(**sched_kw))
     if dry_run:
         return None
-    return fair_report.write_report(out, collect_parts(out, scale, seeds, methods), table.method_names())
+    return fair_report.write_report(out, collect_parts(out, scale, seeds, methods), report_table.method_names())

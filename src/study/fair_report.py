@@ -18,7 +18,7 @@ import os
 
 from shrinkteanet.core.utils import atomic_write_bytes, write_json
 from shrinkteanet.study import fair, stats
-from shrinkteanet.study import report as study_report
+from shrinkteanet.study import study_report
 
 PROTOCOLS = study_report.PROTOCOLS
 #: the verification sets the calibration's convergence criterion reads, and its tolerance

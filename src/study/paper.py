@@ -16,18 +16,11 @@ NETWORKS = network_registry.paper_table()
 
 
 def paper_methods():
-    """``METHODS``: study method key -> the paper's row name, for the teacher and every study
+    """Study method key -> the paper's row name, for the teacher and every study
     row whose method module names a paper row (``StudyRow.paper``).  A fresh dict."""
-    from shrinkteanet.methods import registry
+    from shrinkteanet.methods.base import registry
 
     return {"teacher": "Teacher", **{r.key: r.paper for r in registry.study_rows() if r.paper}}
-
-
-def __getattr__(name):
-    """``METHODS`` is computed from the method registry when read (``paper_methods``)."""
-    if name == "METHODS":
-        return paper_methods()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: (network, method) -> {"lfw", "cfp_fp", "agedb_30", "megaface", "ijbc_1e-4"} as fractions

@@ -6,14 +6,14 @@ plus a fourth for the distillation method of ShrinkTeaNet and its relatives:
 * ``NETWORKS``  - which symbol and its options (``symbols.get_symbol``)
 * ``DATASETS``  - where the RecordIO set and the ``.bin`` targets are
 * ``LOSSES``    - the margin head (softmax, ArcFace, CosFace, combined)
-* ``DISTILL``   - the method variants (none / stn / stn_final / l2 / l2_final / kd / hint / margin /
+* ``distill_table()`` - the method variants (none / stn / stn_final / l2 / l2_final / kd / hint / margin /
   lowres_kt / lowres_kd / lowres_ktkd), derived from the method registry
-  (``shrinkteanet.methods.registry``: one module per method)
+  (``shrinkteanet.methods.base.registry``: one module per method)
 
 ``generate_config(network, dataset, loss, distill, overrides)`` returns a fresh
 ``EasyDict`` (no global mutable state); ``apply_overrides`` takes ``key=value``
 strings from the command line and type-checks each against the preset value.
-Named configs (``CONFIGS``, also derived) pick one row of each table, e.g. ``mfnr_stn``.
+Named configs (``named_configs()``, also derived) pick one row of each table, e.g. ``mfnr_stn``.
 """
 import ast
 import copy
@@ -22,9 +22,11 @@ import difflib
 from easydict import EasyDict as edict
 
 from shrinkteanet.core.errors import InputError
+from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.symbols import registry as network_registry
-from shrinkteanet.methods import registry as method_registry
-from shrinkteanet.methods.stages import LAST_STAGE, distill_lambdas  # noqa: F401 - Eq. 7 weights, kept importable here
+from shrinkteanet.methods.base import registry as method_registry
+
+log = get_logger(__name__)
 
 #: Keys every config has, whatever the tables add.  From the ShrinkTeaNet paper (Sec. 4.2): batch
 #: 512 over 4 GPUs, lr 0.1, momentum 0.9, lambda_n = 1 (angular) / 0.001 (l2), lambda_i =
@@ -57,22 +59,13 @@ DEFAULT = dict(
     distill="none",
     teacher="",  # PREFIX,EPOCH of the teacher checkpoint
     # the teacher's network, options and embedding width: empty/0 = read from its checkpoint's
-    # -symbol.json (methods._teacher); given, they must agree with the checkpoint
+    # -symbol.json (methods.base.teacher_check); given, they must agree with the checkpoint
     teacher_network="",
     teacher_emb_size=0,
     teacher_net_opts={},
     teacher_cache="",
-    distill_stages=[1, 2, 3, 4],
-    distill_lambdas=[],  # empty: lambda_4 = 1, lambda_i = lambda_{i+1} / 2, by stage number
-    distill_weight=1.0,
-    l2_lambda=0.001,
-    kd_temperature=4.0,
-    kd_lambda=1.0,
-    hint_lambda=1.0,
-    kd_emb_loss="none",  # kd / lowres_kd / lowres_ktkd: extra embedding term none | angular | l2
-    kd_emb_lambda=1.0,
-    margin_m_min=0.2,  # MarginDistillation: per-sample ArcFace margin in [m_min, m_max]
-    margin_m_max=0.5,
+    # the methods' own keys (distill_stages, stn_weight, l2_lambda, kd_*, ...) are declared by the
+    # method modules (``MethodDef.keys``) and added by ``default_config``
     softmax_weight=1.0,
     # optimisation
     batch_size=512,  # global, split over contexts and workers
@@ -97,12 +90,12 @@ DEFAULT = dict(
     out="",
     ckpt_every=0,  # batches; 0: epoch end only
     keep_last=3,
-    verbose=2000,  # verification every N batches
+    verify_every=2000,  # verification (and a checkpoint) every N batches; 0: none
     nan_guard=5,
     frequent=20,  # log every N batches
     tensorboard="",  # directory for tensorboardX scalars
     hybridize=True,
-    # train the student's PReLUs as relu + 1x1 depthwise conv (model.prelu_as_depthwise): same
+    # train the student's PReLUs as relu + 1x1 depthwise conv (model.rewrites.prelu_as_depthwise): same
     # function, 3-4x faster CPU steps for the mobile networks; checkpoints keep the PReLU symbol
     prelu_as_conv=True,
 )
@@ -124,6 +117,9 @@ LOSSES = edict(
     combined=dict(loss="combined", margin_s=64.0, margin_m1=1.0, margin_m2=0.3, margin_m3=0.2),
 )
 
+#: old key -> its name now: still accepted in overrides (and in a saved run's config), with a notice
+RENAMED_KEYS = {"distill_weight": "stn_weight", "verbose": "verify_every"}
+
 #: keys that name a network: InsightFace's aliases (``y1``) become the registry's names
 NETWORK_KEYS = ("network", "teacher_network")
 
@@ -133,9 +129,30 @@ TEACHER_CONFIGS = {"teacher_r90": "r90", "teacher_r100": "r100"}
 STUDENTS = ("mv1", "mv2", "mfn", "mfnr")
 
 
+def default_config():
+    """``DEFAULT`` plus every method's own keys (``MethodDef.keys``), a fresh dict; ``ValueError``
+    when a method declares a key ``DEFAULT`` has, or a variant sets a key nobody declares."""
+    keys = method_registry.config_keys()
+    clash = sorted(set(keys) & set(DEFAULT))
+    if clash:
+        raise ValueError(f"config keys {clash} are declared both in training.config.DEFAULT and by a method")
+    cfg = copy.deepcopy(DEFAULT)
+    cfg.update(keys)
+    for name, row in method_registry.distill_rows().items():
+        unknown = sorted(set(row) - set(cfg))
+        if unknown:
+            raise ValueError(f"DISTILL row {name!r} sets {unknown}, declared neither in DEFAULT nor in a method's keys")
+    return cfg
+
+
+def current_names(cfg):
+    """``cfg`` (a dict) with every ``RENAMED_KEYS`` old name under its new one (a saved run's config)."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in dict(cfg).items()}
+
+
 def distill_table():
     """``DISTILL``: the method rows, one per variant of every method of the registry
-    (``shrinkteanet.methods.registry``; e.g. ``stn`` and ``stn_final``).  A fresh EasyDict."""
+    (``shrinkteanet.methods.base.registry``; e.g. ``stn`` and ``stn_final``).  A fresh EasyDict."""
     return edict(method_registry.distill_rows())
 
 
@@ -150,16 +167,6 @@ def named_configs():
     return configs
 
 
-def __getattr__(name):
-    """``DISTILL`` and ``CONFIGS`` are computed from the method registry when read, so that a
-    method module added to ``shrinkteanet.methods`` appears in both."""
-    if name == "DISTILL":
-        return distill_table()
-    if name == "CONFIGS":
-        return named_configs()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _table_row(table, name, what):
     if name not in table:
         raise InputError(f"unknown {what} {name!r}; valid: {', '.join(sorted(table))}")
@@ -167,9 +174,9 @@ def _table_row(table, name, what):
 
 
 def generate_config(network="r100", dataset="emore", loss="arcface", distill="none", overrides=()):
-    """Merge DEFAULT <- NETWORKS[network] <- DATASETS[dataset] <- LOSSES[loss] <- DISTILL[distill],
-    then apply ``key=value`` overrides.  Returns a new EasyDict each call."""
-    cfg = copy.deepcopy(DEFAULT)
+    """Merge ``default_config()`` (DEFAULT + the methods' keys) <- NETWORKS[network] <- DATASETS[dataset]
+    <- LOSSES[loss] <- distill_table()[distill], then apply ``key=value`` overrides.  A new EasyDict each call."""
+    cfg = default_config()
     network = network_registry.canonical_name(network)
     for table, name, what in ((NETWORKS, network, "network"), (DATASETS, dataset, "dataset"),
                               (LOSSES, loss, "loss"), (distill_table(), distill, "distill method")):
@@ -179,7 +186,7 @@ def generate_config(network="r100", dataset="emore", loss="arcface", distill="no
 
 
 def config_by_name(name, overrides=()):
-    """A named config (``CONFIGS``) with overrides.  Overrides of ``network``,
+    """A named config (``named_configs()``) with overrides.  Overrides of ``network``,
     ``dataset``, ``loss`` or ``distill`` re-select the table rows first, so that
     e.g. ``distill=l2`` brings the L2 preset's own defaults."""
     configs = named_configs()
@@ -189,7 +196,7 @@ def config_by_name(name, overrides=()):
         raise InputError(f"unknown config {name!r}{hint}; valid: {', '.join(sorted(configs))}")
     rows = dict(zip(("network", "dataset", "loss", "distill"), configs[name]))
     rest = []
-    for item in overrides:
+    for item in _renamed(overrides):
         key, _, value = _split(item)
         if key in rows and key != "network":
             rows[key] = value
@@ -210,6 +217,18 @@ def _split(item):
     if not sep or not key:
         raise InputError(f"override {item!r} is not key=value")
     return key, sep, value.strip()
+
+
+def _renamed(overrides):
+    """``overrides`` with each old key name (``RENAMED_KEYS``) replaced by its new one, a notice each."""
+    out = []
+    for item in overrides or ():
+        key, _, value = _split(item)
+        if key in RENAMED_KEYS:
+            log.warning("config key %s is now %s; the old name still works", key, RENAMED_KEYS[key])
+            item = f"{RENAMED_KEYS[key]}={value}"
+        out.append(item)
+    return out
 
 
 def _coerce(key, raw, current):
@@ -245,8 +264,9 @@ def _coerce(key, raw, current):
 
 
 def apply_overrides(cfg, overrides):
-    """Apply ``key=value`` strings in order; unknown keys fail naming the nearest valid ones."""
-    for item in overrides or ():
+    """Apply ``key=value`` strings in order (old key names accepted, ``RENAMED_KEYS``); unknown keys fail
+    naming the nearest valid ones."""
+    for item in _renamed(overrides):
         key, _, raw = _split(item)
         if key not in cfg:
             close = difflib.get_close_matches(key, list(cfg), n=3, cutoff=0.6)

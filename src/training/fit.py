@@ -26,8 +26,9 @@ import numpy as np
 
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
+from shrinkteanet.core.finite import arrays_all_finite
 from shrinkteanet.model import checkpoint
-from shrinkteanet.model.checkpoint import STATE_SUFFIX, arrays_all_finite, is_running_stat, replica_mean
+from shrinkteanet.model.checkpoint import STATE_SUFFIX, is_running_stat, student_params
 from shrinkteanet.training.schedule import (build_lr_schedule, describe_schedule, schedule_record, step_seed,
                                             total_batches)
 
@@ -35,6 +36,39 @@ log = get_logger(__name__)
 
 #: State keys a resume takes from ``PREFIX-state.json`` (the rest is the new run's).
 RESUMED_KEYS = ("epoch", "batch", "step", "checkpoint", "kept", "best", "nonfinite_skipped")
+
+
+class Job:
+    """What the loop needs about the job: contexts, kvstore, rank."""
+
+    def __init__(self, ctx_list, kvstore=None):
+        self.ctx_list = list(ctx_list)
+        self.kvstore = kvstore
+        self.rank = getattr(kvstore, "rank", 0) if kvstore is not None else 0
+        self.num_workers = getattr(kvstore, "num_workers", 1) if kvstore is not None else 1
+
+    @property
+    def distributed(self):
+        """Several workers with their own data (per-worker losses and statistics)."""
+        kind = getattr(self.kvstore, "type", "") if self.kvstore is not None else ""
+        return "dist" in kind or kind == "horovod"
+
+    @property
+    def horovod(self):
+        return isinstance(self.kvstore, Horovod)
+
+
+class Horovod:
+    """The ``--kvstore horovod`` job: ``horovod.mxnet`` initialised; rank and size are horovod's
+    (MXNet 1.9.1 has no horovod kvstore: ``mx.kv.create('horovod')`` is a local store reporting
+    rank 0 of 1).  ``fit`` builds ``hvd.DistributedTrainer`` and broadcasts rank 0's weights."""
+
+    type = "horovod"
+
+    def __init__(self, hvd):
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.num_workers, self.local_rank = int(hvd.rank()), int(hvd.size()), int(hvd.local_rank())
 
 
 class NonFiniteLossError(RuntimeError):
@@ -324,51 +358,6 @@ def params_digest(params):
     return h.hexdigest()
 
 
-def _symbol_names(sym):
-    return set(sym.list_arguments()), set(sym.list_auxiliary_states())
-
-
-def _saved_value(name, p):
-    """What a checkpoint holds of ``p``: BatchNorm running statistics averaged over the devices
-    (InsightFace's ``Module``, ``checkpoint.replica_mean``), trained weights from the first
-    device (the replicas are equal bit for bit; a mean of three equal floats need not be)."""
-    if is_running_stat(name) and len(p.list_ctx()) > 1:
-        return replica_mean(p)
-    return p.data(p.list_ctx()[0]).copy()
-
-
-def _student_params(student, sym):
-    if student is None or sym is None:
-        return {}, {}
-    args, auxs = _symbol_names(sym)
-    arg, aux = {}, {}
-    for name, p in student.collect_params().items():
-        if name in args:
-            arg[name] = _saved_value(name, p)
-        elif name in auxs:
-            aux[name] = _saved_value(name, p)
-    return arg, aux
-
-
-def _checkpoint_params(method, student, sym):
-    """(arg, aux, rest): the embedding network's parameters plus the classifier ``fc7*``
-    (InsightFace keeps it beside ``fc1`` in training checkpoints; MarginDistillation and KD
-    read the teacher's class centres from there), and everything else that is trained
-    (adapters H_i) for the ``.head.params`` file."""
-    arg, aux = _student_params(student, sym)
-    own = set(student.collect_params().keys()) if student is not None else set()
-    rest = {}
-    for name, p in method.collect_params().items():
-        if name in own:
-            continue
-        value = _saved_value(name, p)
-        if name.startswith("fc7"):
-            arg[name] = value
-        else:
-            rest[name] = value
-    return arg, aux, rest
-
-
 def fresh_state(cfg):
     """The run state of a new run: position 0, no checkpoint, the config (``PREFIX-state.json``)."""
     return {"epoch": 0, "batch": 0, "step": 0, "checkpoint": 0, "kept": [], "best": {}, "nonfinite_skipped": 0,
@@ -406,13 +395,13 @@ class Fit:
     ----------
     method : gluon.Block
         ``method(data, label[, teacher_emb]) -> {name: (batch,) NDArray}`` of already-weighted
-        loss parts (``methods.distill``); ``method.trainable_params()`` are updated.
+        loss parts (``methods.base.assembler``); ``method.trainable_params()`` are updated.
     loader
         ``loader.epoch(epoch, start_batch)`` yields batches with ``data``, ``label``, ``index``,
         ``flipped``; ``len(loader)`` batches per epoch.
     cfg : EasyDict
         The run's config (``training.config``).
-    job : train.Context
+    job : Job
         Contexts, kvstore, rank and number of workers.
     student : EmbeddingNet, optional
         The block whose parameters form the InsightFace checkpoint (symbol ``student_symbol``);
@@ -425,7 +414,7 @@ class Fit:
         ``cb(info)`` after each step (``info``: epoch, batch, step, lr, losses, ok, trainer,
         method); may raise ``StopTraining``.
     verify : callable, optional
-        ``verify(arg, aux) -> {target: {accuracy, ...}}``, run every ``cfg.verbose`` batches.
+        ``verify(arg, aux) -> {target: {accuracy, ...}}``, run every ``cfg.verify_every`` batches.
     """
 
     def __init__(self, method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None,
@@ -450,7 +439,7 @@ class Fit:
         self.prefix = cfg.out
         self.is_chief = job.rank == 0
         self.ckpt = checkpoint.Checkpointer(self.prefix, cfg.keep_last) if self.prefix else None
-        self.verbose = int(cfg.verbose or 0)
+        self.verify_every = int(cfg.verify_every or 0)
         self.window = deque(maxlen=max(int(cfg.frequent), 1))  # the last good steps' loss parts
         self.speed_imgs = self.speed_time = 0.0
         self.trainer = self.state = self.guard = self.monitor = None
@@ -675,31 +664,28 @@ class Fit:
             record_curve_point(self.state, self.window, lr)
 
     def scheduled_checkpoint(self):
-        """Verification (and a checkpoint) every ``verbose`` steps, else a checkpoint every ``ckpt_every``."""
+        """Verification (and a checkpoint) every ``verify_every`` steps, else a checkpoint every ``ckpt_every``."""
         step = self.state["step"]
-        if self.verbose and step % self.verbose == 0:
+        if self.verify_every and step % self.verify_every == 0:
             self.verify_and_save()
         elif self.cfg.ckpt_every and step % self.cfg.ckpt_every == 0:
             self.save()
 
     def final_checkpoint(self):
         """The end of the run: verification and checkpoint (or the checkpoint alone)."""
-        if self.verbose:
+        if self.verify_every:
             self.verify_and_save()
         else:
             self.save()
 
     def save(self):
-        """A numbered checkpoint of the current step (worker 0, once per step, finite values only)."""
+        """A numbered checkpoint of the current step (worker 0, once per step, finite values only:
+        ``checkpoint.Checkpointer.save`` decides what it holds)."""
         if self.ckpt is None or not self.is_chief or self.saved_at == self.state["step"]:
             return
-        arg, aux, head = _checkpoint_params(self.method, self.student, self.symbol)
-        if not checkpoint.checkpoint_is_finite(arg, aux, head, self.state):
-            return
-        self.state["checkpoint"] += 1
-        self.ckpt.save(self.state["checkpoint"], symbol=self.symbol, arg_params=arg, aux_params=aux,
-                       head_params=head, trainer=self.trainer, state=self.state)
-        self.saved_at = self.state["step"]
+        if self.ckpt.save(method=self.method, student=self.student, symbol=self.symbol, trainer=self.trainer,
+                          state=self.state):
+            self.saved_at = self.state["step"]
 
     def verify_and_save(self):
         """Verification on the ``.bin`` sets of the current weights, then the checkpoint, then
@@ -707,7 +693,7 @@ class Fit:
         if self.verify is None or not self.is_chief:
             self.save()
             return
-        arg, aux = _student_params(self.student, self.symbol)
+        arg, aux = student_params(self.student, self.symbol)
         results = self.verify(arg, aux)
         self.save()
         if results:

@@ -44,7 +44,7 @@ LOCK_NAME = ".shrinkteanet-train.lock"
 
 #: Keys a resume may change: where things are, how often to log/save/verify, how long to run.
 RESUME_FREE_KEYS = frozenset({
-    "out", "data_dir", "val_dir", "val_targets", "tensorboard", "workers", "verbose", "frequent",
+    "out", "data_dir", "val_dir", "val_targets", "tensorboard", "workers", "verify_every", "frequent",
     "keep_last", "ckpt_every", "nan_guard", "max_batches", "num_epochs", "hybridize",
 })
 
@@ -199,18 +199,23 @@ def _plain(value):
 def changed_run_keys(saved_cfg, cfg):
     """Keys whose values differ between ``saved_cfg`` (from state.json) and ``cfg``,
     except those in ``RESUME_FREE_KEYS``; sorted.  Only keys both know are compared: a run
-    saved by an older version predates keys added since (they keep their defaults)."""
-    old, new = _plain(dict(saved_cfg)), _plain(dict(cfg))
+    saved by an older version predates keys added since (they keep their defaults); its renamed
+    keys (``config.RENAMED_KEYS``) are compared under their new names."""
+    from shrinkteanet.training.config import current_names
+
+    old, new = _plain(current_names(saved_cfg)), _plain(dict(cfg))
     keys = (set(old) & set(new)) - RESUME_FREE_KEYS
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 def check_resume_config(state_path, saved_cfg, cfg):
     """``InputError`` listing each changed key (old -> new) when a resume would change the run."""
+    from shrinkteanet.training.config import current_names
+
     changed = changed_run_keys(saved_cfg or {}, cfg)
     if not changed:
         return
-    old, new = _plain(dict(saved_cfg or {})), _plain(dict(cfg))
+    old, new = _plain(current_names(saved_cfg or {})), _plain(dict(cfg))
     shown = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in changed[:8])
     more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
     raise InputError(f"{state_path}: --resume with a config that changes the run in {', '.join(changed)} "

@@ -30,11 +30,9 @@ import numpy as np
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import mxnet_reason
-# names of the loop and its files that the CLI, benches and tests use as ``train.X``
-from shrinkteanet.model.checkpoint import read_state  # noqa: F401
-from shrinkteanet.training.fit import Fit, NonFiniteGuard, NonFiniteLossError, StopTraining  # noqa: F401
-from shrinkteanet.training.schedule import build_lr_schedule, cfg_lr_steps, seed_everything, total_batches  # noqa: F401
-from shrinkteanet.training.validate import check_hyperparameters, check_kvstore_name, validate  # noqa: F401
+from shrinkteanet.training.fit import Fit, Horovod, Job
+from shrinkteanet.training.schedule import seed_everything
+from shrinkteanet.training.validate import check_kvstore_name, validate
 
 log = get_logger(__name__)
 
@@ -42,39 +40,6 @@ log = get_logger(__name__)
 # ---------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------
-class Context:
-    """What the loop needs about the job: contexts, kvstore, rank."""
-
-    def __init__(self, ctx_list, kvstore=None):
-        self.ctx_list = list(ctx_list)
-        self.kvstore = kvstore
-        self.rank = getattr(kvstore, "rank", 0) if kvstore is not None else 0
-        self.num_workers = getattr(kvstore, "num_workers", 1) if kvstore is not None else 1
-
-    @property
-    def distributed(self):
-        """Several workers with their own data (per-worker losses and statistics)."""
-        kind = getattr(self.kvstore, "type", "") if self.kvstore is not None else ""
-        return "dist" in kind or kind == "horovod"
-
-    @property
-    def horovod(self):
-        return isinstance(self.kvstore, Horovod)
-
-
-class Horovod:
-    """The ``--kvstore horovod`` job: ``horovod.mxnet`` initialised; rank and size are horovod's
-    (MXNet 1.9.1 has no horovod kvstore: ``mx.kv.create('horovod')`` is a local store reporting
-    rank 0 of 1).  ``fit`` builds ``hvd.DistributedTrainer`` and broadcasts rank 0's weights."""
-
-    type = "horovod"
-
-    def __init__(self, hvd):
-        hvd.init()
-        self.hvd = hvd
-        self.rank, self.num_workers, self.local_rank = int(hvd.rank()), int(hvd.size()), int(hvd.local_rank())
-
-
 def check_kvstore(name):
     """A ``--kvstore`` this package runs, refused in one line otherwise, before anything is read:
     an unknown or refused name (``validate.check_kvstore_name``: ``dist_async``), ``horovod``
@@ -217,7 +182,7 @@ def _num_classes_chosen(cfg):
     from shrinkteanet.training import config
 
     name = cfg.get("config_name")
-    if name not in config.CONFIGS:
+    if name not in config.named_configs():
         return True
     row = config.DATASETS.get(cfg.get("dataset"), {})
     preset = row.get("num_classes", config.DEFAULT.get("num_classes"))
@@ -238,7 +203,7 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
 
     Builds the kvstore (rank, workers), the loader over this worker's shard, the
     student (and the teacher from ``cfg.teacher``), the method of ``cfg.distill``
-    (``shrinkteanet.methods.distill.build_method``), the teacher cache when
+    (``shrinkteanet.methods.base.assembler.build_method``), the teacher cache when
     ``cfg.teacher_cache`` is set, and the verifier; then runs ``fit.Fit``.
 
     Parameters
@@ -289,10 +254,10 @@ def train(cfg, ctx_list=None, *, resume=False, callbacks=(), loader=None, overwr
 
 
 def make_job(cfg, ctx_list):
-    """The ``Context`` of this worker (kvstore ``cfg.kvstore``); the global batch must split
+    """The ``Job`` of this worker (kvstore ``cfg.kvstore``); the global batch must split
     evenly over workers and contexts."""
     kv = make_kvstore(cfg.kvstore)
-    job = Context(horovod_contexts(kv, ctx_list), None if isinstance(kv, str) else kv)
+    job = Job(horovod_contexts(kv, ctx_list), None if isinstance(kv, str) else kv)
     job.kvstore = kv
     if job.num_workers > 1 and cfg.out and job.rank > 0:
         log.info("worker %d of %d: checkpoints are written by worker 0", job.rank, job.num_workers)
@@ -339,7 +304,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
 
         check_free_space(os.path.dirname(os.path.abspath(cfg.out)), checkpoint_bytes(method))
     sym = student.embedding_symbol
-    verify = make_verifier(cfg, cfg.image_size, ctx_list[0], sym) if cfg.verbose and job.rank == 0 else None
+    verify = make_verifier(cfg, cfg.image_size, ctx_list[0], sym) if cfg.verify_every and job.rank == 0 else None
     try:
         summary = Fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
                       callbacks=callbacks, verify=verify).run(resume=resume)
@@ -354,7 +319,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
 def make_loader(cfg, job):
     """``FaceLoader`` over this worker's shard of ``cfg.data_dir`` (its part of the global batch)."""
     from shrinkteanet.data.loader import FaceLoader
-    from shrinkteanet.methods.distill import loader_lowres_size
+    from shrinkteanet.methods.base.registry import loader_lowres_size
 
     return FaceLoader(cfg.data_dir, cfg.batch_size // job.num_workers, seed=cfg.seed, workers=cfg.workers,
                       mirror=cfg.mirror, color_jitter=cfg.color_jitter, lowres_size=loader_lowres_size(cfg),
@@ -382,8 +347,9 @@ def follow_data(cfg, loader):
 def build_student_method(cfg, ctx_list, cache=None):
     """Seeded, initialised and hybridized ``(student, method)`` of ``cfg`` (AMP set up first
     when ``fp16``); with the teacher ``cache`` and no ``teacher`` checkpoint, a method that reads
-    only the teacher's embedding is built without loading a teacher (``distill.build_networks``)."""
-    from shrinkteanet.methods.distill import build_method, build_networks
+    only the teacher's embedding is built without loading a teacher (``networks.build_networks``)."""
+    from shrinkteanet.methods.base.assembler import build_method
+    from shrinkteanet.training.networks import build_networks
 
     seed_everything(cfg.seed)
     if cfg.fp16:
@@ -408,7 +374,7 @@ def open_teacher_cache(cfg, loader):
     (``check_cache_teacher``)."""
     if not cfg.teacher_cache:
         return None
-    from shrinkteanet.methods.distill import needs_teacher_embedding
+    from shrinkteanet.methods.base.registry import needs_teacher_embedding
     from shrinkteanet.training.teacher_cache import TeacherCache
 
     if not needs_teacher_embedding(cfg):
@@ -432,21 +398,14 @@ def check_cache_teacher(cfg, cache):
     cache.check_teacher(parse_model_arg(cfg.teacher), cfg.get("teacher_emb_size") or cfg.emb_size)
 
 
-def fit(method, loader, cfg, job, *, student=None, student_symbol=None, teacher_cache=None, resume=False,
-        callbacks=(), verify=None):
-    """Run the loop: ``fit.Fit(...).run(resume)`` (see ``Fit`` for the arguments); returns the summary."""
-    return Fit(method, loader, cfg, job, student=student, student_symbol=student_symbol,
-               teacher_cache=teacher_cache, callbacks=callbacks, verify=verify).run(resume=resume)
-
-
 def final_stage_cosines(method, loader, ctx, num_ctx=1):
-    """``distill.stage_cosines`` on one device's share of the first batch of epoch 0 (keys are
+    """``assembler.stage_cosines`` on one device's share of the first batch of epoch 0 (keys are
     stage numbers as strings): the batch shape the training graphs were built for on ``ctx``,
     so no new graph for the whole batch is built there after training.  A failure (out of
     memory) is logged and gives ``{}``: the run's summary is never lost to this check."""
     import mxnet as mx
 
-    from shrinkteanet.methods.distill import stage_cosines
+    from shrinkteanet.methods.base.assembler import stage_cosines
 
     if not hasattr(loader, "epoch"):
         return {}

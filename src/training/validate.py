@@ -4,7 +4,7 @@
 the same list, so that ``train`` refuses nothing later that ``config`` accepted.  ``CHECKS`` is
 a tuple of ``(name, check)``; each ``check(cfg, facts)`` raises ``InputError`` in one line
 naming the key, and may fill ``facts`` (``image_size``, ``num_classes`` of the data when its
-``property`` is there; ``teacher``, the resolved ``methods._teacher.TeacherPlan``) for the
+``property`` is there; ``teacher``, the resolved ``methods.base.teacher_check.TeacherPlan``) for the
 checks after it.  Adding a check is adding one row.
 
 Only metadata is read: the data folder's ``property`` (when present; its absence is the
@@ -47,7 +47,7 @@ def check_hyperparameters(cfg, facts=None):
 def check_names(cfg, facts):
     """``network``, ``teacher_network`` (empty: from the checkpoint), ``loss`` and ``distill`` name
     registered rows (InsightFace aliases accepted); the method's own config check passes."""
-    from shrinkteanet.methods.distill import method_def
+    from shrinkteanet.methods.base.registry import method_of
     from shrinkteanet.symbols.registry import canonical_name, unknown_network_message, REGISTRY
     from shrinkteanet.training.config import LOSSES
 
@@ -57,24 +57,24 @@ def check_names(cfg, facts):
             raise InputError(f"config {key}={value!r}: {unknown_network_message(value)}")
     if cfg.get("loss") not in LOSSES:
         raise InputError(f"config loss={cfg.get('loss')!r}: unknown; valid: {', '.join(sorted(LOSSES))}")
-    method_def(cfg)
+    method_of(cfg)
 
 
 def check_stages(cfg, facts):
     """``distill_stages`` of the stage methods (stn, l2, hint): distinct stages of 1..4, with
     one ``distill_lambdas`` value each when given."""
-    from shrinkteanet.methods import stages
-    from shrinkteanet.methods.distill import method_def
+    from shrinkteanet.methods.base import stage_rules
+    from shrinkteanet.methods.base.registry import method_of
 
-    if "distill_stages" in method_def(cfg).defaults:
-        stages.check_stages(cfg)
-        stages.distill_lambdas(cfg)
+    if "distill_stages" in method_of(cfg).keys:
+        stage_rules.check_stages(cfg)
+        stage_rules.distill_lambdas(cfg)
 
 
 def check_data_facts(cfg, facts):
     """``image_size``/``num_classes`` as the data's ``property`` says (train follows the data),
     else the config's; the student's input size (``lowres_size``) against them."""
-    from shrinkteanet.methods.distill import student_image_size
+    from shrinkteanet.methods.base.registry import student_image_size
 
     facts["image_size"], facts["num_classes"] = int(cfg.image_size), int(cfg.num_classes or 0)
     prop = os.path.join(str(cfg.get("data_dir") or ""), "property")
@@ -100,15 +100,16 @@ def check_student(cfg, facts):
 
 def check_teacher(cfg, facts):
     """The teacher checkpoint of a method that needs one: its network read from its symbol and
-    checked against its parameters and the config (``methods._teacher.teacher_plan``; the resolved
+    checked against its parameters and the config (``methods.base.teacher_check.teacher_plan``; the resolved
     teacher is written into ``cfg``), its classifier against the method and the data's classes,
     and its embedding width against ``emb_size``.  A missing ``teacher`` is refused unless
     ``teacher_pending`` (the recipes' dry run before the teacher is trained) or when the teacher
-    cache serves every teacher embedding the method reads (``distill.teacher_embedding_only``)."""
-    from shrinkteanet.methods import _teacher
-    from shrinkteanet.methods.distill import method_def, teacher_embedding_only
+    cache serves every teacher embedding the method reads (``registry.teacher_embedding_only``)."""
+    from shrinkteanet.methods.base import teacher_check
+    from shrinkteanet.methods.base.registry import method_of, teacher_embedding_only
 
-    needs = method_def(cfg).needs
+    definition = method_of(cfg)
+    needs = definition.needs
     if not needs.teacher:
         return
     if not cfg.get("teacher"):
@@ -123,17 +124,17 @@ def check_teacher(cfg, facts):
     graph, arg, aux = read_raw_checkpoint(prefix, epoch)
     where = f"{prefix},{epoch}"
     shapes = ({k: v.shape for k, v in arg.items()}, {k: v.shape for k, v in aux.items()})
-    plan = _teacher.teacher_plan(cfg, graph, *shapes, image_size=facts["image_size"], where=where)
-    _teacher.fill_config(cfg, plan)
+    plan = teacher_check.teacher_plan(cfg, graph, *shapes, image_size=facts["image_size"], where=where)
+    teacher_check.fill_config(cfg, plan)
     facts["teacher"] = plan
     fc7 = arg.get("fc7_weight")
-    _teacher.check_classifier(cfg, needs, None if fc7 is None else fc7.shape, facts["num_classes"], where)
-    _teacher.check_embedding_sizes(cfg, needs, plan.emb_size)
+    teacher_check.check_classifier(cfg, needs, None if fc7 is None else fc7.shape, facts["num_classes"], where)
+    teacher_check.check_embedding_sizes(cfg, definition, plan.emb_size)
 
 
 def _cache_hint(cfg):
     """What a teacher cache could do for ``cfg`` (part of the missing-teacher message)."""
-    from shrinkteanet.methods.distill import teacher_embedding_only
+    from shrinkteanet.methods.base.registry import teacher_embedding_only
 
     if teacher_embedding_only(cfg):
         return " or a teacher cache (--teacher-cache)"

@@ -3,7 +3,7 @@ whose class centres are not learned but distilled from the teacher, as an expone
 average of the teacher's normalised embeddings (imported by ``methods.adadistill``'s builder).
 
 Per training step, before the logits (the order of the authors' ``AdaptiveAArcFace`` /
-``AdaptiveACosFace``, ``utils/losses.py`` of ``fdbtrs/AdaDistill``), for each sample i of class y:
+``AdaptiveACosFace``, ``utils/losses.py`` of ``fdbtrs/AdaDistill``), for each sample i of class y::
 
     a_i      = cos(s_i, t_i)                                    (student-teacher agreement)
     lambda_i = clip(cos(c_y, t_i), 1e-6, 1)                     (the teacher's sample vs its centre)
@@ -20,10 +20,11 @@ gradient: only the student's embedding is trained (the authors keep the head out
 optimiser).
 
 Departures, each to keep a documented behaviour of this package:
+
 * one write per class and step: with several samples of a class in the batch, each computed
   from the centre before the step, the batch's *last* such sample sets the centre (the
   authors' ``kernel[:, label] = ...`` keeps one of them, which one unspecified on CUDA);
-* the ArcFace target past ``theta + m > pi`` falls back as InsightFace's (``losses._target_cos``),
+* the ArcFace target past ``theta + m > pi`` falls back as InsightFace's (``blocks._target_cos``),
   where the authors' head takes ``cos(theta + m)`` as is; arccos inputs are clipped 1e-6 from +-1;
 * updates happen in training mode only (``autograd.is_training()``), so the trainer's shape
   pass on zeros and evaluation never move a centre;
@@ -35,7 +36,7 @@ import mxnet as mx
 from mxnet import autograd
 
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.methods.losses import NORM_EPS, MarginHead
+from shrinkteanet.methods.base.blocks import NORM_EPS, MarginHead
 
 #: the authors' clamp floor of lambda and alpha: a centre always moves a little
 ALPHA_MIN = 1e-6

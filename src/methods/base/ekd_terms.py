@@ -4,13 +4,13 @@
 Within the batch, every pair (i < j) has a cosine similarity in the student, S_ij, and in the
 teacher, T_ij.  The evaluation's thresholds at the false-positive rates 1/a (a in ``anchors``:
 FPR 1e-1 .. 1e-6) are the negative-pair similarities of rank floor(N_neg / a) (descending),
-kept as exponential moving averages per network (momentum ``momentum``), so that
+kept as exponential moving averages per network (momentum ``momentum``), so that::
 
     r_S(p) = sum_k sigmoid((S_p - theta^S_k) / tau)        r_T(p) likewise with theta^T_k
 
 counts, smoothly, how many thresholds a pair passes: its rank against the evaluation's
 operating points.  The critical pairs are every positive pair (they decide the TPR) and the
-``topk`` negative pairs most similar in the student (they decide the FPR):
+``topk`` negative pairs most similar in the student (they decide the FPR)::
 
     L_pos = mean_{p positive} (r_S(p) - r_T(p))^2      L_neg = mean_{p in top-k negatives} (...)^2
 
@@ -29,8 +29,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd
 
-from shrinkteanet.methods._adadistill_head import unit_rows
-from shrinkteanet.methods.terms import Term
+from shrinkteanet.methods.base.adadistill_head import unit_rows
+from shrinkteanet.methods.base.terms import Term
 
 #: the authors' clamp of the sigmoid's exponent
 EXPONENT_CLIP = 50.0

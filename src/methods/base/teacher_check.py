@@ -10,7 +10,7 @@ the margin head, apart), is refused in one line, never cut (an r100 read as its 
 ``check_classifier`` and ``check_embedding_sizes`` hold the rules of the methods that share the
 teacher's classifier (kd: its logits; margin: its centres as the student's, Svitov & Alyamkin
 2020) and of differing embedding sizes (ShrinkTeaNet Sec. 3.3: the student's final feature is
-mapped by a 1x1 conv + BN "to match the dimension"; see ``_stage_terms``).
+mapped by a 1x1 conv + BN "to match the dimension"; see ``terms.StageTerms``).
 No MXNet at import.
 """
 import dataclasses
@@ -52,7 +52,8 @@ def _choose(cfg, inferred, arg_shapes, where):
 
 def expected_shapes(plan, image_size):
     """(arg name -> shape, aux name -> shape) of the plan's network at ``image_size``."""
-    from shrinkteanet.symbols import get_symbol, param_shapes
+    from shrinkteanet.symbols import get_symbol
+    from shrinkteanet.symbols.measure import param_shapes
 
     opts = dict(plan.opts)
     opts.setdefault("image_size", int(image_size))
@@ -146,20 +147,16 @@ def check_classifier(cfg, needs, fc7_shape, num_classes, where):
                          f"{int(num_classes)} (distill={cfg.distill} reads {use})")
 
 
-def check_embedding_sizes(cfg, needs, teacher_emb):
+def check_embedding_sizes(cfg, definition, teacher_emb):
     """``emb_size`` may differ from the teacher's for the stage methods (final 1x1 conv + BN adapter,
     ShrinkTeaNet Sec. 3.3), hints (stage features only) and kd's soft targets (each network its own
-    classifier); not where the two embeddings meet directly."""
+    classifier); not where the method says the two must agree (``MethodDef.same_embedding``: the
+    two embeddings meet directly, or the teacher's parameters are copied)."""
     student_emb = int(cfg.emb_size)
-    if not needs.teacher or int(teacher_emb) == student_emb:
+    if not definition.needs.teacher or int(teacher_emb) == student_emb or definition.same_embedding is None:
         return
-    sizes = f"the teacher's embedding is {int(teacher_emb)}-d, emb_size={student_emb}"
-    if cfg.distill == "margin":
-        raise InputError(f"distill=margin: {sizes}; MarginDistillation uses the teacher's fc7 centres as the "
-                         "student's class centres, so emb_size must equal the teacher's")
-    if needs.transfer:
-        raise InputError(f"distill={cfg.distill}: {sizes}; knowledge transfer copies the teacher's parameters, "
-                         "so emb_size must equal the teacher's")
-    if needs.fc7 and cfg.get("kd_emb_loss", "none") != "none":
-        raise InputError(f"distill={cfg.distill} kd_emb_loss={cfg.kd_emb_loss}: {sizes}; the embedding term "
-                         "compares the two embeddings directly (set kd_emb_loss=none or emb_size)")
+    why = definition.same_embedding(cfg)
+    if why is not None:
+        setting, reason = why
+        raise InputError(f"{setting}: the teacher's embedding is {int(teacher_emb)}-d, emb_size={student_emb}; "
+                         f"{reason}")

@@ -3,20 +3,21 @@
 ``build_method(cfg, student, teacher, num_classes)`` returns a ``Method`` whose call
 ``method(data, label, teacher_emb=None)`` gives a dict of named, already-weighted per-sample loss
 parts; their sum is the training objective.  ``cfg.distill`` names a method of the registry
-(``shrinkteanet.methods.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
+(``shrinkteanet.methods.base.registry``; one module per method: ``none``, ``stn`` (ShrinkTeaNet,
 Duong et al. 2019, Eq. 4-7), ``l2`` ("Student-1"), ``kd`` (Hinton), ``hint``, ``margin``
 (MarginDistillation), ``lowres_kt``/``lowres_kd``/``lowres_ktkd`` (Karlekar et al. 2019),
 ``adadistill`` (Boutros et al. 2024), ``ekd`` (Huang et al. 2022); each
 module's docstring gives its terms).  From the method's declaration this module does what is
 common to all: check and freeze the teacher, build the classifier (the margin head of
-``cfg.loss`` unless the method brings its own), knowledge transfer where the method needs it,
-the teacher's forward where it needs the embedding or the stage features, and the student's
-forward; the method's ``terms`` add their parts after the classifier's (``softmax`` | ``margin``).
+``cfg.loss`` unless the method brings its own), the method's own ``prepare`` step (knowledge
+transfer), the teacher's forward where it needs the embedding or the stage features, and the
+student's forward; the method's ``terms`` add their parts after the classifier's (``softmax`` |
+``margin``).  Building the networks themselves is ``training.networks``.
 
-Low resolution: the method receives the full-resolution batch (``cfg.image_size``) and
-downsamples it for the student itself by area averaging (``AdaptiveAvgPooling2D``), so
-the teacher and the teacher-embedding cache keep seeing 112x112 images.  The loader must
-then *not* downsample: ``loader_lowres_size(cfg)`` is 0 for these methods.
+A method with its own ``student_size`` (low resolution) receives the full-resolution batch
+(``cfg.image_size``) and the student gets it downsampled by area averaging
+(``AdaptiveAvgPooling2D``), so the teacher and the teacher-embedding cache keep seeing
+112x112 images.  The loader must then *not* downsample: ``registry.loader_lowres_size(cfg)``.
 
 The teacher is never trained: its parameters have ``grad_req='null'``, its full forward
 runs under ``autograd.pause(train_mode=False)`` (running BatchNorm statistics, no dropout)
@@ -33,77 +34,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from shrinkteanet.core.errors import InputError
-from shrinkteanet.core.logutil import get_logger
-from shrinkteanet.methods import registry
-from shrinkteanet.methods.stages import LAST_STAGE
-from shrinkteanet.methods.terms import Batch, Build, Frozen, margin_softmax, load_centres
-
-log = get_logger(__name__)
-
-
-def __getattr__(name):
-    """``SPECS`` (method name -> its needs as ``{flag: True}``) and ``METHODS`` (the names),
-    derived from the registry when read."""
-    if name == "SPECS":
-        return {d.name: d.needs.as_dict() for d in registry.methods()}
-    if name == "METHODS":
-        return registry.names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def method_def(cfg):
-    """The registry's ``MethodDef`` of ``cfg.distill``, after the method's own config check
-    (``InputError`` naming the field: an unknown method lists every valid one)."""
-    found = registry.method(cfg.distill)
-    if found.check is not None:
-        found.check(cfg)
-    return found
-
-
-def method_spec(cfg):
-    """What ``cfg.distill`` needs, as its ``SPECS`` row (``{flag: True}``)."""
-    return method_def(cfg).needs.as_dict()
-
-
-def needs_teacher(cfg):
-    """True when ``cfg.distill`` uses a teacher (at build time or every step)."""
-    return method_def(cfg).needs.teacher
-
-
-def needs_teacher_embedding(cfg):
-    """True when every step needs the teacher's final embedding (what a cache can hold)."""
-    return method_def(cfg).needs.emb
-
-
-def teacher_embedding_only(cfg):
-    """True when the teacher's final embedding is all the method reads of it (no stage features,
-    no tails, no classifier, no parameter transfer): a teacher cache alone can serve such a run
-    (AdaDistill, EKD, the final-stage ShrinkTeaNet and L2 variants)."""
-    needs = method_def(cfg).needs
-    return bool(needs.emb and not (needs.taps or needs.fc7 or needs.transfer) and not student_needs_taps(cfg))
-
-
-def student_image_size(cfg):
-    """Input size of the student network: ``lowres_size`` for the low-resolution methods."""
-    if method_def(cfg).needs.lowres:
-        size = int(cfg.lowres_size)
-        if size <= 0 or size > int(cfg.image_size):
-            raise InputError(f"lowres_size={size}: must be in 1..image_size ({cfg.image_size}) "
-                             f"for distill={cfg.distill}")
-        return size
-    return int(cfg.image_size)
-
-
-def loader_lowres_size(cfg):
-    """``lowres_size`` the data loader should apply: 0 for the low-resolution methods,
-    which downsample inside ``Method`` so that the teacher sees full resolution."""
-    return 0 if method_def(cfg).needs.lowres else int(cfg.get("lowres_size", 0))
-
-
-def student_needs_taps(cfg):
-    """True when the method's terms read the student's stage features."""
-    found = method_def(cfg)
-    return bool(found.student_taps is not None and found.student_taps(cfg))
+from shrinkteanet.methods.base.registry import method_of, needs_teacher, student_image_size
+from shrinkteanet.methods.base.stage_rules import LAST_STAGE
+from shrinkteanet.methods.base.terms import Build, Frozen, StepViews, margin_softmax, teacher_emb_size
+from shrinkteanet.model.network import context_list
 
 
 def _split_taps(out):
@@ -124,10 +58,9 @@ class Method(gluon.Block):
         super().__init__(prefix="")
         self.cfg = cfg
         self.method = cfg.distill
-        self.definition = method_def(cfg)
+        self.definition = method_of(cfg)
         self.needs = self.definition.needs
-        self.spec = self.needs.as_dict()
-        self.ctx = _ctx_list(ctx)
+        self.ctx = context_list(ctx)
         self.num_classes = int(num_classes)
         self.image_size = int(cfg.image_size)
         self.student_size = student_image_size(cfg)
@@ -140,6 +73,8 @@ class Method(gluon.Block):
                       teacher_fc7=teacher_fc7, ctx=self.ctx, frozen=self._frozen, method=self.method)
         self._build_classifier(build)
         self._attach_teacher(build)
+        if self.definition.prepare is not None:
+            self.definition.prepare(build)
         self._build_terms(build)
 
     def _check_inputs(self, teacher, teacher_fc7):
@@ -154,18 +89,16 @@ class Method(gluon.Block):
                                  f"{self.num_classes} (num_classes)")
 
     def _build_classifier(self, build):
-        """The method's classifier (default: the margin head of ``cfg.loss``); the knowledge-
-        transfer methods start it from the teacher's class centres."""
+        """The method's classifier (default: the margin head of ``cfg.loss``), also ``build.head``."""
         make = self.definition.classifier or margin_softmax
         self._classifier = make(build)
-        self.head = self._classifier.head
-        if self.needs.transfer:
-            load_centres(self.head, build)
+        self.head = build.head = self._classifier.head
         self.ce = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def _attach_teacher(self, build):
-        """Freeze the teacher, check it serves the method, and run knowledge transfer."""
-        from shrinkteanet.methods._cached_teacher import is_cached
+        """Freeze the teacher and check it serves the method (a cache-only run's stand-in,
+        ``cached_teacher.CachedTeacher``, has no network to freeze or run)."""
+        from shrinkteanet.methods.base.cached_teacher import is_cached
 
         needs, teacher = self.needs, build.teacher
         if teacher is not None and needs.teacher:
@@ -173,16 +106,13 @@ class Method(gluon.Block):
             self._frozen.teacher = None if is_cached(teacher) else teacher
             for p in teacher.collect_params().values():
                 p.grad_req = "null"
-            from shrinkteanet.methods._teacher import check_embedding_sizes
+            from shrinkteanet.methods.base.teacher_check import check_embedding_sizes
 
-            check_embedding_sizes(self.cfg, needs, teacher_emb_size(teacher, self.emb_size))
+            check_embedding_sizes(self.cfg, self.definition, teacher_emb_size(teacher, self.emb_size))
             if needs.taps and not getattr(teacher, "with_taps", False):
                 raise InputError(f"distill={self.method}: the teacher must be built with_taps=True")
             if needs.emb and not needs.taps and not is_cached(teacher):
                 self._frozen.full = _frozen_full(teacher)
-        if needs.transfer:
-            materialize(build.student, self.student_size, self.ctx[0])
-            transfer_from_teacher(build.student, teacher)
 
     def _build_terms(self, build):
         """The method's terms, each a child block; ``loss_weights`` lists every part's weight."""
@@ -250,7 +180,7 @@ class Method(gluon.Block):
         t_emb, t_taps = self.teacher_forward(data, teacher_emb) if self.needs.teacher else (None, None)
         if t_emb is not None:
             t_emb = t_emb.astype("float32", copy=False)
-        batch = Batch(emb=emb, taps=taps, t_emb=t_emb, t_taps=t_taps, label=label)
+        batch = StepViews(emb=emb, taps=taps, t_emb=t_emb, t_taps=t_taps, label=label)
         batch.logits = self._classifier.logits(batch)
         parts = OrderedDict([(self._classifier.part, self.ce(batch.logits, label) * self._classifier.weight)])
         for term in self.terms:
@@ -282,12 +212,6 @@ def stage_cosines(method, data):
                 for stage, v in sorted(views.items())}
 
 
-def teacher_emb_size(teacher, default):
-    """Width of the teacher's embedding (``default`` for a block that does not say)."""
-    split = getattr(teacher, "split", None)
-    return int(split.emb_size) if split is not None else int(getattr(teacher, "emb_size", default))
-
-
 def _frozen_full(teacher):
     """The teacher's whole embedding graph as ``model.frozen_tail(teacher, None)``, or None for
     a teacher not built by network name.  Same numbers as ``teacher(data)`` in inference mode
@@ -299,47 +223,6 @@ def _frozen_full(teacher):
         return frozen_tail(teacher, None)
     except ValueError:
         return None
-
-
-def _ctx_list(ctx):
-    if ctx is None:
-        return [mx.cpu()]
-    return list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
-
-
-def materialize(net, image_size, ctx=None):
-    """Finish Gluon's deferred initialisation of ``net`` with one zero image (inference
-    mode, so no BatchNorm statistic moves), so that every parameter has its shape."""
-    with autograd.pause(train_mode=False):
-        net(mx.nd.zeros((1, 3, int(image_size), int(image_size)), ctx=ctx or mx.cpu()))
-
-
-def transfer_from_teacher(student, teacher):
-    """Knowledge transfer of Karlekar et al. 2019: copy every teacher parameter whose
-    name and shape the student shares (arguments and BatchNorm statistics).  Returns the
-    names copied; InputError when nothing matches (different architectures)."""
-    t_params = dict(teacher.collect_params().items())
-    copied, skipped = [], []
-    for name, p in student.collect_params().items():
-        if name not in t_params:
-            continue
-        # a loaded teacher may not record .shape; its data does
-        value = t_params[name].data(t_params[name].list_ctx()[0])
-        if tuple(p.shape) == tuple(value.shape):
-            p.set_data(value.astype(p.dtype))
-            copied.append(name)
-        else:
-            skipped.append(name)
-    total = len(list(student.collect_params().keys()))
-    # output units share InsightFace's names (pre_fc1, fc1) across families: a few matches
-    # between different architectures are not a transfer
-    if 2 * len(copied) < total:
-        raise InputError(f"distill=lowres_kt*: only {len(copied)} of {total} student parameters match the teacher "
-                         "by name and shape (knowledge transfer needs the teacher's architecture: "
-                         "network=teacher_network, same net_opts)")
-    log.info("knowledge transfer: %d parameters from the teacher, %d kept (shape differs: %s)", len(copied),
-             len(skipped), ", ".join(skipped[:4]))
-    return copied
 
 
 def build_method(cfg, student, teacher=None, num_classes=None, teacher_fc7=None, ctx=None, hybridize=False):
@@ -358,62 +241,3 @@ def build_method(cfg, student, teacher=None, num_classes=None, teacher_fc7=None,
     if hybridize:
         method.hybridize()
     return method
-
-
-def build_networks(cfg, teacher_checkpoint=None, ctx=None, cached_emb_size=0):
-    """``(student, teacher, teacher_fc7)`` for ``cfg``: the student ``EmbeddingNet``
-    (``cfg.network``, ``cfg.net_opts``, at ``student_image_size(cfg)``, taps when the
-    method's stage terms need them), Xavier-initialised as InsightFace's fresnet/MobileFaceNet
-    (gaussian, fan-out, magnitude 2); the teacher from ``teacher_checkpoint`` ((prefix, epoch)
-    or "PREFIX,EPOCH"; default ``cfg.teacher``) as ``load_teacher`` builds it, frozen; and its
-    ``fc7_weight`` (None when the checkpoint has none).  No teacher for ``distill=none``.
-    ``cached_emb_size`` (the teacher cache's width), with no teacher checkpoint named and a
-    method that reads only the teacher's embedding (``teacher_embedding_only``): no teacher is
-    loaded, a ``_cached_teacher.CachedTeacher`` stands in for it."""
-    from shrinkteanet.model.network import EmbeddingNet
-
-    ctx = _ctx_list(ctx)
-    needs = method_def(cfg).needs
-    student_opts = dict(cfg.net_opts)
-    student_opts["image_size"] = student_image_size(cfg)
-    student = EmbeddingNet(cfg.network, emb_size=int(cfg.emb_size), with_taps=student_needs_taps(cfg),
-                           prelu_as_conv=bool(cfg.get("prelu_as_conv", True)),
-                           **student_opts)
-    student.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
-    materialize(student, student_opts["image_size"], ctx[0])
-    if not needs.teacher:
-        return student, None, None
-    ckpt = teacher_checkpoint if teacher_checkpoint is not None else cfg.teacher
-    if not ckpt and cached_emb_size and teacher_embedding_only(cfg):
-        from shrinkteanet.methods._cached_teacher import CachedTeacher
-
-        return student, CachedTeacher(cached_emb_size), None
-    if not ckpt:
-        raise InputError(f"teacher: distill={cfg.distill} needs a teacher checkpoint (teacher=PREFIX,EPOCH)")
-    teacher, fc7 = load_teacher(cfg, ckpt, ctx=ctx, with_taps=needs.taps)
-    return student, teacher, fc7
-
-
-def load_teacher(cfg, ckpt, *, ctx, with_taps):
-    """``(teacher EmbeddingNet, fc7_weight or None)`` of the checkpoint ``ckpt``: its network read
-    from its ``-symbol.json`` and checked against its parameters (``_teacher.teacher_plan``; the
-    resolved ``teacher_network``/``teacher_net_opts``/``teacher_emb_size`` are written into
-    ``cfg``), at ``cfg.image_size``, every parameter set, ``grad_req='null'``."""
-    from shrinkteanet.core.utils import parse_model_arg
-    from shrinkteanet.methods import _teacher
-    from shrinkteanet.model.checkpoint import read_raw_checkpoint
-    from shrinkteanet.model.network import EmbeddingNet
-
-    prefix, epoch = parse_model_arg(ckpt) if isinstance(ckpt, str) else ckpt
-    graph, arg_params, aux_params = read_raw_checkpoint(prefix, epoch)
-    shapes = ({k: v.shape for k, v in arg_params.items()}, {k: v.shape for k, v in aux_params.items()})
-    plan = _teacher.teacher_plan(cfg, graph, *shapes, image_size=int(cfg.image_size), where=f"{prefix},{epoch}")
-    _teacher.fill_config(cfg, plan)
-    t_opts = dict(plan.opts)
-    t_opts.setdefault("image_size", int(cfg.image_size))
-    teacher = EmbeddingNet(plan.network, emb_size=plan.emb_size, with_taps=with_taps, **t_opts)
-    teacher.set_params(arg_params, aux_params, ctx=ctx)
-    for p in teacher.collect_params().values():
-        p.grad_req = "null"
-    fc7 = arg_params.get("fc7_weight")
-    return teacher, (fc7.as_in_context(ctx[0]) if fc7 is not None else None)

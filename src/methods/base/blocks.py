@@ -224,7 +224,9 @@ def margin_params(cfg):
     return float(cfg.margin_s), float(cfg.margin_m1), float(cfg.margin_m2), float(cfg.margin_m3)
 
 
-def build_head(cfg, num_classes, emb_size=None):
-    """The student's margin head for ``cfg.loss`` (softmax | arcface | cosface | combined)."""
+def margin_head(cfg, num_classes, emb_size, *, fixed=False, prefix="fc7_"):
+    """The one builder of a config's margin head: ``MarginHead`` of ``cfg.loss`` (softmax | arcface |
+    cosface | combined: ``margin_s``, ``margin_m1..3``) over ``num_classes`` centres of width
+    ``emb_size``; the student's head (``fc7_``) or, ``fixed``, a teacher's (soft targets)."""
     s, m1, m2, m3 = margin_params(cfg)
-    return MarginHead(num_classes, emb_size or cfg.emb_size, s=s, m1=m1, m2=m2, m3=m3)
+    return MarginHead(num_classes, emb_size, s=s, m1=m1, m2=m2, m3=m3, fixed=fixed, prefix=prefix)

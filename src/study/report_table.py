@@ -4,7 +4,7 @@ from the JSON files the real runs wrote, with the paper's numbers beside ours.
 Inputs, per run folder (``teacher`` and ``<net>_<method>[_s<seed>]``): ``train.json`` (trainer
 summary), ``eval/verification.json`` (CONTRACTS verification fields), ``eval/megaface.json``
 (``rank1`` by distractor count), ``eval/ijbc.json`` (``tar_at_far``), and the checkpoint itself
-for parameters and FLOPs (``symbols.count_params`` / ``count_flops``).  Columns: LFW, CFP-FP,
+for parameters and FLOPs (``symbols.measure.count_params`` / ``count_flops``).  Columns: LFW, CFP-FP,
 AgeDB-30 accuracy (Table 2), MegaFace challenge-1 rank-1 at the largest distractor set
 (Table 4) and IJB-C TAR at FAR=1e-4 (Table 5).  With several seeds a cell is mean +- sample
 std over seeds, and the ordering ShrinkTeaNet > L2 > self-studied is checked on every
@@ -17,11 +17,11 @@ import numpy as np
 
 from shrinkteanet.study import paper
 from shrinkteanet.study import stats
-from shrinkteanet.study import report as study_report
+from shrinkteanet.study import study_report
 from shrinkteanet.symbols import registry as network_registry
 from shrinkteanet.core.logutil import get_logger
 from shrinkteanet.core.utils import atomic_write_bytes
-from shrinkteanet.methods import registry as method_registry
+from shrinkteanet.methods.base import registry as method_registry
 
 log = get_logger(__name__)
 
@@ -35,24 +35,15 @@ IJB_FAR_KEY = "0.0001"
 
 
 def method_names():
-    """``METHOD_NAMES``: study method key -> display name in the report (the teacher and every
+    """Study method key -> display name in the report (the teacher and every
     study row of the method registry).  A fresh dict."""
     return {"teacher": "Teacher", **{r.key: r.display for r in method_registry.study_rows()}}
 
 
 def weight_ablation():
-    """``WEIGHT_ABLATION``: the distillation-weight ablation, ((method at the paper's weight, the
+    """The distillation-weight ablation, ((method at the paper's weight, the
     same at a larger weight), ...), as the method modules declare it (``StudyRow.ablation_of``)."""
     return method_registry.ablation_pairs()
-
-
-def __getattr__(name):
-    """``METHOD_NAMES`` and ``WEIGHT_ABLATION`` are computed from the method registry when read."""
-    if name == "METHOD_NAMES":
-        return method_names()
-    if name == "WEIGHT_ABLATION":
-        return weight_ablation()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _config_suffix(method):
@@ -86,12 +77,12 @@ def read_metrics(run_dir):
 
 def model_stats(run_dir, image_size):
     """(embedding parameters, multiply-add FLOPs) of the run's checkpoint at ``image_size``."""
-    from shrinkteanet import symbols
+    from shrinkteanet.symbols import measure
     from shrinkteanet.model.checkpoint import load_checkpoint
 
     s = _load(os.path.join(run_dir, "train.json"))
     sym, _, _ = load_checkpoint(s["prefix"], int(s["checkpoint"]))
-    return symbols.count_params(sym, image_size)[0], symbols.count_flops(sym, image_size)
+    return measure.count_params(sym, image_size)[0], measure.count_flops(sym, image_size)
 
 
 _FULL = {}
@@ -101,9 +92,10 @@ def full_size_stats(network):
     """(parameters, FLOPs) of the full-size network (512-d, 112x112), as our symbols build it."""
     if network not in _FULL:
         from shrinkteanet import symbols
+        from shrinkteanet.symbols import measure
 
         sym = symbols.get_symbol(network, 512)
-        _FULL[network] = (symbols.count_params(sym, 112)[0], symbols.count_flops(sym, 112))
+        _FULL[network] = (measure.count_params(sym, 112)[0], measure.count_flops(sym, 112))
     return _FULL[network]
 
 

@@ -5,6 +5,10 @@ from shrinkteanet.core.errors import InputError
 #: the number of the last stage (the final embedding) in every network of ``shrinkteanet.symbols``
 LAST_STAGE = 4
 
+#: the config keys of the stage methods (``MethodDef.keys`` of stn, l2, hint): every stage, and the
+#: weights lambda_i = 0.5 ** (4 - i) of Eq. 7 when ``distill_lambdas`` is empty
+KEYS = dict(distill_stages=[1, 2, 3, 4], distill_lambdas=[])
+
 
 def distill_lambdas(cfg):
     """Per-stage weights of Eq. 7 (ShrinkTeaNet Sec. 4.2).
