@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from _files import tree_sha1
 from shrinkteanet.core.constants import ARCFACE_TEMPLATE
 from shrinkteanet.data import face_render
 from shrinkteanet.data import synth
@@ -293,24 +294,11 @@ def test_cli_synth_prints_summary_and_json(tmp_path, capsys):
 # ----------------------------------------------------------------------------- validation split (issue 26)
 
 
-def _tree_sha1(root):
-    """{relative path: sha1} of every file under ``root``."""
-    import hashlib
-
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
-    return out
-
-
 def test_validation_set_leaves_every_other_file_byte_identical(tmp_path):
     kw = dict(SMALL, identities=3, images_per_id=2, pairs=6, ijb_templates=6, megaface_distractors=10)
     res_off = synth.generate(tmp_path / "off", **kw)
     res_on = synth.generate(tmp_path / "on", val_pairs=10, val_identities=5, **kw)
-    off, on = _tree_sha1(tmp_path / "off"), _tree_sha1(tmp_path / "on")
+    off, on = tree_sha1(tmp_path / "off"), tree_sha1(tmp_path / "on")
     assert set(on) - set(off) == {"val.bin"} and set(off) <= set(on)
     assert {k: on[k] for k in off} == off  # every file written without the option keeps its bytes
     assert len(off) > 20  # the trees were compared, not two empty folders

@@ -10,7 +10,6 @@ could swap the cache, a cache of another width ended in an MXNet traceback, ``co
 ``cosine similarity nan -> DIFFERENT`` (exit 0), ``embed`` wrote NaN rows, ``--nfolds 1`` tuned on
 the test pairs, ``image_size=48`` on a 32x32 set was overridden, ``eval`` assumed 112x112 and
 printed MXNet's infer-shape dump, and every distillation run warned about ``StageTerms._tails``."""
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from _files import file_sha1 as sha1, tree_sha1
 from shrinkteanet.cli import main as cli_main
 from shrinkteanet.study.tiny import random_params, train_overrides, write_tiny_set
 from shrinkteanet.symbols import get_symbol
@@ -44,16 +44,6 @@ def error_line(capsys, argv):
     last = err.strip().splitlines()[-1]
     assert last.startswith("shrinkteanet: error: "), err[-3000:]
     return last[len("shrinkteanet: error: "):], out
-
-
-def sha1(path):
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
-
-
-def hashes(folder):
-    return {os.path.relpath(os.path.join(r, f), folder): sha1(os.path.join(r, f))
-            for r, _, files in os.walk(folder) for f in files}
 
 
 def save_teacher(folder, sym, seed, edit=None):
@@ -129,10 +119,10 @@ def test_a_retrained_teacher_is_not_complete_and_rebuild_replaces_the_cache(worl
     assert cli(["cache-teacher", "--model", model, "--data", world["data"], "--out", cache]) == 0
     capsys.readouterr()
     shutil.copy(world["B"].replace(",1", "-0001.params"), folder / "model-0001.params")  # "retrained"
-    before = hashes(cache)
+    before = tree_sha1(cache)
     line, _ = error_line(capsys, ["cache-teacher", "--model", model, "--data", world["data"], "--out", cache])
     assert "another teacher checkpoint: its params file differs" in line and "cache-teacher --rebuild" in line, line
-    assert hashes(cache) == before
+    assert tree_sha1(cache) == before
     assert cli(["cache-teacher", "--model", model, "--data", world["data"], "--out", cache, "--rebuild"]) == 0
     fresh = tmp_path / "fresh"
     assert cli(["cache-teacher", "--model", world["B"], "--data", world["data"], "--out", fresh]) == 0
@@ -270,14 +260,14 @@ def test_nan_embeddings_stop_every_command_naming_the_checkpoint_and_layer(world
     the checkpoint and the first bad layer, and no output file."""
     model, param, why = broken[kind]
     argv = _commands(model, world, tmp_path)[command]
-    before = hashes(os.path.dirname(model.split(",")[0]))
+    before = tree_sha1(os.path.dirname(model.split(",")[0]))
     line, out = error_line(capsys, argv)
     assert line.startswith(f"--model {model}: non-finite embeddings"), line
     layer = param[: -len("_weight")] if param.endswith("_weight") else param[: -len("_moving_var")]
     assert f"first bad layer: {layer} (" in line and f"{param} {why}" in line, line
     assert "cosine similarity" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faces"]  # nothing written (no .npy, report, cache)
-    assert hashes(os.path.dirname(model.split(",")[0])) == before
+    assert tree_sha1(os.path.dirname(model.split(",")[0])) == before
 
 
 def test_cache_teacher_refuses_embeddings_float16_cannot_hold(world, tmp_path, capsys):

@@ -5,7 +5,6 @@ Every test here failed on the code before issue 21 (the acceptance probe first):
 P,E --mkldnn P`` wrote over its checkpoint, ``train --overwrite`` removed files by pattern and the
 teacher, data writers replaced sets silently, unwritable outputs were found after the work (or
 ended in tracebacks), a 245-character ``--json`` failed, a failed run left a folder behind."""
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from _files import tree_sha1
 from shrinkteanet.cli import main as cli_main
 from shrinkteanet.core.errors import InputError
 from shrinkteanet.study.tiny import random_params, train_overrides, train_tiny_teacher, write_tiny_set
@@ -26,17 +26,6 @@ pytestmark = pytest.mark.usefixtures("cli_log_handlers_closed")
 
 SIZE = 32
 UNWRITABLE = "/sys/shrinkteanet-test"  # EACCES even for root (os.access says yes there)
-
-
-def hashes(folder):
-    """sha256 of every file under ``folder`` (relative path -> digest)."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def cli(argv):
@@ -90,14 +79,14 @@ def test_export_over_its_own_checkpoint_is_refused_and_every_file_stays(model, d
     the MKLDNN/INT8 model replaced ``P-symbol.json`` and ``P-0001.params`` (fc7 and the PReLU
     slopes gone)."""
     folder = os.path.dirname(model)
-    before = hashes(folder)
+    before = tree_sha1(folder)
     value = {"--mkldnn": model, "--int8": model, "--onnx": f"{model}-0001.params",
              "--json": f"{model}-symbol.json"}[flag]
     extra = ["--calib", os.path.join(data, "lfw.bin")] if flag == "--int8" else []
     extra += ["--mkldnn", str(tmp_path / "m")] if flag == "--json" else []
     line = error_line(capsys, ["export", "--model", f"{model},1", flag, value, *extra, "--image-size", SIZE])
     assert line.startswith(f"{flag} {value}: would write over the input --model {model},1"), line
-    assert hashes(folder) == before
+    assert tree_sha1(folder) == before
     assert not list(tmp_path.iterdir())  # nothing else was written either
 
 
@@ -132,9 +121,9 @@ def test_overwrite_removes_exactly_the_manifest_and_keeps_lookalikes(data, tmp_p
     user = ("model-best-0001.params", "model-mkldnn-0001.params", "model-mkldnn-symbol.json", "notes.txt")
     for name in user:
         (out / name).write_bytes(name.encode())
-    mine = {k: v for k, v in hashes(out).items() if k in user}
+    mine = {k: v for k, v in tree_sha1(out).items() if k in user}
     assert cli(_train_args(data, out, "max_batches=1", "ckpt_every=1") + ["--overwrite"]) == 0
-    after = hashes(out)
+    after = tree_sha1(out)
     assert {k: after.get(k) for k in user} == mine
     assert not (out / "model-0003.params").exists() and not (out / "train.json").exists()
     assert (out / "model-0001.params").exists() and read_state(str(out / "model"))["step"] == 1
@@ -158,7 +147,7 @@ def test_a_run_over_its_own_teacher_is_refused_and_the_teacher_stays(data, teach
     prefix, epoch = teacher.rsplit(",", 1)
     folder = tmp_path / "x"
     shutil.copytree(os.path.dirname(prefix), folder)
-    before = hashes(folder)
+    before = tree_sha1(folder)
     mine = f"{folder}/model,{epoch}"
     for extra in ([], ["--overwrite"]):
         line = error_line(capsys, _train_args(data, folder, "max_batches=1", name="mfnr_stn")
@@ -167,7 +156,7 @@ def test_a_run_over_its_own_teacher_is_refused_and_the_teacher_stays(data, teach
     cfg = config.config_by_name("mfnr_stn", train_overrides(data, f"{folder}/model", f"teacher={mine}"))
     with pytest.raises(InputError, match="would write over the input --teacher"):
         train.train(cfg, overwrite=True)
-    assert hashes(folder) == before
+    assert tree_sha1(folder) == before
 
 
 def test_an_old_run_folder_without_a_manifest(data, tmp_path, capsys):
@@ -205,10 +194,10 @@ def test_data_writers_need_overwrite_to_replace_a_set(tmp_path, capsys, what):
         argv = ["data", "pack", "--image-folder", src / "train_images", "--prefix", target / "train", "--workers", "1",
                 "--image-size", SIZE]
         assert cli(argv) == 0
-    before = hashes(target)
+    before = tree_sha1(target)
     line = error_line(capsys, argv)
     assert line.endswith(f"{target / 'train.rec'} exists; pass --overwrite to replace the set"), line
-    assert hashes(target) == before
+    assert tree_sha1(target) == before
     assert cli(argv + ["--overwrite"]) == 0
 
 
