@@ -1,6 +1,7 @@
 """The method registry (``shrinkteanet.methods.base.registry``): a method is one module, discovered lazily;
 every method table of the project is derived from it and equals what it was written out by hand."""
 import json
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -202,7 +203,7 @@ def test_discovery_is_lazy_and_the_methods_package_never_imports_training():
     assert out == ["['shrinkteanet.methods.base', 'shrinkteanet.methods.base.registry']", "False False", "True"]
 
 
-def test_every_module_of_methods_is_a_method(tmp_path):
+def test_every_module_of_methods_is_a_method(tmp_path, monkeypatch):
     """Discovery has no skip list: every module of ``methods/`` declares a method, the machinery is
     the ``base`` sub-package, and a helper module left beside the methods is refused by name."""
     names = {info.name for info in pkgutil.iter_modules(methods_pkg.__path__)}
@@ -214,13 +215,13 @@ def test_every_module_of_methods_is_a_method(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "__init__.py").write_text("")
     assert list(registry._method_modules(package)) == ["pkg._helper"]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        with pytest.raises(ValueError, match=r"_helper declares no METHOD .*go in shrinkteanet.methods.base"):
-            registry._declared("_helper")
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("_helper", None)
+    # the helper is loaded from its file and registered as a module, so discovery imports it by name
+    spec = importlib.util.spec_from_file_location("_helper", tmp_path / "_helper.py")
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    monkeypatch.setitem(sys.modules, "_helper", helper)
+    with pytest.raises(ValueError, match=r"_helper declares no METHOD .*go in shrinkteanet.methods.base"):
+        registry._declared("_helper")
 
 
 def test_unknown_names_fail_listing_every_valid_one():

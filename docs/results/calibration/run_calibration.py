@@ -6,7 +6,8 @@ Usage: calib.py QUEUE_NAME  (runs that queue's entries in order)
 import copy, json, os, subprocess, sys, time
 from shrinkteanet.study import demo
 
-ROOT = "/work/calib"
+# the folder of the runs; study.json names its files relative to it
+ROOT = os.environ.get("CALIB_ROOT", os.path.abspath("calib"))
 DATA = os.path.join(ROOT, "synth")
 SCALE = demo.get_scale("study")
 SCALE["synth"] = dict(identities=2000, images_per_id=16, test_identities=600, pairs=6000, ijb_templates=700,
