@@ -21,6 +21,7 @@ Layout of ``out`` (the Makefile's ``eval-*`` targets default to ``student/`` and
 
     synth/                        data synth output
     teacher/model-*.params        teacher checkpoint; teacher/train.json; teacher/eval/{verification,megaface,ijbc}.json
+    teacher_cache/                its embeddings (``cache-teacher``), read by every run whose method reads them
     <net>_<method>[_s<seed>]/     the same for each student run (method: a key of study_methods())
     student/model-0001.params     copy of the headline student (the scale's ``headline`` run)
     REPORT.md, study.json, demo.json, *.png
