@@ -383,5 +383,7 @@ def test_the_live_teacher_alone_where_the_cache_cannot_serve():
     over = demo.student_overrides(demo.get_scale("fair_tiny"), "mfnr")
     assert demo.cache_use("mfnr_hint", over) is None  # the teacher's stage features every step
     assert demo.cache_use("mfnr_stn_final", over + ["color_jitter=0.2"]) is None  # cached images are un-jittered
+    assert demo.cache_use("mfnr_stn_final", over + ["lowres_size=16"]) is None  # ... and at full resolution
+    assert demo.cache_use("mfnr_stn_final", over) == "only" and demo.cache_use("mfnr_kd", over) == "both"
     args, waits = demo.teacher_source("out", "out/teacher", "mfnr_hint", over)
     assert args[0] == "--teacher" and len(args) == 2 and waits == ["teacher: train"]

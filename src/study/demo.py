@@ -281,11 +281,13 @@ def cache_use(config_name, overrides):
     and more besides (the frozen tails of all-stage ShrinkTeaNet and L2, the fc7 class centres of
     KD's logits and MarginDistillation): the cache replaces the teacher's forward pass beside the
     checkpoint; ``None`` (the live teacher alone) otherwise, e.g. hint's stage features, or colour
-    jitter, which a cache of the un-jittered images cannot serve."""
+    jitter or a loader's ``lowres_size``, which change the images a cache of the clean ones holds."""
     from shrinkteanet.training.config import config_by_name
 
     cfg = config_by_name(config_name, list(overrides))
     if not method_registry.needs_teacher_embedding(cfg) or cfg.color_jitter > 0:
+        return None
+    if method_registry.loader_lowres_size(cfg) > 0:
         return None
     return "only" if method_registry.teacher_embedding_only(cfg) else "both"
 
