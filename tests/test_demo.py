@@ -60,9 +60,10 @@ def test_report_has_every_section_filled_from_real_runs(demo_run):
     meta = json.loads((out / "demo.json").read_text())
     names = [s["name"] for s in meta["stages"]]
     assert names[0] == "synthetic data" and not any(s["skipped"] for s in meta["stages"])
-    # data, then teacher and 3 students, each a train stage and one stage of its 3 evaluations
-    assert sorted(names[1:]) == sorted(f"{r}: {k}" for r in ("teacher", "mfnr_self", "mfnr_l2", "mfnr_stn")
-                                       for k in ("train", "eval"))
+    # data, then teacher and 3 students, each a train stage and one stage of its 3 evaluations, and the
+    # teacher cache that L2 and ShrinkTeaNet read the teacher's embeddings from
+    assert sorted(names[1:]) == sorted([f"{r}: {k}" for r in ("teacher", "mfnr_self", "mfnr_l2", "mfnr_stn")
+                                        for k in ("train", "eval")] + ["teacher: cache"])
     ev = next(ln for ln in log.splitlines() if "[mfnr_stn: eval] start: " in ln)  # progress shows each command
     assert all(f"shrinkteanet eval {p} " in ev for p in ("verification", "megaface", "ijb"))
     assert meta["jobs"] == os.cpu_count()  # one stage per core by default

@@ -316,3 +316,74 @@ def test_match_table_reads_the_self_studied_calibration_curve():
     assert (own["match"], own["steps"]) == ("at most", 100.0)
     none = fair_report.match_table({"runs": []}, efficiency)
     assert {r["match"] for r in none} == {"no calibration curve"}
+
+
+# ----------------------------------------------------------------------------- the teacher cache
+
+#: the configs (``<network>_<suffix>``) whose loss reads nothing of the teacher but its final
+#: embedding (Eq. 6 at i = n only; AdaDistill; EKD): design.md's ``teacher_embedding_only`` list
+CACHE_ONLY = {"stn_final", "l2_final", "adadistill", "ekd"}
+
+
+def _teacher_flags(stage):
+    cmd = stage.commands[0]
+    return {a: cmd[cmd.index(a) + 1] for a in ("--teacher", "--teacher-cache") if a in cmd}
+
+
+def _check_cache_plan(stages, cache_dir):
+    names = [s.name for s in stages]
+    cache = stages[names.index("teacher: cache")]
+    assert cache.after == ("teacher: train",) and names.index("teacher: train") < names.index("teacher: cache")
+    cmd = cache.commands[0]
+    assert cmd[0] == "cache-teacher" and cmd[cmd.index("--out") + 1] == cache_dir
+    assert resolve_arg(cmd[cmd.index("--model") + 1]).endswith(os.path.join("teacher", "train.json>"))
+    users = []
+    for i, st in enumerate(stages):
+        if not st.name.endswith(": train") or st.name == "teacher: train":
+            continue
+        cmd = st.commands[0]
+        method = cmd[cmd.index("--config") + 1].split("_", 1)[1]  # <network>_<method's config suffix>
+        flags = _teacher_flags(st)
+        if method == "self":
+            assert flags == {} and st.after == ("synthetic data",), st.name
+            continue
+        assert i > names.index("teacher: cache") and "teacher: cache" in st.after, st.name
+        assert flags.pop("--teacher-cache") == cache_dir
+        if method in CACHE_ONLY:
+            assert flags == {} and "teacher: train" not in st.after, st.name
+        else:  # the frozen tails or fc7 from the checkpoint, the embedding from the cache
+            assert set(flags) == {"--teacher"} and "teacher: train" in st.after, st.name
+        users.append(method)
+    return users
+
+
+def test_cache_only_methods_train_from_the_cache_built_once_after_the_teacher(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    out = str(tmp_path)
+    methods = ("self", "stn", "stn_final", "l2", "l2_final", "kd", "margin", "adadistill", "ekd")
+    runs = fair.part_runs("main", scale, ("mfnr",), seeds=(0, 1), methods=methods)
+    stages = fair.plan_part(out, scale, "main", runs)
+    users = _check_cache_plan(stages, os.path.join(out, demo.TEACHER_CACHE))
+    assert sorted(users) == sorted(m for m in methods if m != "self" for _ in (0, 1))
+    assert [s.name for s in stages].count("teacher: cache") == 1  # once per teacher and data
+    # the tuning grid's overrides keep a final-stage run cache-only
+    tuning = dict(scale, tuning=dict(stn_final=("stn_weight", (1, 10), 1), kd=("kd_lambda", (1, 3), 1)))
+    tun = fair.plan_part(out, tuning, "tuning", fair.part_runs("tuning", tuning, ("mfnr",)))
+    assert sorted(_check_cache_plan(tun, os.path.join(out, demo.TEACHER_CACHE))) == ["kd"] * 2 + ["stn_final"] * 2
+    # no run reads the teacher: no cache stage (the calibration part)
+    cal = fair.plan_part(out, scale, "calibration", fair.part_runs("calibration", scale, ("mfnr",)))
+    assert "teacher: cache" not in [s.name for s in cal]
+    # the small study's plan the same way
+    small, _ = demo.plan(out, demo.get_scale("tiny"), seeds=(0,), students=("mfnr",),
+                         methods=("self", "stn", "stn_final", "kd"))
+    assert sorted(_check_cache_plan(small, os.path.join(out, demo.TEACHER_CACHE))) == ["kd", "stn", "stn_final"]
+
+
+def test_the_live_teacher_alone_where_the_cache_cannot_serve():
+    over = demo.student_overrides(demo.get_scale("fair_tiny"), "mfnr")
+    assert demo.cache_use("mfnr_hint", over) is None  # the teacher's stage features every step
+    assert demo.cache_use("mfnr_stn_final", over + ["color_jitter=0.2"]) is None  # cached images are un-jittered
+    assert demo.cache_use("mfnr_stn_final", over + ["lowres_size=16"]) is None  # ... and at full resolution
+    assert demo.cache_use("mfnr_stn_final", over) == "only" and demo.cache_use("mfnr_kd", over) == "both"
+    args, waits = demo.teacher_source("out", "out/teacher", "mfnr_hint", over)
+    assert args[0] == "--teacher" and len(args) == 2 and waits == ["teacher: train"]

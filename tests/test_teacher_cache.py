@@ -134,14 +134,18 @@ def test_embedding_only_methods_train_from_the_cache_without_a_teacher(tiny, nam
     from shrinkteanet.training import networks
 
     data, teacher, cache, _ = tiny
-    runs = {}
+    runs, cosines = {}, {}
     for how, extra in (("live", (f"teacher={teacher}",)), ("cached", (f"teacher_cache={cache}",))):
         if how == "cached":
             monkeypatch.setattr(networks, "load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded"))
         cfg = config.config_by_name(name, train_overrides(data, None, "max_batches=4", "lr_schedule=constant", *extra))
         seen = []
-        train.train(cfg, callbacks=[lambda info: seen.append(dict(info["losses"]))])
+        cosines[how] = train.train(cfg, callbacks=[lambda info: seen.append(dict(info["losses"]))])["stage_cosines"]
         runs[how] = seen
+    # the end-of-training cosine to the teacher (the study's column) reads the cache's embeddings
+    assert set(cosines["cached"]) == set(cosines["live"]) == {"4"}
+    for k, v in cosines["live"].items():
+        assert cosines["cached"][k] == pytest.approx(v, abs=5e-3), k
     assert len(runs["live"]) == len(runs["cached"]) == 4
     for a, b in zip(runs["live"], runs["cached"]):
         assert set(a) == set(b) and len(a) >= 1

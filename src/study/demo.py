@@ -21,6 +21,7 @@ Layout of ``out`` (the Makefile's ``eval-*`` targets default to ``student/`` and
 
     synth/                        data synth output
     teacher/model-*.params        teacher checkpoint; teacher/train.json; teacher/eval/{verification,megaface,ijbc}.json
+    teacher_cache/                its embeddings (``cache-teacher``), read by every run whose method reads them
     <net>_<method>[_s<seed>]/     the same for each student run (method: a key of study_methods())
     student/model-0001.params     copy of the headline student (the scale's ``headline`` run)
     REPORT.md, study.json, demo.json, *.png
@@ -267,6 +268,57 @@ def _train_and_eval(name, run_dir, train_args, data, scale, after):
     return [train, ev]
 
 
+#: the teacher-embedding cache's folder in ``out`` (one per teacher and data) and its stage
+TEACHER_CACHE = "teacher_cache"
+CACHE_STAGE = "teacher: cache"
+
+
+def cache_use(config_name, overrides):
+    """How a run of ``config_name`` with ``overrides`` reads its teacher: ``"only"`` when its
+    method reads nothing of the teacher but the final embedding (``registry.teacher_embedding_only``:
+    the final-stage ShrinkTeaNet and L2 terms, Eq. 6 at i = n only, AdaDistill, EKD), so
+    ``train --teacher-cache`` alone serves it; ``"both"`` when it reads that embedding every step
+    and more besides (the frozen tails of all-stage ShrinkTeaNet and L2, the fc7 class centres of
+    KD's logits and MarginDistillation): the cache replaces the teacher's forward pass beside the
+    checkpoint; ``None`` (the live teacher alone) otherwise, e.g. hint's stage features, or colour
+    jitter or a loader's ``lowres_size``, which change the images a cache of the clean ones holds."""
+    from shrinkteanet.training.config import config_by_name
+
+    cfg = config_by_name(config_name, list(overrides))
+    if not method_registry.needs_teacher_embedding(cfg) or cfg.color_jitter > 0:
+        return None
+    if method_registry.loader_lowres_size(cfg) > 0:
+        return None
+    return "only" if method_registry.teacher_embedding_only(cfg) else "both"
+
+
+def cache_stage(out, data_st, teacher_dir):
+    """``cache-teacher`` once after the teacher is trained: its embeddings of every training
+    image and mirror in ``out/teacher_cache`` (bound to that teacher and data by content).
+    ``--rebuild``: the stage only runs when it did not finish or its command changed, and then
+    a cache of an older teacher must be replaced, not refused (a killed rebuild resumes)."""
+    cache = os.path.join(out, TEACHER_CACHE)
+    summary = os.path.join(cache, "cache.json")
+    cmd = ["cache-teacher", "--model", CheckpointOf(os.path.join(teacher_dir, "train.json")),
+           "--data", data_st.folder, "--out", cache, "--rebuild", "--json", summary]
+    return Stage(CACHE_STAGE, [cmd], [os.path.join(cache, f) for f in ("meta.json", "keys.npy", "emb.f16")]
+                 + [summary], folder=cache, after=("teacher: train",))
+
+
+def teacher_source(out, teacher_dir, config_name, overrides):
+    """``(train arguments, stages waited for)`` that give a distilled run its teacher: the cache
+    (``cache_stage``) and/or the teacher's final checkpoint, as ``cache_use`` says."""
+    use = cache_use(config_name, overrides)
+    args, waits = [], []
+    if use != "only":
+        args += ["--teacher", CheckpointOf(os.path.join(teacher_dir, "train.json"))]
+        waits.append("teacher: train")
+    if use is not None:
+        args += ["--teacher-cache", os.path.join(out, TEACHER_CACHE)]
+        waits.append(CACHE_STAGE)
+    return args, waits
+
+
 def check_methods(methods):
     known = study_methods()
     for m in methods:
@@ -277,7 +329,9 @@ def check_methods(methods):
 def plan(out, scale, seeds=None, students=None, methods=None):
     """``(stages, runs)`` of the whole study in priority order: data, the teacher (the critical
     path), the self-studied runs (no teacher needed: they fill the other cores meanwhile), then
-    every distilled run; each train stage is followed by its evaluation stage."""
+    every distilled run; each train stage is followed by its evaluation stage.  Where a method
+    reads the teacher's final embedding (``cache_use``) its runs read it from the teacher cache,
+    which ``cache_stage`` builds once, after the teacher and before its first user."""
     methods = tuple(methods or scale["methods"])
     check_methods(methods)
     students = tuple(students or scale["students"])
@@ -289,7 +343,7 @@ def plan(out, scale, seeds=None, students=None, methods=None):
     stages += _train_and_eval("teacher", teacher_dir, ["--config", "teacher_r90", *teacher_overrides(scale), "seed=0"],
                               data, scale, after=(data_st.name,))
     stages += _long_self_stages(out, scale, students, seeds, data, data_st.name)
-    runs = []
+    runs, students_st = [], []
     known = study_methods()
     order = sorted(methods, key=lambda m: known[m][0] != "self")  # self-studied first: no teacher to wait for
     for method in order:
@@ -300,10 +354,14 @@ def plan(out, scale, seeds=None, students=None, methods=None):
                 args = ["--config", f"{net}_{suffix}", *student_overrides(scale, net, seed), *extra]
                 after = [data_st.name]
                 if suffix != "self":
-                    args += ["--teacher", CheckpointOf(os.path.join(teacher_dir, "train.json"))]
-                    after.append("teacher: train")
-                stages += _train_and_eval(name, os.path.join(out, name), args, data, scale, after)
+                    source, waits = teacher_source(out, teacher_dir, args[1], args[2:])
+                    args += source
+                    after += waits
+                students_st += _train_and_eval(name, os.path.join(out, name), args, data, scale, after)
                 runs.append(dict(network=net, method=method, seed=int(seed), dir=name))
+    if any(CACHE_STAGE in st.after for st in students_st):  # once per teacher and data, before its users
+        stages.append(cache_stage(out, data_st, teacher_dir))
+    stages += students_st
     runs.sort(key=lambda r: (students.index(r["network"]), methods.index(r["method"]), r["seed"]))
     return stages, runs
 

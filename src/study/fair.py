@@ -19,7 +19,8 @@ checkpoint (``train --resume``, ``scheduler.ResumeOrOverwrite``); finished stage
 everywhere in the study.  ``study.fair_report`` writes each part's ``study.json`` and the
 merged REPORT.md from whatever has finished.
 
-Layout of ``out``: ``synth/``, ``teacher/`` (the teacher at ``teacher_steps``), ``calibration/``,
+Layout of ``out``: ``synth/``, ``teacher/`` (the teacher at ``teacher_steps``), ``teacher_cache/``
+(its embeddings, which every run whose method reads them takes from it: ``demo.cache_use``), ``calibration/``,
 ``tuning/`` (+ ``selection.json``), ``main/``, ``efficiency/``, each run folder as in the demo.
 """
 import copy
@@ -180,9 +181,10 @@ def train_stage(out, scale, run, data_st, resume):
     rdir = os.path.join(out, run["dir"])
     args = train_args(scale, run)
     after = [data_st.name]
-    if run["method"] not in ("teacher", SELF):
-        args += ["--teacher", CheckpointOf(os.path.join(out, TEACHER_DIR, "train.json"))]
-        after.append("teacher: train")
+    if run["method"] not in ("teacher", SELF):  # the teacher cache where it serves the method, the teacher where needed
+        source, waits = demo.teacher_source(out, os.path.join(out, TEACHER_DIR), args[1], args[2:])
+        args += source
+        after += waits
     flag = ResumeOrOverwrite(os.path.join(rdir, "model")) if resume else "--overwrite"
     name = "teacher" if run["dir"] == TEACHER_DIR else run["dir"]
     return Stage(f"{name}: train", [["train", *args, "--data", data_st.folder, "--out", rdir, flag,
@@ -212,8 +214,10 @@ def eval_stage(out, scale, run, train_st, data_dir):
 
 
 def plan_part(out, scale, part, runs, resume=False):
-    """The stages of one part: data, the teacher where a run needs it, then each run (self-studied
-    first: they need no teacher) with its evaluation."""
+    """The stages of one part: data, the teacher where a run needs it, the teacher cache
+    (``demo.cache_stage``, ``teacher_cache/``) where a run's method reads it (``demo.cache_use``),
+    then each run (self-studied first: they need no teacher) with its
+    evaluation."""
     data_st = data_stage(out, scale)
     stages = [data_st]
     need_teacher = part != "calibration" and any(r["method"] != SELF for r in runs)
@@ -221,10 +225,13 @@ def plan_part(out, scale, part, runs, resume=False):
         t = teacher_run(scale)
         tst = train_stage(out, scale, t, data_st, resume)
         stages += [tst, eval_stage(out, scale, t, tst, data_st.folder)]
+    users = []
     for run in sorted((r for r in runs if r["dir"] != TEACHER_DIR), key=lambda r: r["method"] not in ("teacher", SELF)):
         st = train_stage(out, scale, run, data_st, resume)
-        stages += [st, eval_stage(out, scale, run, st, data_st.folder)]
-    return stages
+        users += [st, eval_stage(out, scale, run, st, data_st.folder)]
+    if any(demo.CACHE_STAGE in st.after for st in users):  # once per teacher and data, before its users
+        stages.append(demo.cache_stage(out, data_st, os.path.join(out, TEACHER_DIR)))
+    return stages + users
 
 
 # ---------------------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ def _train_locked(cfg, job, *, resume, callbacks, loader):
         summary = Fit(method, loader, cfg, job, student=student, student_symbol=sym, teacher_cache=cache,
                       callbacks=callbacks, verify=verify).run(resume=resume)
         if job.rank == 0:
-            summary["stage_cosines"] = final_stage_cosines(method, loader, ctx_list[0], len(ctx_list))
+            summary["stage_cosines"] = final_stage_cosines(method, loader, ctx_list[0], len(ctx_list), cache)
         return summary
     finally:
         if hasattr(loader, "close"):
@@ -398,10 +398,12 @@ def check_cache_teacher(cfg, cache):
     cache.check_teacher(parse_model_arg(cfg.teacher), cfg.get("teacher_emb_size") or cfg.emb_size)
 
 
-def final_stage_cosines(method, loader, ctx, num_ctx=1):
+def final_stage_cosines(method, loader, ctx, num_ctx=1, cache=None):
     """``assembler.stage_cosines`` on one device's share of the first batch of epoch 0 (keys are
     stage numbers as strings): the batch shape the training graphs were built for on ``ctx``,
-    so no new graph for the whole batch is built there after training.  A failure (out of
+    so no new graph for the whole batch is built there after training.  With a teacher
+    ``cache`` the teacher's embeddings are the cache's, as in training (a cache-only run has
+    no teacher to run).  A failure (out of
     memory) is logged and gives ``{}``: the run's summary is never lost to this check."""
     import mxnet as mx
 
@@ -415,7 +417,8 @@ def final_stage_cosines(method, loader, ctx, num_ctx=1):
             return {}
         share = max(len(batch.data) // max(int(num_ctx), 1), 1)
         data = mx.nd.array(batch.data[:share], ctx=ctx)
-        return {str(k): v for k, v in stage_cosines(method, data).items()}
+        temb = None if cache is None else mx.nd.array(cache.lookup(batch.index[:share], batch.flipped[:share]), ctx=ctx)
+        return {str(k): v for k, v in stage_cosines(method, data, temb).items()}
     except Exception as e:  # noqa: BLE001 -- a diagnostic after training; the summary must survive
         log.warning("final stage-cosine check failed (%s: %s); summary without stage_cosines",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")

@@ -188,18 +188,19 @@ class Method(gluon.Block):
         return parts
 
 
-def stage_cosines(method, data):
+def stage_cosines(method, data, teacher_emb=None):
     """Mean cosine, over the images of ``data``, between the teacher's final embedding and the
     student's at the end of training: stage 4 = the student's own embedding; stage i < 4 (where
     the method has the adapter H_i and the teacher tail) = ``[T_{i+1} o .. o T_n](H_i(F_i^s))``,
     the quantity whose angle Eq. 6 penalises.  Inference mode (running BatchNorm statistics).
+    ``teacher_emb``: the batch's embeddings from the teacher cache (a run with no teacher loaded).
     Returns ``{stage: cosine}`` or ``{}`` for a method without a teacher embedding."""
     fr = method._frozen
-    if not (method.needs.emb and fr.teacher is not None):
+    if not (method.needs.emb and (fr.teacher is not None or teacher_emb is not None)):
         return {}
     with autograd.pause(train_mode=False):
         emb, taps = _split_taps(method.student(method.student_input(data)))
-        t_emb, _ = method.teacher_forward(data)
+        t_emb, _ = method.teacher_forward(data, teacher_emb)
         # a student narrower than its teacher is compared through its final adapter (Sec. 3.3)
         final = method.adapters.get(LAST_STAGE) if not method.needs.taps else None
         views = {LAST_STAGE: final(emb) if final is not None else emb}
