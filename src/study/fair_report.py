@@ -315,7 +315,8 @@ def render(parts, names):
         lines += curve_section(parts["calibration"], names)
     if "tuning" in parts:
         lines += tuning_section(parts["tuning"], names)
-    for part, title in (("main", "Main table: the study's budget (`budget_steps`, the converged one once calibrated)"),
+    for part, title in (("main", "Main table: the calibrated budget (`budget_steps`; docs/reproduction.md states "
+                                 "what doubling it still adds)"),
                         ("efficiency", "Sample efficiency: a quarter of the budget")):
         st = parts.get(part)
         if st is None:
