@@ -178,6 +178,15 @@ def test_paired_intervals_over_three_seeds_against_scipy_from_study_json_to_repo
     assert "| calibration | 0 | not run" in text and "| main | 6 | none |" in text  # missing parts are named
 
 
+def test_main_heading_gives_the_students_budget_not_the_teachers():
+    teacher = {**_record("teacher", 0, SELF[0]), "network": "r90", "steps": 400}
+    records = [teacher] + [_record("self", s, SELF[s]) for s in SELF]
+    text = fair_report.render({"main": {"part": "main", "runs": records, "missing": [], "paired": [],
+                                        "contrasts": []}}, {"self": "Self-studied", "teacher": "Teacher"})
+    heading = next(ln for ln in text.splitlines() if ln.startswith("## Main table"))
+    assert heading.endswith("(100 steps)") and "| r90 | Teacher | 1 |" in text
+
+
 def test_contrasts_pair_all_stages_with_final_only_and_tuned_with_default():
     final = {s: tuple(v - 0.01 for v in STN[s]) for s in STN}
     tuned = {s: tuple(v + 0.02 for v in STN[s]) for s in STN}

@@ -305,6 +305,12 @@ def match_section(rows, names):
     return lines + [""]
 
 
+def student_steps(runs):
+    """The students' budget of a part's runs (the teacher's row of ``main`` trains its own, longer one)."""
+    steps = sorted({r["steps"] for r in runs if r["method"] != "teacher"})
+    return ", ".join(f"{s:,}" for s in steps) or "-"
+
+
 def render(parts, names):
     """REPORT.md of the fair study from the parts' study.json contents (``{part: study}``)."""
     lines = ["# ShrinkTeaNet fair study (issue 26)\n",
@@ -321,7 +327,7 @@ def render(parts, names):
         st = parts.get(part)
         if st is None:
             continue
-        lines += means_section(st, names, f"{title} ({st['runs'][0]['steps'] if st['runs'] else '-'} steps)")
+        lines += means_section(st, names, f"{title} ({student_steps(st['runs'])} steps)")
         lines += paired_section(st["paired"], names, "Paired differences to the self-studied student (points)")
         if st["contrasts"]:
             lines += paired_section(st["contrasts"], names, "Contrasts (points)")
