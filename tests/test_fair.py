@@ -185,6 +185,15 @@ def test_main_heading_gives_the_students_budget_not_the_teachers():
                                         "contrasts": []}}, {"self": "Self-studied", "teacher": "Teacher"})
     heading = next(ln for ln in text.splitlines() if ln.startswith("## Main table"))
     assert heading.endswith("(100 steps)") and "| r90 | Teacher | 1 |" in text
+    assert "cosine per stage" not in text  # no run with a teacher embedding: no cosine table
+
+
+def test_report_gives_the_stage_cosines_averaged_over_seeds():
+    records = [{**_record("stn", s, STN[s], "default"), "stage_cosines": {"1": c1, "4": c4}}
+               for s, (c1, c4) in enumerate(((0.20, 0.50), (0.30, 0.70), (0.40, 0.60)))]
+    text = fair_report.render({"main": {"part": "main", "runs": records, "missing": [], "paired": [],
+                                        "contrasts": []}}, {"stn": "ShrinkTeaNet"})
+    assert "| mfnr | ShrinkTeaNet | 3 | 1: 0.300, 4: 0.600 |" in text
 
 
 def test_contrasts_pair_all_stages_with_final_only_and_tuned_with_default():
