@@ -336,7 +336,7 @@ def _study_sections(out, meta):
     return ["## Paired differences to the self-studied student\n", sr.paired_section(study, names, NET_NAMES),
             "## Distillation weight ablation\n", sr.ablation_section(study, weight_ablation(), names),
             "## Student-teacher cosine per stage at the end of training\n", sr.cosine_section(study, names),
-            "## Convergence\n", sr.convergence_section(study, names)
+            "## Loss at the final learning rate (secondary)\n", sr.convergence_section(study, names)
             + (f"\n![loss curves]({curves})\n" if curves else ""),
             "## Standard errors of the protocols\n", sr.se_section(study)]
 

@@ -210,7 +210,9 @@ def cosine_section(study, names):
 
 def convergence_section(study, names):
     """Per run: steps, final lr, the criterion's relative drop and verdict, the final loss parts."""
-    lines = [f"Criterion: {study['convergence_criterion']}.\n",
+    lines = [f"Criterion: {study['convergence_criterion']}.  At the final lr every run looks flat, so this is not "
+             "a test of convergence: the budget curves of the fair study (`reproduce --part calibration`, "
+             "docs/reproduction.md) are.\n",
              "| Run | Steps | Final lr | Drop over the last window | Plateaued | Final loss parts |",
              "|---|---|---|---|---|---|"]
     entries = [("teacher", study["teacher"])] + [(r["dir"], r) for r in study["runs"]]
