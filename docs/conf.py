@@ -39,7 +39,7 @@ if os.environ.get("SHRINKTEANET_DOCS_INTERSPHINX") == "1":
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "results/*.json", "examples/**"]
+exclude_patterns = ["_build", "results/**", "examples/**"]  # results: study outputs, linked from reproduction.md
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 
