@@ -108,7 +108,8 @@ SCALES = {
     # 12,000 steps doubling moved the self-studied MFN-R by +0.4 / +0.0 / +1.1 points (LFW / CFP-FP /
     # AgeDB-30; the AgeDB residual is stated, not hidden); the teacher trains 24,000 steps because it
     # needed more (MegaFace rank-1 +5.4 points from 12,000 to 24,000) and then leads the 12,000-step
-    # self-studied MFN-R by 1.8 / 4.1 / 3.2 points and MegaFace by 17.0
+    # self-studied MFN-R by 1.8 / 4.1 / 3.2 points and MegaFace by 17.0.  MFN is further from its plateau
+    # at 12,000 (doubling adds 1.3 / 2.7 / 2.3): a residual the reports are read against, not a converged budget
     "fair": dict(
         image_size=32,
         synth=dict(identities=2000, images_per_id=16, test_identities=600, pairs=6000, val_pairs=6000,
