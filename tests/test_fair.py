@@ -193,7 +193,7 @@ def test_report_gives_the_stage_cosines_averaged_over_seeds():
                for s, (c1, c4) in enumerate(((0.20, 0.50), (0.30, 0.70), (0.40, 0.60)))]
     text = fair_report.render({"main": {"part": "main", "runs": records, "missing": [], "paired": [],
                                         "contrasts": []}}, {"stn": "ShrinkTeaNet"})
-    assert "| mfnr | ShrinkTeaNet | 3 | 1: 0.300, 4: 0.600 |" in text
+    assert "| mfnr | ShrinkTeaNet | 0.300 | - | - | 0.600 |" in text
 
 
 def test_contrasts_pair_all_stages_with_final_only_and_tuned_with_default():

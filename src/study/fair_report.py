@@ -305,22 +305,6 @@ def match_section(rows, names):
     return lines + [""]
 
 
-def cosine_section(study, names):
-    """Student-teacher cosine per stage at the end of training (``stage_cosines``, Eq. 6's quantity at
-    stages 1-3, the embeddings' at stage 4), mean over the seeds of each row that has them."""
-    rows = []
-    for g in sorted({group(r) for r in study["runs"] if r.get("stage_cosines")}, key=str):
-        runs = [r for r in study["runs"] if group(r) == g and r.get("stage_cosines")]
-        stages = sorted({k for r in runs for k in r["stage_cosines"]}, key=int)
-        values = {k: [r["stage_cosines"][k] for r in runs if k in r["stage_cosines"]] for k in stages}
-        cells = [f"{k}: {sum(v) / len(v):.3f}" for k, v in values.items()]
-        rows.append(f"| {g[0]} | {_row_name(g, names)} | {len(runs)} | {', '.join(cells)} |")
-    if not rows:
-        return []
-    return ["### Student-teacher cosine per stage at the end (mean over seeds)\n",
-            "| network | method | n | stage: cosine |", "|---|---|---|---|", *rows, ""]
-
-
 def student_steps(runs):
     """The students' budget of a part's runs (the teacher's row of ``main`` trains its own, longer one)."""
     steps = sorted({r["steps"] for r in runs if r["method"] != "teacher"})
@@ -347,7 +331,9 @@ def render(parts, names):
         lines += paired_section(st["paired"], names, "Paired differences to the self-studied student (points)")
         if st["contrasts"]:
             lines += paired_section(st["contrasts"], names, "Contrasts (points)")
-        lines += cosine_section(st, names)
+        if any(r.get("stage_cosines") for r in st["runs"]):
+            lines += ["### Student-teacher cosine per stage at the end\n",
+                      study_report.cosine_section(st, names, row=lambda r: (r["network"], _row_name(group(r), names)))]
         if part == "efficiency" and st.get("steps_to_match"):
             lines += match_section(st["steps_to_match"], names)
     return "\n".join(lines)

@@ -187,24 +187,27 @@ def ablation_section(study, pairs, names):
         + "\n".join(lines) + "\n"
 
 
-def cosine_section(study, names):
-    """Mean student-teacher cosine per stage at the end of training (mean over seeds)."""
+def cosine_section(study, names, row=None):
+    """Mean student-teacher cosine per stage at the end of training (mean over seeds).  ``row``:
+    a run record -> (network, row label), the runs averaged together; default network and method
+    (the fair study's rows also tell a tuned strength from the default)."""
+    row = row or (lambda r: (r["network"], names.get(r["method"], r["method"])))
     rows = {}
     for r in study["runs"]:
-        if r["stage_cosines"]:
-            rows.setdefault((r["network"], r["method"]), []).append(r["stage_cosines"])
+        if r.get("stage_cosines"):
+            rows.setdefault(row(r), []).append(r["stage_cosines"])
     if not rows:
         return "No run had a teacher embedding to compare with.\n"
     lines = ["Cosine between the teacher's final embedding and the student's view of it (stage 4: the student's "
              "embedding; stage i < 4: adapter H_i, then the frozen teacher blocks after stage i), inference "
              "mode, on one training batch, mean over seeds.\n",
              "| Network | Method | stage 1 | stage 2 | stage 3 | stage 4 |", "|---|---|---|---|---|---|"]
-    for (net, method), cos in rows.items():
+    for (net, label), cos in rows.items():
         cells = []
         for st in ("1", "2", "3", "4"):
             vals = [c[st] for c in cos if st in c]
             cells.append(f"{np.mean(vals):.3f}" if vals else "-")
-        lines.append(f"| {net} | {names.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {net} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
