@@ -405,3 +405,92 @@ def test_the_live_teacher_alone_where_the_cache_cannot_serve():
     assert demo.cache_use("mfnr_stn_final", over) == "only" and demo.cache_use("mfnr_kd", over) == "both"
     args, waits = demo.teacher_source("out", "out/teacher", "mfnr_hint", over)
     assert args[0] == "--teacher" and len(args) == 2 and waits == ["teacher: train"]
+
+
+# ----------------------------------------------------------------------------- merging work folders
+
+
+def _fake_part(out, scale, seeds, acc_of):
+    """Fake finished main-part runs of ``seeds`` (self and stn, MFN-R) in ``out``; ``acc_of(method, seed)``."""
+    runs = [r for r in fair.part_runs("main", scale, ("mfnr",), seeds, ("self", "stn")) if r["method"] != "teacher"]
+    for r in runs:
+        _fake_run(out, r, acc_of(r["method"], r["seed"]))
+    return runs
+
+
+def test_merge_fills_the_runs_this_folder_has_not_finished_and_pairs_them(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    acc = {("self", 0): 0.60, ("stn", 0): 0.64, ("self", 1): 0.70, ("stn", 1): 0.71}
+    _fake_part(here, scale, (0,), lambda m, s: acc[m, s])
+    _fake_part(there, scale, (0, 1), lambda m, s: acc[m, s] - 0.5 if s == 0 else acc[m, s])  # seed 0 differs
+    fair_report.write_report(there, fair.collect_parts(there, scale, (0, 1), ("self", "stn")), {})
+    other = os.path.join(there, "main", "study.json")
+    merged = fair_report.read_merged([other], scale)
+    study = fair.collect_parts(here, scale, (0, 1), ("self", "stn"), merged)["main"]
+    by = {r["dir"]: r for r in study["runs"]}
+    assert by["main/mfnr_stn_s0"]["lfw"]["accuracy"] == pytest.approx(0.64)  # this folder's own run wins
+    assert "merged_from" not in by["main/mfnr_stn_s0"]
+    assert by["main/mfnr_stn_s1"]["merged_from"] == other and by["main/mfnr_self_s1"]["lfw"]["accuracy"] == 0.70
+    assert study["missing"] == ["teacher"]  # neither folder trained the teacher
+    # seed-paired over both folders: d = (0.04, 0.01), mean 0.025, sd 0.03 / sqrt(2), t_{0.975,1} = 12.706
+    lfw = next(r for r in study["paired"] if r["protocol"] == "lfw")
+    half = 12.706204736174696 * (0.03 / math.sqrt(2)) / math.sqrt(2)
+    assert lfw["seeds"] == [0, 1] and lfw["mean_diff"] == pytest.approx(0.025)
+    assert lfw["ci95"] == pytest.approx([0.025 - half, 0.025 + half]) and lfw["verdict"] == "within noise"
+    fair_report.write_report(here, {"main": study}, {})
+    text = open(os.path.join(here, "REPORT.md")).read()
+    assert f"- main: 2 runs merged from `{other}`" in text
+    # a study.json made from merged records passes their first source on
+    again = fair_report.read_merged([os.path.join(here, "main", "study.json")], scale)
+    assert again["main"]["main/mfnr_stn_s1"]["merged_from"] == other
+    assert again["main"]["main/mfnr_stn_s0"]["merged_from"] == os.path.join(here, "main", "study.json")
+
+
+def test_merge_refuses_other_scales_plans_and_broken_files(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    there = str(tmp_path / "there")
+    _fake_part(there, scale, (0,), lambda m, s: 0.6)
+    fair_report.write_report(there, fair.collect_parts(there, scale, (0,), ("self", "stn")), {})
+    other = os.path.join(there, "main", "study.json")
+    longer = dict(scale, budget_steps=2 * scale["budget_steps"])  # another budget: not comparable
+    with pytest.raises(InputError, match="scale_fingerprint .* is not this scale's"):
+        fair_report.read_merged([other], longer)
+    # what only picks runs (seeds, methods) leaves the fingerprint alone
+    assert fair_report.scale_fingerprint(dict(scale, seeds=(5,), methods=("self",))) == \
+        fair_report.scale_fingerprint(scale)
+    study = json.load(open(other))
+    rec = next(r for r in study["runs"] if r["dir"] == "main/mfnr_stn_s0")
+    rec["overrides"] = ["stn_weight=10"]  # the same folder name, another strength
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(study))
+    with pytest.raises(InputError, match=r"run main/mfnr_stn_s0 has overrides=\['stn_weight=10'\]"):
+        fair.collect_parts(str(tmp_path / "empty"), scale, (0,), ("self", "stn"), fair_report.read_merged([bad], scale))
+    del study["scale_fingerprint"]
+    bad.write_text(json.dumps(study))
+    with pytest.raises(InputError, match="no 'scale_fingerprint'"):
+        fair_report.read_merged([bad], scale)
+    bad.write_text("{")
+    with pytest.raises(InputError, match="not a readable study.json"):
+        fair_report.read_merged([bad], scale)
+
+
+def test_cli_report_only_merges_without_training_and_merge_needs_a_part(tmp_path, capsys):
+    from shrinkteanet.cli import main
+
+    scale = demo.get_scale("fair_tiny")
+    there = str(tmp_path / "there")
+    _fake_part(there, scale, (0, 1), lambda m, s: 0.6 + 0.01 * s + (0.02 if m == "stn" else 0))
+    fair_report.write_report(there, fair.collect_parts(there, scale, (0, 1), ("self", "stn")), {})
+    out = tmp_path / "here"
+    args = ["reproduce", "--scale", "fair_tiny", "--part", "main", "--out", str(out), "--seeds", "0,1",
+            "--methods", "self,stn"]
+    assert main(args + ["--merge", os.path.join(there, "main", "study.json"), "--report-only"]) == 0
+    study = json.load(open(out / "main" / "study.json"))
+    assert len(study["runs"]) == 4 and study["missing"] == ["teacher"] and not (out / "synth").exists()
+    assert "ShrinkTeaNet | Self-studied | +2.00 [+2.00, +2.00] better (n=2)" in (out / "REPORT.md").read_text()
+    capsys.readouterr()
+    assert main(["reproduce", "--merge", "x.json", "--out", str(out)]) == 2
+    assert "--merge belongs to the fair study's parts" in capsys.readouterr().err
+    assert main(args + ["--merge", str(tmp_path / "absent.json"), "--report-only"]) == 2
+    assert "absent.json: not a readable study.json" in capsys.readouterr().err

@@ -63,6 +63,11 @@ def register(sub):
                                                 "work/reproduce-fair")
     r.add_argument("--resume", action="store_true", help="a train stage killed midway continues from its last "
                                                          "checkpoint (train --resume) instead of starting afresh")
+    r.add_argument("--merge", action="append", default=[], metavar="STUDY_JSON",
+                   help="a part's study.json from another work folder (repeatable): its runs fill in the planned "
+                        "runs this folder has not finished; refused unless its scale_fingerprint is this scale's")
+    r.add_argument("--report-only", action="store_true", help="run nothing: write study.json and REPORT.md from "
+                                                              "the finished (and --merge) runs")
     r.set_defaults(func=run_reproduce)
 
 
@@ -119,10 +124,11 @@ def run_demo(args):
 def run_reproduce(args):
     if args.part:
         return _run_fair(args)
-    if args.resume:
+    given = [f for f, v in (("--resume", args.resume), ("--merge", args.merge), ("--report-only", args.report_only)) if v]
+    if given:
         from shrinkteanet.core.errors import InputError
 
-        raise InputError("--resume belongs to the fair study's parts: give --part too")
+        raise InputError(f"{given[0]} belongs to the fair study's parts: give --part too")
     return _run(args, reproduce=True)
 
 
@@ -136,7 +142,7 @@ def _run_fair(args):
     path = fair.run_fair(out, scale, parts, students=_names(args.students),
                          seeds=_seeds(args.seeds) if args.seeds else None, methods=_names(args.methods),
                          resume=args.resume, jobs=_jobs(args.jobs) if args.jobs else None, threads=args.threads,
-                         force=args.force, dry_run=args.dry_run)
+                         force=args.force, dry_run=args.dry_run, merge=args.merge, report_only=args.report_only)
     if path is None:
         print("dry run: nothing trained")
         return 0

@@ -321,35 +321,39 @@ def run_part(out, scale, part, *, students, seeds, methods, resume, scheduler):
     return runs
 
 
-def collect_parts(out, scale, seeds=None, methods=None):
-    """``{part: study}`` for every part that has a folder in ``out`` (the scale's students, so a
-    report after ``--students mfn`` still lists the MFN-R runs as done or missing)."""
+def collect_parts(out, scale, seeds=None, methods=None, merged=None):
+    """``{part: study}`` for every part that has a folder in ``out`` or ``merged`` records
+    (``fair_report.read_merged``), over the scale's students, so a report after ``--students mfn``
+    still lists the MFN-R runs as done or missing."""
     from shrinkteanet.study import fair_report
 
     parts = {}
     students = tuple(scale["students"])
     for part in PARTS:
-        if not os.path.isdir(os.path.join(out, part)):
+        if not os.path.isdir(os.path.join(out, part)) and part not in (merged or {}):
             continue
         runs = part_runs(part, scale, students, seeds, methods, read_selection(out) if part == "main" else None)
-        parts[part] = fair_report.build_part(out, scale, part, runs)
+        parts[part] = fair_report.build_part(out, scale, part, runs, merged)
     return parts
 
 
 def run_fair(out, scale, parts, *, students=None, seeds=None, methods=None, resume=False, jobs=None, threads=0,
-             force=False, dry_run=False, python=None):
-    """``shrinkteanet reproduce --part ...``: run ``parts`` in order, then write every part's
-    ``study.json`` and the merged REPORT.md; returns the report path (None for a dry run)."""
+             force=False, dry_run=False, python=None, merge=(), report_only=False):
+    """``shrinkteanet reproduce --part ...``: run ``parts`` in order (none with ``report_only``),
+    then write every part's ``study.json`` and the merged REPORT.md, runs of the ``merge``
+    study.json files filling in what ``out`` has not finished; returns the report path (None for
+    a dry run)."""
     from shrinkteanet.study import fair_report, report_table
     from shrinkteanet.study.scheduler import Scheduler
 
     check_scale(scale)
     students = tuple(students or scale["students"])
     demo.check_methods(tuple(methods or scale["methods"]))
+    merged = fair_report.read_merged(merge, scale)  # before any training: a bad file fails at once
     sched_kw = dict(jobs=jobs or os.cpu_count() or 1, threads=threads, python=python, force=force, dry_run=dry_run)
-    for part in parts:
+    for part in () if report_only else parts:
         run_part(out, scale, part, students=students, seeds=seeds, methods=methods, resume=resume,
                  scheduler=Scheduler(**sched_kw))
     if dry_run:
         return None
-    return fair_report.write_report(out, collect_parts(out, scale, seeds, methods), report_table.method_names())
+    return fair_report.write_report(out, collect_parts(out, scale, seeds, methods, merged), report_table.method_names())

@@ -11,7 +11,12 @@ seed with its 95% t interval and verdict (``stats.paired_difference``); ``contra
 paper's own (all stages vs final only, ShrinkTeaNet vs Student-1) and tuned vs default.  The
 efficiency part adds ``steps_to_match``: the self-studied budget at which the calibration curve
 reaches each student's mean (``steps_to_match``).
+
+Parts run in other work folders (another machine, an earlier session) join the report through
+``read_merged``: a planned run this folder has not finished takes that folder's record, which
+keeps ``merged_from``; runs merge only between study.json files of the same ``scale_fingerprint``.
 """
+import hashlib
 import json
 import math
 import os
@@ -26,6 +31,11 @@ CONVERGENCE_SETS = ("lfw", "cfp_fp", "agedb_30")
 CONVERGENCE_TOL = 0.005
 #: (treated, control) method pairs compared seed by seed besides "vs self-studied"
 CONTRASTS = (("stn", "stn_final"), ("stn", "l2"))
+#: scale keys that choose which runs a plan holds, not what a run trains or measures: outside the fingerprint
+PLAN_KEYS = ("name", "students", "methods", "seeds", "headline", "frequent", "calibration_steps",
+             "calibration_teacher_steps", "tuning", "tuning_seed", "teacher_epochs", "student_epochs")
+#: the fields of a run a merged record must share with the planned run it stands for
+RUN_KEYS = ("part", "network", "method", "seed", "strength", "key", "value", "overrides")
 
 
 def _load(path):
@@ -40,6 +50,58 @@ def data_counts(data_dir):
     if os.path.isfile(path) and "val" in _load(path):
         counts["val"] = _load(path)["val"].get("pairs")
     return counts
+
+
+def scale_fingerprint(scale):
+    """What a run of ``scale`` trains and measures on (data, networks, batch, budgets), as a
+    16-hex digest; two work folders' runs are comparable only when theirs are equal."""
+    fields = {k: v for k, v in scale.items() if k not in PLAN_KEYS}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _merge_file(path, fingerprint):
+    from shrinkteanet.core.errors import InputError
+
+    try:
+        study = _load(path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--merge {path}: not a readable study.json ({e})") from None
+    for key in ("part", "runs", "scale_fingerprint"):
+        if key not in study:
+            raise InputError(f"--merge {path}: no {key!r} (a fair study part's study.json)")
+    if study["scale_fingerprint"] != fingerprint:
+        raise InputError(f"--merge {path}: scale_fingerprint {study['scale_fingerprint']} is not this scale's "
+                         f"{fingerprint} (other data, networks or budgets: its runs are not comparable)")
+    return study
+
+
+def read_merged(paths, scale):
+    """``{part: {run dir: record}}`` from other work folders' study.json files (``--merge``),
+    each record marked with ``merged_from``; an earlier file wins a run both hold."""
+    fingerprint = scale_fingerprint(scale)
+    merged = {}
+    for path in paths or ():
+        study = _merge_file(path, fingerprint)
+        for rec in study["runs"]:  # a record merged into that file keeps its first source
+            merged.setdefault(study["part"], {}).setdefault(
+                rec["dir"], dict(rec, merged_from=rec.get("merged_from") or str(path)))
+    return merged
+
+
+def merged_record(part, run, merged):
+    """The merged record standing for planned ``run`` of ``part``, or None; one that disagrees with the plan
+    (another strength, value or budget under the same folder name) is an InputError."""
+    from shrinkteanet.core.errors import InputError
+
+    rec = (merged or {}).get(part, {}).get(run["dir"])
+    if rec is None:
+        return None
+    want = dict({k: run.get(k) for k in RUN_KEYS}, planned_steps=run["steps"])
+    for key, value in want.items():
+        if rec.get(key) != value:
+            raise InputError(f"--merge {rec['merged_from']}: run {run['dir']} has {key}={rec.get(key)!r}, "
+                             f"this plan {value!r}")
+    return rec
 
 
 def finished(out, run):
@@ -103,13 +165,19 @@ def paired_table(records):
     return paired, contrasts
 
 
-def build_part(out, scale, part, runs):
-    """The content of ``out/<part>/study.json``: every finished run, the missing ones by folder."""
+def build_part(out, scale, part, runs, merged=None):
+    """The content of ``out/<part>/study.json``: every finished run (this folder's, else a
+    ``merged`` record from ``read_merged``), the missing ones by folder."""
     counts = data_counts(os.path.join(out, "synth"))
-    done = [r for r in runs if finished(out, r)]
-    records = [run_record(out, r, counts) for r in done]
-    study = {"part": part, "scale": scale["name"], "budget_steps": scale["budget_steps"],
-             "runs": records, "missing": [r["dir"] for r in runs if not finished(out, r)], "counts": counts}
+    records, missing = [], []
+    for r in runs:
+        rec = run_record(out, r, counts) if finished(out, r) else merged_record(part, r, merged)
+        if rec is None:
+            missing.append(r["dir"])
+        else:
+            records.append(rec)
+    study = {"part": part, "scale": scale["name"], "scale_fingerprint": scale_fingerprint(scale),
+             "budget_steps": scale["budget_steps"], "runs": records, "missing": missing, "counts": counts}
     if part in ("main", "efficiency"):
         study["paired"], study["contrasts"] = paired_table(records)
     if part == "tuning":
@@ -207,7 +275,21 @@ def status_section(parts):
         wall = f"{t['wall_s'] / 60:.1f}" if t.get("wall_s") is not None else "-"
         core = f"{t['core_s'] / 3600:.2f}" if t.get("core_s") is not None else "-"
         lines.append(f"| {part} | {len(st['runs'])} | {text} | {wall} | {core} |")
-    return lines + [""]
+    notes = merge_notes(parts)
+    return lines + [""] + notes + ([""] if notes else [])
+
+
+def merge_notes(parts):
+    """One line per part and source of merged runs (``read_merged``)."""
+    notes = []
+    for part, st in parts.items():
+        sources = {}
+        for r in st["runs"]:
+            if r.get("merged_from"):
+                sources[r["merged_from"]] = sources.get(r["merged_from"], 0) + 1
+        notes += [f"- {part}: {n} runs merged from `{src}` (another work folder; the wall time above is this "
+                  "folder's only)" for src, n in sorted(sources.items())]
+    return notes
 
 
 def curve_section(study, names):
