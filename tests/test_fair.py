@@ -466,6 +466,9 @@ def test_merge_refuses_other_scales_plans_and_broken_files(tmp_path):
     bad.write_text(json.dumps(study))
     with pytest.raises(InputError, match=r"run main/mfnr_stn_s0 has overrides=\['stn_weight=10'\]"):
         fair.collect_parts(str(tmp_path / "empty"), scale, (0,), ("self", "stn"), fair_report.read_merged([bad], scale))
+    bad.write_text(json.dumps(dict(study, part="tuning")))
+    with pytest.raises(InputError, match="a tuning part does not merge"):
+        fair_report.read_merged([bad], scale)
     del study["scale_fingerprint"]
     bad.write_text(json.dumps(study))
     with pytest.raises(InputError, match="no 'scale_fingerprint'"):
