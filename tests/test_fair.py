@@ -279,13 +279,13 @@ def test_cli_parts_dry_run_writes_nothing_and_bad_input_exits_2(tmp_path, capsys
     assert "needs --scale fair" in capsys.readouterr().err
 
 
-def _fake_run(out, run, acc, cos=0.5):
+def _fake_run(out, run, acc, cos=0.5, sha1=None):
     rdir = os.path.join(out, run["dir"])
     os.makedirs(os.path.join(rdir, "eval"), exist_ok=True)
     sched = {"lr_steps_batches": [run["steps"] * 6 // 10], "global_batch": 24}
     with open(os.path.join(rdir, "train.json"), "w") as f:
         json.dump({"steps": run["steps"], "schedule": sched, "losses": {"softmax": 1.0},
-                   "stage_cosines": {"4": cos}}, f)
+                   "stage_cosines": {"4": cos}, "params_sha1": sha1}, f)
     with open(os.path.join(rdir, "eval", "verification.json"), "w") as f:
         json.dump({t: {"accuracy": acc} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
     with open(os.path.join(rdir, "eval", "megaface.json"), "w") as f:
@@ -410,11 +410,15 @@ def test_the_live_teacher_alone_where_the_cache_cannot_serve():
 # ----------------------------------------------------------------------------- merging work folders
 
 
-def _fake_part(out, scale, seeds, acc_of):
-    """Fake finished main-part runs of ``seeds`` (self and stn, MFN-R) in ``out``; ``acc_of(method, seed)``."""
-    runs = [r for r in fair.part_runs("main", scale, ("mfnr",), seeds, ("self", "stn")) if r["method"] != "teacher"]
+def _fake_part(out, scale, seeds, acc_of, teacher="t" * 40):
+    """Fake finished main-part runs of ``seeds`` (self and stn, MFN-R) in ``out``, with the teacher
+    of params sha1 ``teacher`` (None: no teacher in this folder); ``acc_of(method, seed)``."""
+    runs = fair.part_runs("main", scale, ("mfnr",), seeds, ("self", "stn"))
     for r in runs:
-        _fake_run(out, r, acc_of(r["method"], r["seed"]))
+        if r["method"] == "teacher" and teacher is None:
+            continue
+        _fake_run(out, r, 0.99 if r["method"] == "teacher" else acc_of(r["method"], r["seed"]),
+                  sha1=teacher if r["method"] == "teacher" else "s" * 40)
     return runs
 
 
@@ -422,7 +426,7 @@ def test_merge_fills_the_runs_this_folder_has_not_finished_and_pairs_them(tmp_pa
     scale = demo.get_scale("fair_tiny")
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     acc = {("self", 0): 0.60, ("stn", 0): 0.64, ("self", 1): 0.70, ("stn", 1): 0.71}
-    _fake_part(here, scale, (0,), lambda m, s: acc[m, s])
+    _fake_part(here, scale, (0,), lambda m, s: acc[m, s], teacher=None)  # its distilled run learnt from there's
     _fake_part(there, scale, (0, 1), lambda m, s: acc[m, s] - 0.5 if s == 0 else acc[m, s])  # seed 0 differs
     fair_report.write_report(there, fair.collect_parts(there, scale, (0, 1), ("self", "stn")), {})
     other = os.path.join(there, "main", "study.json")
@@ -432,7 +436,8 @@ def test_merge_fills_the_runs_this_folder_has_not_finished_and_pairs_them(tmp_pa
     assert by["main/mfnr_stn_s0"]["lfw"]["accuracy"] == pytest.approx(0.64)  # this folder's own run wins
     assert "merged_from" not in by["main/mfnr_stn_s0"]
     assert by["main/mfnr_stn_s1"]["merged_from"] == other and by["main/mfnr_self_s1"]["lfw"]["accuracy"] == 0.70
-    assert study["missing"] == ["teacher"]  # neither folder trained the teacher
+    assert study["missing"] == [] and by["teacher"]["merged_from"] == other and study["teacher_sha1"] == "t" * 40
+    assert by["main/mfnr_stn_s1"]["teacher_sha1"] == "t" * 40 and by["main/mfnr_self_s1"]["teacher_sha1"] is None
     # seed-paired over both folders: d = (0.04, 0.01), mean 0.025, sd 0.03 / sqrt(2), t_{0.975,1} = 12.706
     lfw = next(r for r in study["paired"] if r["protocol"] == "lfw")
     half = 12.706204736174696 * (0.03 / math.sqrt(2)) / math.sqrt(2)
@@ -440,7 +445,7 @@ def test_merge_fills_the_runs_this_folder_has_not_finished_and_pairs_them(tmp_pa
     assert lfw["ci95"] == pytest.approx([0.025 - half, 0.025 + half]) and lfw["verdict"] == "within noise"
     fair_report.write_report(here, {"main": study}, {})
     text = open(os.path.join(here, "REPORT.md")).read()
-    assert f"- main: 2 runs merged from `{other}`" in text
+    assert f"- main: 3 runs merged from `{other}`" in text
     # a study.json made from merged records passes their first source on
     again = fair_report.read_merged([os.path.join(here, "main", "study.json")], scale)
     assert again["main"]["main/mfnr_stn_s1"]["merged_from"] == other
@@ -485,15 +490,39 @@ def test_cli_report_only_merges_without_training_and_merge_needs_a_part(tmp_path
     there = str(tmp_path / "there")
     _fake_part(there, scale, (0, 1), lambda m, s: 0.6 + 0.01 * s + (0.02 if m == "stn" else 0))
     fair_report.write_report(there, fair.collect_parts(there, scale, (0, 1), ("self", "stn")), {})
+    os.remove(os.path.join(there, "teacher", "train.json"))
     out = tmp_path / "here"
     args = ["reproduce", "--scale", "fair_tiny", "--part", "main", "--out", str(out), "--seeds", "0,1",
             "--methods", "self,stn"]
     assert main(args + ["--merge", os.path.join(there, "main", "study.json"), "--report-only"]) == 0
     study = json.load(open(out / "main" / "study.json"))
-    assert len(study["runs"]) == 4 and study["missing"] == ["teacher"] and not (out / "synth").exists()
+    assert len(study["runs"]) == 5 and study["missing"] == [] and not (out / "synth").exists()
     assert "ShrinkTeaNet | Self-studied | +2.00 [+2.00, +2.00] better (n=2)" in (out / "REPORT.md").read_text()
     capsys.readouterr()
     assert main(["reproduce", "--merge", "x.json", "--out", str(out)]) == 2
     assert "--merge belongs to the fair study's parts" in capsys.readouterr().err
     assert main(args + ["--merge", str(tmp_path / "absent.json"), "--report-only"]) == 2
     assert "absent.json: not a readable study.json" in capsys.readouterr().err
+
+
+def test_distilled_runs_of_another_teacher_are_not_merged_and_say_why(tmp_path):
+    scale = demo.get_scale("fair_tiny")
+    here, there, old = (str(tmp_path / n) for n in ("here", "there", "old"))
+    _fake_part(here, scale, (0,), lambda m, s: 0.6, teacher="a" * 40)
+    _fake_part(there, scale, (1,), lambda m, s: 0.7, teacher="b" * 40)  # a retrained teacher: other weights
+    fair_report.write_report(there, fair.collect_parts(there, scale, (1,), ("self", "stn")), {})
+    other = os.path.join(there, "main", "study.json")
+    study = fair.collect_parts(here, scale, (0, 1), ("self", "stn"), fair_report.read_merged([other], scale))["main"]
+    dirs = {r["dir"] for r in study["runs"]}
+    assert "main/mfnr_self_s1" in dirs and "main/mfnr_stn_s1" not in dirs  # self-studied runs need no teacher
+    assert study["missing"] == ["main/mfnr_stn_s1"]
+    assert study["not_merged"] == [{"dir": "main/mfnr_stn_s1", "merged_from": other,
+                                    "why": f"teacher {'b' * 40}, not this table's {'a' * 40}"}]
+    assert "main/mfnr_stn_s1 of" in fair_report.render({"main": study}, {})
+    # a file whose teacher record has no params sha1 (written before it was kept) merges no distilled run
+    _fake_part(old, scale, (1,), lambda m, s: 0.7, teacher=None)
+    _fake_run(old, fair.teacher_run(scale), 0.99)
+    fair_report.write_report(old, fair.collect_parts(old, scale, (1,), ("self", "stn")), {})
+    study = fair.collect_parts(here, scale, (0, 1), ("self", "stn"),
+                               fair_report.read_merged([os.path.join(old, "main", "study.json")], scale))["main"]
+    assert [s["why"] for s in study["not_merged"]] == [f"teacher unrecorded, not this table's {'a' * 40}"]

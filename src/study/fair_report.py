@@ -85,19 +85,36 @@ def read_merged(paths, scale):
     merged = {}
     for path in paths or ():
         study = _merge_file(path, fingerprint)
-        for rec in study["runs"]:  # a record merged into that file keeps its first source
-            merged.setdefault(study["part"], {}).setdefault(
-                rec["dir"], dict(rec, merged_from=rec.get("merged_from") or str(path)))
+        teacher = next((r.get("params_sha1") for r in study["runs"] if r["method"] == "teacher"), None)
+        for rec in study["runs"]:  # a record merged into that file keeps its first source and teacher
+            merged.setdefault(study["part"], {}).setdefault(rec["dir"], dict(
+                rec, merged_from=rec.get("merged_from") or str(path), teacher_sha1=teacher_of(rec, teacher)))
     return merged
 
 
-def merged_record(part, run, merged):
+def teacher_of(rec, teacher_sha1):
+    """The params sha1 of the teacher a run learnt from: None for the teacher and the self-studied
+    students (they learn from none), else the record's own or its folder's ``teacher_sha1``."""
+    if rec["method"] in ("teacher", fair.SELF):
+        return None
+    return rec.get("teacher_sha1") or teacher_sha1
+
+
+def merged_record(part, run, merged, teacher_sha1, skipped):
     """The merged record standing for planned ``run`` of ``part``, or None; one that disagrees with the plan
-    (another strength, value or budget under the same folder name) is an InputError."""
+    (another strength, value or budget under the same folder name) is an InputError.  A distilled run
+    learnt from another teacher than ``teacher_sha1`` (or from one its file does not name) is not
+    merged: it goes to ``skipped`` with the reason, since runs of one table share one teacher."""
     from shrinkteanet.core.errors import InputError
 
     rec = (merged or {}).get(part, {}).get(run["dir"])
     if rec is None:
+        return None
+    if rec["method"] not in ("teacher", fair.SELF) and (rec.get("teacher_sha1") is None
+                                                        or rec["teacher_sha1"] != teacher_sha1):
+        skipped.append({"dir": run["dir"], "merged_from": rec["merged_from"],
+                        "why": f"teacher {rec.get('teacher_sha1') or 'unrecorded'}, not this table's "
+                               f"{teacher_sha1 or 'unknown'}"})
         return None
     want = dict({k: run.get(k) for k in RUN_KEYS}, planned_steps=run["steps"])
     for key, value in want.items():
@@ -105,6 +122,16 @@ def merged_record(part, run, merged):
             raise InputError(f"--merge {rec['merged_from']}: run {run['dir']} has {key}={rec.get(key)!r}, "
                              f"this plan {value!r}")
     return rec
+
+
+def table_teacher(out, part, merged=None):
+    """The params sha1 of the teacher every distilled run of ``out`` learns from: this folder's
+    ``teacher/train.json``, else the teacher record merged into ``part``, else None."""
+    path = os.path.join(out, fair.TEACHER_DIR, "train.json")
+    if os.path.isfile(path):
+        return _load(path).get("params_sha1")
+    rec = (merged or {}).get(part, {}).get(fair.TEACHER_DIR)
+    return rec.get("params_sha1") if rec else None
 
 
 def finished(out, run):
@@ -121,7 +148,7 @@ def run_record(out, run, counts):
                                    "overrides", "validation")}
     rec.update(steps=summary.get("steps"), planned_steps=run["steps"], schedule=summary.get("schedule"),
                losses=summary.get("losses", {}), stage_cosines=summary.get("stage_cosines", {}),
-               img_per_s=summary.get("img_per_s"))
+               img_per_s=summary.get("img_per_s"), params_sha1=summary.get("params_sha1"))
     if run["part"] == "tuning":
         rec["val"] = {"accuracy": fair.val_accuracy(rdir), "pairs": counts.get("val")}
     else:
@@ -172,15 +199,21 @@ def build_part(out, scale, part, runs, merged=None):
     """The content of ``out/<part>/study.json``: every finished run (this folder's, else a
     ``merged`` record from ``read_merged``), the missing ones by folder."""
     counts = data_counts(os.path.join(out, "synth"))
-    records, missing = [], []
+    teacher = table_teacher(out, part, merged)
+    records, missing, skipped = [], [], []
     for r in runs:
-        rec = run_record(out, r, counts) if finished(out, r) else merged_record(part, r, merged)
+        if finished(out, r):
+            rec = run_record(out, r, counts)
+            rec["teacher_sha1"] = teacher_of(rec, teacher)
+        else:
+            rec = merged_record(part, r, merged, teacher, skipped)
         if rec is None:
             missing.append(r["dir"])
         else:
             records.append(rec)
     study = {"part": part, "scale": scale["name"], "scale_fingerprint": scale_fingerprint(scale),
-             "budget_steps": scale["budget_steps"], "runs": records, "missing": missing, "counts": counts}
+             "budget_steps": scale["budget_steps"], "teacher_sha1": teacher, "runs": records, "missing": missing,
+             "not_merged": skipped, "counts": counts}
     if part in ("main", "efficiency"):
         study["paired"], study["contrasts"] = paired_table(records)
     if part == "tuning":
@@ -292,6 +325,8 @@ def merge_notes(parts):
                 sources[r["merged_from"]] = sources.get(r["merged_from"], 0) + 1
         notes += [f"- {part}: {n} runs merged from `{src}` (another work folder; the wall time above is this "
                   "folder's only)" for src, n in sorted(sources.items())]
+        notes += [f"- {part}: {s['dir']} of `{s['merged_from']}` not merged: {s['why']}"
+                  for s in st.get("not_merged", ())]
     return notes
 
 
