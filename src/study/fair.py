@@ -42,6 +42,12 @@ VAL_METRIC = "val accuracy (10-fold, val.bin)"
 TEACHER_DIR = "teacher"
 
 
+def learns_from_teacher(run):
+    """Whether the run (a planned run or a study.json record) is a distilled student: not the teacher,
+    not a self-studied student.  Only such runs need the teacher and carry its ``teacher_sha1``."""
+    return run["method"] not in ("teacher", SELF)
+
+
 def parse_parts(text):
     """``--part`` (comma-separated) -> the parts in run order; unknown names are an InputError."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -181,7 +187,7 @@ def train_stage(out, scale, run, data_st, resume):
     rdir = os.path.join(out, run["dir"])
     args = train_args(scale, run)
     after = [data_st.name]
-    if run["method"] not in ("teacher", SELF):  # the teacher cache where it serves the method, the teacher where needed
+    if learns_from_teacher(run):  # the teacher cache where it serves the method, the teacher where needed
         source, waits = demo.teacher_source(out, os.path.join(out, TEACHER_DIR), args[1], args[2:])
         args += source
         after += waits
@@ -226,7 +232,7 @@ def plan_part(out, scale, part, runs, resume=False):
         tst = train_stage(out, scale, t, data_st, resume)
         stages += [tst, eval_stage(out, scale, t, tst, data_st.folder)]
     users = []
-    for run in sorted((r for r in runs if r["dir"] != TEACHER_DIR), key=lambda r: r["method"] not in ("teacher", SELF)):
+    for run in sorted((r for r in runs if r["dir"] != TEACHER_DIR), key=learns_from_teacher):
         st = train_stage(out, scale, run, data_st, resume)
         users += [st, eval_stage(out, scale, run, st, data_st.folder)]
     if any(demo.CACHE_STAGE in st.after for st in users):  # once per teacher and data, before its users

@@ -95,7 +95,7 @@ def read_merged(paths, scale):
 def teacher_of(rec, teacher_sha1):
     """The params sha1 of the teacher a run learnt from: None for the teacher and the self-studied
     students (they learn from none), else the record's own or its folder's ``teacher_sha1``."""
-    if rec["method"] in ("teacher", fair.SELF):
+    if not fair.learns_from_teacher(rec):
         return None
     return rec.get("teacher_sha1") or teacher_sha1
 
@@ -110,8 +110,7 @@ def merged_record(part, run, merged, teacher_sha1, skipped):
     rec = (merged or {}).get(part, {}).get(run["dir"])
     if rec is None:
         return None
-    if rec["method"] not in ("teacher", fair.SELF) and (rec.get("teacher_sha1") is None
-                                                        or rec["teacher_sha1"] != teacher_sha1):
+    if fair.learns_from_teacher(rec) and (rec.get("teacher_sha1") is None or rec["teacher_sha1"] != teacher_sha1):
         skipped.append({"dir": run["dir"], "merged_from": rec["merged_from"],
                         "why": f"teacher {rec.get('teacher_sha1') or 'unrecorded'}, not this table's "
                                f"{teacher_sha1 or 'unknown'}"})
@@ -179,7 +178,7 @@ def paired_rows(records, treated, control):
 
 def paired_table(records):
     """Every (network, method, strength) row against the self-studied run, then the contrasts."""
-    groups = sorted({group(r) for r in records if r["method"] not in (fair.SELF, "teacher")},
+    groups = sorted({group(r) for r in records if fair.learns_from_teacher(r)},
                     key=lambda g: (g[0], g[1], str(g[2])))
     paired, contrasts = [], []
     for g in groups:
