@@ -526,3 +526,16 @@ def test_distilled_runs_of_another_teacher_are_not_merged_and_say_why(tmp_path):
     study = fair.collect_parts(here, scale, (0, 1), ("self", "stn"),
                                fair_report.read_merged([os.path.join(old, "main", "study.json")], scale))["main"]
     assert [s["why"] for s in study["not_merged"]] == [f"teacher unrecorded, not this table's {'a' * 40}"]
+    # the file's table teacher: its top-level teacher_sha1, else (older files) its teacher record's
+    study = json.load(open(other))
+    for rec in study["runs"]:
+        rec.pop("teacher_sha1", None)
+    no_record = dict(study, runs=[r for r in study["runs"] if r["method"] != "teacher"])
+    older = dict(study, teacher_sha1=None)
+    assert fair_report.file_teacher(no_record) == "b" * 40 and fair_report.file_teacher(older) == "b" * 40
+    for name, content in (("no_record.json", no_record), ("older.json", older)):
+        (tmp_path / name).write_text(json.dumps(content))
+        merged = fair_report.read_merged([str(tmp_path / name)], scale)
+        assert merged["main"]["main/mfnr_stn_s1"]["teacher_sha1"] == "b" * 40
+        assert merged["main"]["main/mfnr_self_s1"]["teacher_sha1"] is None
+    assert fair_report.file_teacher(dict(no_record, teacher_sha1=None)) is None

@@ -85,11 +85,19 @@ def read_merged(paths, scale):
     merged = {}
     for path in paths or ():
         study = _merge_file(path, fingerprint)
-        teacher = next((r.get("params_sha1") for r in study["runs"] if r["method"] == "teacher"), None)
+        teacher = file_teacher(study)
         for rec in study["runs"]:  # a record merged into that file keeps its first source and teacher
             merged.setdefault(study["part"], {}).setdefault(rec["dir"], dict(
                 rec, merged_from=rec.get("merged_from") or str(path), teacher_sha1=teacher_of(rec, teacher)))
     return merged
+
+
+def file_teacher(study):
+    """The params sha1 of the teacher a study.json's table learnt from: its top-level ``teacher_sha1``
+    (``build_part`` writes it), else, for files written before that field, its teacher record's."""
+    if study.get("teacher_sha1"):
+        return study["teacher_sha1"]
+    return next((r.get("params_sha1") for r in study["runs"] if r["method"] == "teacher"), None)
 
 
 def teacher_of(rec, teacher_sha1):
