@@ -6,24 +6,30 @@ Usage: python steps_to_match.py CALIBRATION_JSON PART_STUDY_JSON  (prints the ma
 import json
 import sys
 
-from shrinkteanet.study import fair_report, report_table
+from shrinkteanet.study import fair_report, report_table, study_report
 
-#: the part records' protocol fields, from the calibration file's flat ones
-FIELDS = {"lfw": ("lfw", "accuracy"), "cfp_fp": ("cfp_fp", "accuracy"), "agedb_30": ("agedb_30", "accuracy"),
-          "megaface": ("megaface_rank1_1k", "rank1"), "ijbc": (("ijbc_tar_at_far", "0.0001"), "tar@1e-4")}
+#: where each protocol's value sits in a calibration run (a key path into its flat record)
+SOURCES = {"lfw": ("lfw",), "cfp_fp": ("cfp_fp",), "agedb_30": ("agedb_30",), "megaface": ("megaface_rank1_1k",),
+           "ijbc": ("ijbc_tar_at_far", "0.0001")}
+
+
+def _value(run, path):
+    for key in path:
+        run = run[key]
+    return run
 
 
 def calibration_records(calib):
-    """The self-studied calibration runs as part records (network, method, steps, protocol dicts)."""
+    """The self-studied calibration runs as part records (network, method, steps, and each protocol's
+    value under the field ``study_report.PROTOCOLS`` names, where ``study_report.metric`` reads it)."""
     recs = []
     for name, run in calib["runs"].items():
         net, method = name.split("_")[:2]
         if method != "self":
             continue
         rec = {"network": net, "method": method, "steps": run["steps"]}
-        for prot, (src, field) in FIELDS.items():
-            value = run[src[0]][src[1]] if isinstance(src, tuple) else run[src]
-            rec[prot] = {field: value}
+        for prot, path in SOURCES.items():
+            rec[prot] = {study_report.PROTOCOLS[prot][1]: _value(run, path)}
         recs.append(rec)
     return recs
 
