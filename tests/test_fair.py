@@ -45,8 +45,32 @@ def test_fair_scale_plans_every_part_at_its_budget(tmp_path):
     tun = fair.part_runs("tuning", scale, ("mfnr",))
     assert {r["seed"] for r in tun} == {scale["tuning_seed"]} and len(tun) == 5 * 4  # same-size grid per method
     stages = fair.plan_part(str(tmp_path), scale, "tuning", tun)
-    evals = [s for s in stages if s.name.endswith(": eval") and s.name.startswith("tuning/")]
-    assert evals and all(" --targets val " in s.text() and "megaface" not in s.text() for s in evals)
+    evals = [s for s in stages if s.name.endswith(": val")]
+    assert len(evals) == len(tun) and all(" --targets val " in s.text() and "megaface" not in s.text() for s in evals)
+
+
+def test_the_tuning_default_is_the_main_parts_default_run(tmp_path):
+    """The published default at the tuning seed trains once: the tuning plan's train stage is the
+    main plan's (same name, folder, command), and its val.bin stage has a stamp of its own."""
+    scale = demo.get_scale("fair")
+    out = str(tmp_path)
+    tun = fair.part_runs("tuning", scale, ("mfn",))
+    shared = [r for r in tun if r["value"] == r["default"]]
+    assert sorted(r["dir"] for r in shared) == sorted(f"main/mfn_{m}_s{scale['tuning_seed']}" for m in scale["tuning"])
+    assert all(r["dir"].startswith("tuning/") and r["overrides"] for r in tun if r not in shared)
+    main = fair.plan_part(out, scale, "main", fair.part_runs("main", scale, ("mfn",), seeds=(0,)))
+    tuning = fair.plan_part(out, scale, "tuning", tun)
+    by_name = {s.name: s for s in main}
+    for r in shared:
+        t = next(s for s in tuning if s.name == f"{r['dir']}: train")
+        assert t.text() == by_name[t.name].text() and t.stamp == by_name[t.name].stamp
+        val = next(s for s in tuning if s.name == f"{r['dir']}: val")
+        assert val.stamp != by_name[f"{r['dir']}: eval"].stamp and val.outputs == [os.path.join(out, r["dir"], "eval",
+                                                                                                "val.json")]
+    # a declared default the config does not train with would mislabel the shared run
+    bad = dict(scale, tuning=dict(scale["tuning"], kd=("kd_lambda", (0.1, 0.3, 1, 3), 3)))
+    with pytest.raises(InputError, match="tuning default of kd is kd_lambda=3, but config mfnr_kd"):
+        fair.check_scale(bad)
 
 
 def test_tuned_runs_are_planned_only_where_the_choice_differs_from_the_default():
@@ -91,15 +115,13 @@ def test_resume_flag_and_stamp(tmp_path):
 
 
 def _tuning_tree(out, scale, val, test):
-    for net in scale["students"]:
-        for method, (key, grid, _) in scale["tuning"].items():
-            for v in grid:
-                ev = os.path.join(out, "tuning", f"{net}_{method}_{key}{fair._value_text(v)}", "eval")
-                os.makedirs(ev, exist_ok=True)
-                with open(os.path.join(ev, "val.json"), "w") as f:
-                    json.dump({"val": {"accuracy": val[(method, v)]}}, f)
-                with open(os.path.join(ev, "verification.json"), "w") as f:
-                    json.dump({t: {"accuracy": test[(method, v)]} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
+    for r in fair.tuning_runs(scale, scale["students"]):
+        ev = os.path.join(out, r["dir"], "eval")
+        os.makedirs(ev, exist_ok=True)
+        with open(os.path.join(ev, "val.json"), "w") as f:
+            json.dump({"val": {"accuracy": val[(r["method"], r["value"])]}}, f)
+        with open(os.path.join(ev, "verification.json"), "w") as f:
+            json.dump({t: {"accuracy": test[(r["method"], r["value"])]} for t in ("lfw", "cfp_fp", "agedb_30")}, f)
 
 
 def test_selection_reads_only_the_validation_set(tmp_path):

@@ -8,7 +8,8 @@ or several (in that order), each a plan of real ``shrinkteanet`` commands on ``s
   ``calibration_steps`` (seed 0, the same schedule shape): the budget curves;
 * ``tuning``: each method of the scale's ``tuning`` grid at every grid value, ``tuning_seed``
   only, at ``budget_steps``, evaluated on ``val.bin`` only (``data synth --val-pairs``);
-  ``select`` then picks one value per method from those validation numbers alone;
+  ``select`` then picks one value per method from those validation numbers alone (the
+  published default's run is ``main``'s default run of that seed: one training serves both);
 * ``main``: the scale's methods at their defaults, plus each tuned method at its chosen value
   where that differs from the default, every seed, at ``budget_steps``, the paper's protocols;
 * ``efficiency``: the same students at ``efficiency_steps`` (a quarter of the budget).
@@ -88,6 +89,21 @@ def check_scale(scale):
     if len(sizes) > 1:
         raise InputError(f"scale {scale.get('name')}: tuning grids differ in size ({sorted(sizes)}); "
                          "every method gets a grid of the same size")
+    check_tuning_defaults(scale)
+
+
+def check_tuning_defaults(scale):
+    """Each grid's declared default is the value the method's config trains with: the default run
+    is shared by the tuning and main parts (``tuning_runs``), so a mismatch would mislabel it."""
+    from shrinkteanet.training.config import config_by_name
+
+    for net in scale["students"]:
+        for method, (key, _, default) in scale["tuning"].items():
+            args = train_args(scale, strength_runs("main", scale, (net,), (0,), (method,), scale["budget_steps"])[0])
+            got = config_by_name(args[1], args[2:])[key]
+            if float(got) != float(default):
+                raise InputError(f"scale {scale.get('name')}: tuning default of {method} is {key}={default}, "
+                                 f"but config {args[1]} trains with {key}={got}")
 
 
 def _run(part, network, method, seed, steps, name, **kw):
@@ -112,15 +128,26 @@ def _value_text(v):
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def strength_name(network, method, seed, tuned=False):
+    """The folder name of a main or efficiency run (``<net>_<method>[_tuned]_s<seed>``)."""
+    return f"{network}_{method}{'_tuned' if tuned else ''}_s{seed}"
+
+
 def tuning_runs(scale, students):
-    """Every grid value of every tuned method, one seed, at the budget."""
+    """Every grid value of every tuned method, one seed, at the budget.  The published default at
+    the tuning seed is the main part's default-strength run of that seed (the same command: the
+    config's own value, no override), so it trains once and serves both parts; ``check_scale``
+    holds each grid's default to the config's value."""
     runs = []
+    seed = scale["tuning_seed"]
     for net in students:
         for method, (key, grid, default) in scale["tuning"].items():
             for v in grid:
-                runs.append(_run("tuning", net, method, scale["tuning_seed"], scale["budget_steps"],
-                                 f"{net}_{method}_{key}{_value_text(v)}", strength="grid", key=key, value=v,
-                                 default=default, overrides=[f"{key}={v}"]))
+                kw = dict(strength="grid", key=key, value=v, default=default, overrides=[f"{key}={v}"])
+                if v == default:
+                    kw.update(dir=os.path.join("main", strength_name(net, method, seed)), overrides=[])
+                runs.append(_run("tuning", net, method, seed, scale["budget_steps"],
+                                 f"{net}_{method}_{key}{_value_text(v)}", **kw))
     return runs
 
 
@@ -135,10 +162,10 @@ def strength_runs(part, scale, students, seeds, methods, steps, selection=None):
                 kw = dict(strength="default", key=grid[0], value=grid[2]) if grid else {}
                 if grid and chosen and chosen["grid"].get(_value_text(grid[2])) is not None:
                     kw["validation"] = dict(metric=VAL_METRIC, value=chosen["grid"][_value_text(grid[2])])
-                runs.append(_run(part, net, method, seed, steps, f"{net}_{method}_s{seed}", **kw))
+                runs.append(_run(part, net, method, seed, steps, strength_name(net, method, seed), **kw))
                 if chosen and chosen.get("chosen") is not None and chosen["chosen"] != chosen["default"]:
                     v = chosen["chosen"]
-                    runs.append(_run(part, net, method, seed, steps, f"{net}_{method}_tuned_s{seed}",
+                    runs.append(_run(part, net, method, seed, steps, strength_name(net, method, seed, tuned=True),
                                      strength="tuned", key=chosen["key"], value=v, overrides=[f"{chosen['key']}={v}"],
                                      validation=dict(metric=VAL_METRIC, value=chosen["grid"][_value_text(v)])))
     return runs
@@ -214,7 +241,9 @@ def eval_files(run):
 def eval_stage(out, scale, run, train_st, data_dir):
     rdir = os.path.join(out, run["dir"])
     cmds = val_commands(rdir, data_dir, scale) if run["part"] == "tuning" else demo.eval_commands(rdir, data_dir, scale)
-    return Stage(train_st.name.replace(": train", ": eval"), cmds,
+    # a tuning run's val.bin stage has its own name (and stamp): its folder may be a main run's
+    suffix = ": val" if run["part"] == "tuning" else ": eval"
+    return Stage(train_st.name.replace(": train", suffix), cmds,
                  [os.path.join(rdir, "eval", f) for f in eval_files(run)], folder=os.path.join(rdir, "eval"),
                  after=(train_st.name,))
 
@@ -265,15 +294,17 @@ def choose(grid, default, scores):
 
 def select(out, scale, students):
     """``{network: {method: {key, default, chosen, metric, seed, grid: {value text: val accuracy}}}}``
-    from the tuning runs' validation reports alone."""
+    from the tuning runs' validation reports alone (``eval/val.json`` of each ``tuning_runs`` folder)."""
+    scores = {}
+    for r in tuning_runs(scale, students):
+        scores.setdefault((r["network"], r["method"]), {})[r["value"]] = val_accuracy(os.path.join(out, r["dir"]))
     sel = {}
     for net in students:
         for method, (key, grid, default) in scale["tuning"].items():
-            scores = {v: val_accuracy(os.path.join(out, "tuning", f"{net}_{method}_{key}{_value_text(v)}"))
-                      for v in grid}
+            got = scores[(net, method)]
             sel.setdefault(net, {})[method] = dict(
-                key=key, default=default, chosen=choose(grid, default, scores), metric=VAL_METRIC,
-                seed=scale["tuning_seed"], grid={_value_text(v): scores[v] for v in grid})
+                key=key, default=default, chosen=choose(grid, default, got), metric=VAL_METRIC,
+                seed=scale["tuning_seed"], grid={_value_text(v): got[v] for v in grid})
     return sel
 
 

@@ -71,7 +71,7 @@ def _merge_file(path, fingerprint):
             raise InputError(f"--merge {path}: no {key!r} (a fair study part's study.json)")
     if study["part"] == "tuning":  # fair.select reads one folder's val.json files; a merged choice would not
         raise InputError(f"--merge {path}: a tuning part does not merge (its choice is made from one folder's "
-                         "tuning/*/eval/val.json); run the tuning part in one work folder")
+                         "grid runs' eval/val.json); run the tuning part in one work folder")
     if study["scale_fingerprint"] != fingerprint:
         raise InputError(f"--merge {path}: scale_fingerprint {study['scale_fingerprint']} is not this scale's "
                          f"{fingerprint} (other data, networks or budgets: its runs are not comparable)")
