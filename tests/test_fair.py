@@ -218,6 +218,17 @@ def test_report_gives_the_stage_cosines_averaged_over_seeds():
     assert "| mfnr | ShrinkTeaNet | 0.300 | - | - | 0.600 |" in text
 
 
+def test_tuning_report_gives_the_stage_cosines_per_grid_value():
+    sel = {"mfnr": {"stn": dict(key="stn_weight", default=1, chosen=3, grid={"1": 0.90, "3": 0.915})}}
+    runs = [{**_record("stn", 0, STN[0], "grid"), "key": "stn_weight", "value": v, "stage_cosines": {"4": c}}
+            for v, c in ((1, 0.45), (3, 0.625))]
+    text = fair_report.render({"tuning": {"part": "tuning", "runs": runs, "missing": [], "selection": sel}},
+                              {"stn": "ShrinkTeaNet"})
+    assert "| mfnr | ShrinkTeaNet | `stn_weight` | 1: 90.00, 3: 91.50 | 1 | 3 |" in text
+    assert "| mfnr | ShrinkTeaNet `stn_weight`=3 | - | - | - | 0.625 |" in text
+    assert "| mfnr | ShrinkTeaNet `stn_weight`=1 | - | - | - | 0.450 |" in text
+
+
 def test_contrasts_pair_all_stages_with_final_only_and_tuned_with_default():
     final = {s: tuple(v - 0.01 for v in STN[s]) for s in STN}
     tuned = {s: tuple(v + 0.02 for v in STN[s]) for s in STN}

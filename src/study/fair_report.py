@@ -438,6 +438,19 @@ def student_steps(runs):
     return ", ".join(f"{s:,}" for s in steps) or "-"
 
 
+def _grid_label(rec, names):
+    """A tuning run's row: the method and its grid value (``ShrinkTeaNet `stn_weight`=3``)."""
+    return f"{names.get(rec['method'], rec['method'])} `{rec['key']}`={rec['value']}"
+
+
+def cosine_lines(study, names, row):
+    """The student-teacher cosine per stage at the end of each row's runs (issue 26: reported
+    for every strength), or nothing when no run had a teacher embedding."""
+    if not any(r.get("stage_cosines") for r in study["runs"]):
+        return []
+    return ["### Student-teacher cosine per stage at the end\n", study_report.cosine_section(study, names, row=row)]
+
+
 def render(parts, names):
     """REPORT.md of the fair study from the parts' study.json contents (``{part: study}``)."""
     lines = ["# ShrinkTeaNet fair study (issue 26)\n",
@@ -448,6 +461,7 @@ def render(parts, names):
         lines += curve_section(parts["calibration"], names)
     if "tuning" in parts:
         lines += tuning_section(parts["tuning"], names)
+        lines += cosine_lines(parts["tuning"], names, row=lambda r: (r["network"], _grid_label(r, names)))
     for part, title in (("main", "Main table: the calibrated budget (`budget_steps`; docs/reproduction.md states "
                                  "what doubling it still adds)"),
                         ("efficiency", "Sample efficiency: a quarter of the budget")):
@@ -458,9 +472,7 @@ def render(parts, names):
         lines += paired_section(st["paired"], names, "Paired differences to the self-studied student (points)")
         if st["contrasts"]:
             lines += paired_section(st["contrasts"], names, "Contrasts (points)")
-        if any(r.get("stage_cosines") for r in st["runs"]):
-            lines += ["### Student-teacher cosine per stage at the end\n",
-                      study_report.cosine_section(st, names, row=lambda r: (r["network"], _row_name(group(r), names)))]
+        lines += cosine_lines(st, names, row=lambda r: (r["network"], _row_name(group(r), names)))
         if part == "efficiency" and st.get("steps_to_match"):
             lines += match_section(st["steps_to_match"], names)
     return "\n".join(lines)
