@@ -158,6 +158,27 @@ def test_selection_reads_only_the_validation_set(tmp_path):
     assert fair.select(out, scale, ("mfnr",))["mfnr"]["stn"]["chosen"] is None
 
 
+def test_the_selection_keeps_every_networks_choice_and_report_only_refreshes_it(tmp_path):
+    from shrinkteanet.cli import main
+
+    scale = demo.get_scale("fair")
+    out = str(tmp_path)
+    val = {(m, v): 0.80 + (0.05 if v == grid[1] else 0) for m, (_, grid, _) in scale["tuning"].items() for v in grid}
+    _tuning_tree(out, scale, val, {k: 0.5 for k in val})
+    fair.refresh_selection(out, scale)  # as after `--part tuning --students mfn`: MFN-R's choice stays
+    sel = fair.read_selection(out)
+    assert set(sel) == {"mfnr", "mfn"}
+    assert {m: c["chosen"] for m, c in sel["mfnr"].items()} == {m: g[1] for m, (_, g, _) in scale["tuning"].items()}
+    ev = os.path.join(out, "tuning", "mfn_stn_stn_weight30", "eval", "val.json")
+    with open(ev, "w") as f:
+        json.dump({"val": {"accuracy": 0.99}}, f)
+    assert main(["reproduce", "--scale", "fair", "--part", "tuning", "--out", out, "--report-only"]) == 0
+    sel = fair.read_selection(out)
+    assert sel["mfn"]["stn"]["chosen"] == 30 and sel["mfnr"]["stn"]["chosen"] == 3
+    assert "| mfn | ShrinkTeaNet | `stn_weight` | 1: 80.00, 3: 85.00, 10: 80.00, 30: 99.00 | 1 | 30 |" in open(
+        os.path.join(out, "REPORT.md")).read()
+
+
 # ----------------------------------------------------------------------------- several seeds, by hand
 
 

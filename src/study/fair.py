@@ -320,6 +320,13 @@ def write_selection(out, selection):
     write_json(os.path.join(out, "tuning", SELECTION), selection)
 
 
+def refresh_selection(out, scale):
+    """Rewrite ``tuning/selection.json`` from the validation reports of every network of the
+    scale (a ``--students mfn`` tuning run keeps MFN-R's choice), where a tuning part exists."""
+    if os.path.isdir(os.path.join(out, "tuning")):
+        write_selection(out, select(out, scale, tuple(scale["students"])))
+
+
 # ---------------------------------------------------------------------------------------------
 # Running parts and the merged report
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +361,7 @@ def run_part(out, scale, part, *, students, seeds, methods, resume, scheduler):
     os.makedirs(os.path.join(out, part), exist_ok=True)
     add_times(out, part, scheduler, time.time() - t0)
     if part == "tuning":
-        write_selection(out, select(out, scale, students))
+        refresh_selection(out, scale)
     return runs
 
 
@@ -393,4 +400,6 @@ def run_fair(out, scale, parts, *, students=None, seeds=None, methods=None, resu
                  scheduler=Scheduler(**sched_kw))
     if dry_run:
         return None
+    if report_only:  # the choice follows the val.bin reports there are now, as after a tuning run
+        refresh_selection(out, scale)
     return fair_report.write_report(out, collect_parts(out, scale, seeds, methods, merged), report_table.method_names())
