@@ -177,6 +177,14 @@ def test_the_selection_keeps_every_networks_choice_and_report_only_refreshes_it(
     assert sel["mfn"]["stn"]["chosen"] == 30 and sel["mfnr"]["stn"]["chosen"] == 3
     assert "| mfn | ShrinkTeaNet | `stn_weight` | 1: 80.00, 3: 85.00, 10: 80.00, 30: 99.00 | 1 | 30 |" in open(
         os.path.join(out, "REPORT.md")).read()
+    # a selection copied into a folder without the grid's reports is kept, not blanked
+    other = str(tmp_path / "other")
+    os.makedirs(os.path.join(other, "tuning"))
+    fair.write_selection(other, sel)
+    fair.refresh_selection(other, scale)
+    assert fair.read_selection(other) == sel
+    assert [r["overrides"] for r in fair.part_runs("main", scale, ("mfn",), (0,), ("stn",), fair.read_selection(other))
+            if r["strength"] == "tuned"] == [["stn_weight=30"]]
 
 
 # ----------------------------------------------------------------------------- several seeds, by hand

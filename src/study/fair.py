@@ -322,9 +322,17 @@ def write_selection(out, selection):
 
 def refresh_selection(out, scale):
     """Rewrite ``tuning/selection.json`` from the validation reports of every network of the
-    scale (a ``--students mfn`` tuning run keeps MFN-R's choice), where a tuning part exists."""
-    if os.path.isdir(os.path.join(out, "tuning")):
-        write_selection(out, select(out, scale, tuple(scale["students"])))
+    scale (a ``--students mfn`` tuning run keeps MFN-R's choice), where a tuning part exists; a
+    method with no report in this folder keeps the entry the file had (a selection copied in)."""
+    if not os.path.isdir(os.path.join(out, "tuning")):
+        return
+    fresh, old = select(out, scale, tuple(scale["students"])), read_selection(out) or {}
+    for net, methods in fresh.items():
+        for method, entry in methods.items():
+            kept = old.get(net, {}).get(method)
+            if kept and all(a is None for a in entry["grid"].values()):
+                methods[method] = kept  # no val.bin report here: a choice copied in from another folder stays
+    write_selection(out, fresh)
 
 
 # ---------------------------------------------------------------------------------------------
