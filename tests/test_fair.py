@@ -183,6 +183,12 @@ def test_the_selection_keeps_every_networks_choice_and_report_only_refreshes_it(
     fair.write_selection(other, sel)
     fair.refresh_selection(other, scale)
     assert fair.read_selection(other) == sel
+    tuning = fair.collect_parts(other, scale)["tuning"]  # the report shows the copied grid and says so
+    assert tuning["selection"] == sel and tuning["runs"] == []
+    assert tuning["selection_copied"] == [f"{n}/{m}" for n in ("mfn", "mfnr") for m in scale["tuning"]]
+    text = fair_report.render({"tuning": tuning}, {})
+    assert "| mfn | stn | `stn_weight` | 1: 80.00, 3: 85.00, 10: 80.00, 30: 99.00 | 1 | 30 |" in text
+    assert "copied into this folder" in text and "mfnr/stn" in text
     assert [r["overrides"] for r in fair.part_runs("main", scale, ("mfn",), (0,), ("stn",), fair.read_selection(other))
             if r["strength"] == "tuned"] == [["stn_weight=30"]]
 
@@ -601,3 +607,23 @@ def test_distilled_runs_of_another_teacher_are_not_merged_and_say_why(tmp_path):
         assert merged["main"]["main/mfnr_stn_s1"]["teacher_sha1"] == "b" * 40
         assert merged["main"]["main/mfnr_self_s1"]["teacher_sha1"] is None
     assert fair_report.file_teacher(dict(no_record, teacher_sha1=None)) is None
+
+
+def test_a_part_without_a_teacher_row_takes_the_teacher_merged_into_another_part(tmp_path):
+    """A report-only folder merging another folder's main and efficiency files: the efficiency
+    table has no teacher row, so its teacher is the one merged into main (one folder, one teacher)."""
+    scale = demo.get_scale("fair_tiny")
+    there, here = str(tmp_path / "there"), str(tmp_path / "here")
+    _fake_part(there, scale, (0,), lambda m, s: 0.6)
+    for r in fair.part_runs("efficiency", scale, ("mfnr",), (0,), ("self", "stn")):
+        _fake_run(there, r, 0.5, sha1="s" * 40)
+    fair_report.write_report(there, fair.collect_parts(there, scale, (0,), ("self", "stn")), {})
+    files = [os.path.join(there, p, "study.json") for p in ("main", "efficiency")]
+    assert json.load(open(files[1]))["teacher_sha1"] == "t" * 40
+    parts = fair.collect_parts(here, scale, (0,), ("self", "stn"), fair_report.read_merged(files, scale))
+    eff = parts["efficiency"]
+    assert eff["teacher_sha1"] == "t" * 40 and eff["missing"] == [] and eff["not_merged"] == []
+    assert {r["dir"] for r in eff["runs"]} == {"efficiency/mfnr_self_s0", "efficiency/mfnr_stn_s0"}
+    alone = fair.collect_parts(here, scale, (0,), ("self", "stn"), fair_report.read_merged(files[1:], scale))
+    assert alone["efficiency"]["teacher_sha1"] is None  # no teacher merged anywhere: the distilled run stays out
+    assert [s["dir"] for s in alone["efficiency"]["not_merged"]] == ["efficiency/mfnr_stn_s0"]

@@ -123,3 +123,33 @@ def test_the_run_records_its_lr_steps_resolved_to_its_batch_and_data(run, tmp_pa
         f = _phase_fit(data, tmp_path / extra[-1] / "model", "lr_schedule=step", "lr=0.1", *extra)
         assert f.schedule_record["lr_steps_batches"] == [4], extra
         assert [f.schedule(i) for i in (3, 4)] == pytest.approx([0.1, 0.01])
+
+
+def test_final_losses_average_the_window_or_take_the_saved_curve_point_at_the_last_step():
+    window = [{"softmax": 2.0, "angular_1": 0.5}, {"softmax": 4.0, "angular_1": 1.5}]
+    assert fit.final_losses(window, {"step": 9, "curve": []}) == {"softmax": 3.0, "angular_1": 1.0}
+    curve = [{"step": 6, "lr": 0.1, "softmax": 7.0}, {"step": 9, "lr": 0.01, "softmax": 5.5, "angular_1": 0.25}]
+    assert fit.final_losses([], {"step": 9, "curve": curve}) == {"softmax": 5.5, "angular_1": 0.25}
+    assert fit.final_losses([], {"step": 10, "curve": curve}) == {}  # the last step was not a curve point
+    assert fit.final_losses([], {"step": 0}) == {}
+
+
+def test_a_finished_run_copied_to_a_new_folder_resumes_at_its_end_with_its_losses_and_weights(tmp_path):
+    """The study's saved teacher: its final checkpoint and state, copied into a new work folder
+    and ``--resume``d, train no step and report the run's own final losses and params digest."""
+    import shutil
+
+    data = make_set(tmp_path / "set", with_bin=False)
+    extra = ("max_batches=6", "frequent=3", "lr_schedule=constant")
+    full = train.train(config.config_by_name("mfnr_self", overrides(data, tmp_path / "a" / "model", *extra)))
+    (tmp_path / "b").mkdir()
+    ck = "%04d" % full["checkpoint"]
+    for f in (f"model-{ck}.params", f"model-{ck}.states", f"model-{ck}.head.params", "model-state.json",
+              "model-symbol.json"):
+        if (tmp_path / "a" / f).exists():
+            shutil.copy(tmp_path / "a" / f, tmp_path / "b" / f)
+    cfg = config.config_by_name("mfnr_self", overrides(data, tmp_path / "b" / "model", *extra))
+    again = train.train(cfg, resume=True)
+    assert again["steps"] == full["steps"] == 6 and again["params_sha1"] == full["params_sha1"]
+    assert again["losses"] == full["losses"] and set(full["losses"]) == {"softmax"}
+    assert again["curve"] == full["curve"] and again["img_per_s"] == 0.0  # no step ran

@@ -326,13 +326,22 @@ def refresh_selection(out, scale):
     method with no report in this folder keeps the entry the file had (a selection copied in)."""
     if not os.path.isdir(os.path.join(out, "tuning")):
         return
-    fresh, old = select(out, scale, tuple(scale["students"])), read_selection(out) or {}
+    write_selection(out, keep_copied(select(out, scale, tuple(scale["students"])), read_selection(out))[0])
+
+
+def keep_copied(fresh, old):
+    """``fresh`` (``select``) where each method without a val.bin report in this folder keeps
+    ``old``'s entry (a ``selection.json`` copied in from the folder that ran the grid); returns it
+    and the ``net/method`` names whose copied entry holds grid values."""
+    copied = []
     for net, methods in fresh.items():
         for method, entry in methods.items():
-            kept = old.get(net, {}).get(method)
+            kept = (old or {}).get(net, {}).get(method)
             if kept and all(a is None for a in entry["grid"].values()):
-                methods[method] = kept  # no val.bin report here: a choice copied in from another folder stays
-    write_selection(out, fresh)
+                methods[method] = kept
+                if any(a is not None for a in kept["grid"].values()):
+                    copied.append(f"{net}/{method}")
+    return fresh, copied
 
 
 # ---------------------------------------------------------------------------------------------

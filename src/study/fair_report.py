@@ -133,11 +133,16 @@ def merged_record(part, run, merged, teacher_sha1, skipped):
 
 def table_teacher(out, part, merged=None):
     """The params sha1 of the teacher every distilled run of ``out`` learns from: this folder's
-    ``teacher/train.json``, else the teacher record merged into ``part``, else None."""
+    ``teacher/train.json``, else the teacher record merged into ``part``, else (a part without a
+    teacher row: efficiency) the first teacher record merged into another part, since one work
+    folder's parts share its ``teacher/``; else None."""
     path = os.path.join(out, fair.TEACHER_DIR, "train.json")
     if os.path.isfile(path):
         return _load(path).get("params_sha1")
-    rec = (merged or {}).get(part, {}).get(fair.TEACHER_DIR)
+    merged = merged or {}
+    rec = merged.get(part, {}).get(fair.TEACHER_DIR)
+    if rec is None:
+        rec = next((runs[fair.TEACHER_DIR] for runs in merged.values() if fair.TEACHER_DIR in runs), None)
     return rec.get("params_sha1") if rec else None
 
 
@@ -224,7 +229,8 @@ def build_part(out, scale, part, runs, merged=None):
     if part in ("main", "efficiency"):
         study["paired"], study["contrasts"] = paired_table(records)
     if part == "tuning":
-        study["selection"] = fair.select(out, scale, sorted({r["network"] for r in runs}))
+        fresh = fair.select(out, scale, sorted({r["network"] for r in runs}))
+        study["selection"], study["selection_copied"] = fair.keep_copied(fresh, fair.read_selection(out))
     times = os.path.join(out, part, fair.TIMES)
     if os.path.isfile(times):
         study["times"] = _load(times)
@@ -369,6 +375,9 @@ def tuning_section(study, names):
             grid = ", ".join(f"{v}: {_pct(a)}" for v, a in s["grid"].items())
             chosen = "missing runs" if s["chosen"] is None else s["chosen"]
             lines.append(f"| {net} | {names.get(method, method)} | `{s['key']}` | {grid} | {s['default']} | {chosen} |")
+    if study.get("selection_copied"):
+        lines += ["", f"From a `tuning/selection.json` copied into this folder (the grid's runs and val.bin reports are "
+                      f"in the folder that ran them): {', '.join(study['selection_copied'])}."]
     return lines + [""]
 
 

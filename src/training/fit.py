@@ -242,6 +242,19 @@ def _split(array, ctx_list, dtype=None):
     return mx.gluon.utils.split_and_load(nd, ctx_list, even_split=False)
 
 
+def final_losses(window, state):
+    """The summary's losses: the mean of each part over the last ``frequent`` good steps.  A run
+    resumed at its end (a finished checkpoint copied to a new folder) trains no step; the saved
+    curve's point at the final step is that same window's mean, so it stands in (empty when the
+    last step was not a curve point)."""
+    if window:
+        return OrderedDict((k, float(np.mean([w[k] for w in window]))) for k in window[-1])
+    curve = state.get("curve") or []
+    if curve and curve[-1]["step"] == state["step"]:
+        return OrderedDict((k, v) for k, v in curve[-1].items() if k not in ("step", "lr"))
+    return OrderedDict()
+
+
 def record_curve_point(state, window, lr):
     """Append the loss curve's point at ``state['step']``: the mean of each loss part over the
     last ``frequent`` good steps (the ``window``) and the lr.  Kept in the run state, so a
@@ -718,8 +731,7 @@ class Fit:
         verification and its checkpoint, last checkpoint, position, skips, ``params_sha1``, curve."""
         state, window = self.state, self.window
         summary = OrderedDict()
-        summary["losses"] = OrderedDict(
-            (k, float(np.mean([w[k] for w in window]))) for k in (window[-1] if window else {}))
+        summary["losses"] = final_losses(window, state)
         summary["img_per_s"] = self.speed_imgs / self.speed_time if self.speed_time > 0 else 0.0
         summary["best_verification"] = state["best"].get("results", {})
         summary["best_checkpoint"] = state["best"].get("checkpoint")
