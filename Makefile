@@ -118,6 +118,16 @@ reproduce-main: install  ## fair study: Table 2's rows (+ extra methods, tuned r
 reproduce-efficiency: install  ## fair study: the same students at a quarter of the budget, steps to match
 	$(CLI) reproduce --part efficiency --out $(OUT)/reproduce-fair $(FAIR_FLAGS)
 
+# A retrained teacher is bit-identical only on the same CPU type, so the fair teacher's checkpoint is kept:
+# copied into a new folder's teacher/, its train stage resumes at its end (no step) and the parts learn from it.
+FAIR_TEACHER ?= docs/results/main/teacher-c
+.PHONY: reproduce-teacher
+reproduce-teacher:  ## fair study: seed $(OUT)/reproduce-fair/teacher/ with the kept teacher C (refused over a teacher run)
+	@if [ -e $(OUT)/reproduce-fair/teacher/model-state.json ]; then \
+		echo "$(OUT)/reproduce-fair/teacher/model-state.json: a teacher run is there already" >&2; exit 2; fi
+	mkdir -p $(OUT)/reproduce-fair/teacher
+	cp $(FAIR_TEACHER)/model-* $(OUT)/reproduce-fair/teacher/
+
 small-data: install  ## only the demo's synthetic set ($(OUT)/demo/synth), the train-* targets' data when DATA is unset
 	$(CLI) demo --out $(OUT)/demo --only-data $(DEMO_FLAGS)
 
