@@ -242,13 +242,18 @@ def _split(array, ctx_list, dtype=None):
     return mx.gluon.utils.split_and_load(nd, ctx_list, even_split=False)
 
 
+def window_means(window):
+    """The mean of each loss part over the ``window`` of good steps (the parts of its last step)."""
+    return OrderedDict((k, float(np.mean([w[k] for w in window]))) for k in window[-1])
+
+
 def final_losses(window, state):
     """The summary's losses: the mean of each part over the last ``frequent`` good steps.  A run
     resumed at its end (a finished checkpoint copied to a new folder) trains no step; the saved
     curve's point at the final step is that same window's mean, so it stands in (empty when the
     last step was not a curve point)."""
     if window:
-        return OrderedDict((k, float(np.mean([w[k] for w in window]))) for k in window[-1])
+        return window_means(window)
     curve = state.get("curve") or []
     if curve and curve[-1]["step"] == state["step"]:
         return OrderedDict((k, v) for k, v in curve[-1].items() if k not in ("step", "lr"))
@@ -261,9 +266,7 @@ def record_curve_point(state, window, lr):
     resumed run continues the same curve (``summary['curve']``, the study's convergence test)."""
     if not window:
         return
-    point = {"step": int(state["step"]), "lr": float(lr)}
-    for k in window[-1]:
-        point[k] = float(np.mean([w[k] for w in window]))
+    point = {"step": int(state["step"]), "lr": float(lr), **window_means(window)}
     state.setdefault("curve", []).append(point)
 
 
