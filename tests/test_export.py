@@ -4,7 +4,7 @@ models that survive a second forward, the INT8 accuracy report, bad input.
 The network is a tiny MobileFaceNet laid out as InsightFace's checkpoints are (GDC
 head: depthwise conv -> FC -> BatchNorm ``fc1`` with fix_gamma, no Flatten), the
 graph on which MXNet 1.9.1 hits "We can't generate
-TBlob for MKLDNN data" on the second ``Module.forward``."""
+TBlob for MKLDNN data" on the second ``Module.forward`` (on some CPUs, not all)."""
 import json
 import os
 
@@ -89,12 +89,17 @@ def tiny(tmp_path_factory):
             "rc": rc, "report": json.load(open(report))}
 
 
-def test_unfixed_graph_hits_the_mkldnn_second_forward_bug(tiny):
-    """The raw GDC graph fails on the second forward (so the tests below exercise
-    the bug path); the deploy graph runs twice with the same numbers."""
+def test_deploy_graph_survives_the_mkldnn_second_forward_bug(tiny):
+    """The raw GDC graph fails on the second forward on some CPUs only (our development
+    machines, Intel and AMD EPYC, hit it; the CI machine does not); where it runs, both
+    forwards must agree.  Either way the deploy graph runs twice with the same numbers."""
     x = runner.fixed_batch(SIZE)
-    with pytest.raises(mx.base.MXNetError, match="TBlob"):
-        module_outputs(tiny["sym"], tiny["arg"], tiny["aux"], x, times=2)
+    try:
+        raw = module_outputs(tiny["sym"], tiny["arg"], tiny["aux"], x, times=2)
+    except mx.base.MXNetError as err:  # the bug path: it must be the TBlob failure, nothing else
+        assert "TBlob" in str(err)
+    else:
+        np.testing.assert_array_equal(raw[0], raw[1])
     first = module_outputs(tiny["sym"], tiny["arg"], tiny["aux"], x, times=1)[0]
     dsym = graph.deploy_symbol(tiny["sym"])
     assert "Flatten" in [n["op"] for n in json.loads(dsym.tojson())["nodes"]]
