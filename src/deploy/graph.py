@@ -7,8 +7,9 @@ models are all built (``fc1`` output, raw RGB 0-255 input, normalisation inside)
   onnxruntime rejects; and on MXNet 1.9.1 CPU the MKLDNN fully-connected fed by a
   4-D MKLDNN tensor (MobileFaceNet's GDC head) leaves ``fc1`` in MKLDNN layout so
   that the *second* ``Module.forward`` fails with "We can't generate TBlob for
-  MKLDNN data" (on some CPUs: not on every one the tests ran on).  An explicit Flatten reorders to the default layout first; the
-  arithmetic is unchanged (the tests run each exported model twice).
+  MKLDNN data" (on some CPUs: not on every one the tests ran on).  An explicit
+  Flatten reorders to the default layout first; the arithmetic is unchanged (the
+  tests run each exported model twice).
 * BatchNorm with ``fix_gamma`` (InsightFace's ``fc1``: ``fix_gamma=True``, and
   MXNet's default when the attribute is absent) computes with gamma = 1 whatever
   the stored value; ``mx.onnx`` ignores the attribute, so gamma is set to 1 in the
