@@ -92,7 +92,8 @@ def tiny(tmp_path_factory):
 def test_deploy_graph_survives_the_mkldnn_second_forward_bug(tiny):
     """The raw GDC graph fails on the second forward on some CPUs only (the first
     development machines' and an AVX-512 AMD EPYC's did; the CI machine's does not);
-    where it runs, both forwards must agree.  Either way the deploy graph runs twice with the same numbers."""
+    where it runs, both forwards must agree.  Either way the deploy graph runs twice
+    with the same numbers."""
     x = runner.fixed_batch(SIZE)
     try:
         raw = module_outputs(tiny["sym"], tiny["arg"], tiny["aux"], x, times=2)
